@@ -1,0 +1,29 @@
+# sftdpo: expert demonstrations -> validation -> conversion -> split -> SFT -> rollouts ->
+# preferences -> DPO -> evaluation (Base vs SFT vs DPO). See README.md.
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# Found beside this file, so `--directory elsewhere` and `-s path/Snakefile` work too.
+configfile: os.path.join(workflow.basedir, "config/config.yaml")
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/rollouts.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        "results/report/summary.json",
+        "results/report/comparison.png",
+        "results/report/report.md",
+    default_target: True

@@ -1,0 +1,137 @@
+# Data stages: base model/tokenizer, expert collection, validation, conversion, split.
+
+
+rule base_model:
+    output:
+        directory("results/base/model"),
+    params:
+        name_or_path=config["model"]["name_or_path"],
+        scratch=config["model"].get("scratch", {}),
+        trust_remote_code=config["model"].get("trust_remote_code", False),
+        task=config["task"]["name"],
+        task_options=task_options(),
+        seed=config["seed"],
+    log:
+        "logs/base_model.log",
+    benchmark:
+        "results/benchmarks/base_model.tsv"
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/base_model.py"
+
+
+rule collect:
+    output:
+        "results/demos/shards/{shard}.parquet",
+    params:
+        task=config["task"]["name"],
+        task_options=task_options(),
+        n_problems=config["task"]["n_problems"],
+        expert=config["collect"]["expert"],
+        expert_options=config["collect"].get(config["collect"]["expert"], {}),
+        n_shards=config["collect"]["shards"],
+        flush_every=config["collect"].get("flush_every", 100),
+        seed=config["seed"],
+    log:
+        "logs/collect/{shard}.log",
+    benchmark:
+        "results/benchmarks/collect/{shard}.tsv"
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/collect.py"
+
+
+rule merge_demos:
+    input:
+        expand("results/demos/shards/{shard}.parquet", shard=shards("collect")),
+    output:
+        "results/demos/demos.parquet",
+    log:
+        "logs/merge_demos.log",
+    benchmark:
+        "results/benchmarks/merge_demos.tsv"
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/merge_demos.py"
+
+
+rule validate:
+    input:
+        "results/demos/demos.parquet",
+    output:
+        validated="results/demos/validated.parquet",
+        rejected="results/demos/rejected.parquet",
+        report="results/demos/validation.json",
+        difficulty=report(
+            "results/demos/plots/difficulty.png",
+            caption="../workflow/report/validation.rst",
+            category="1. Validation",
+        ),
+        lengths=report(
+            "results/demos/plots/lengths.png",
+            caption="../workflow/report/validation.rst",
+            category="1. Validation",
+        ),
+        rejections=report(
+            "results/demos/plots/rejections.png",
+            caption="../workflow/report/validation.rst",
+            category="1. Validation",
+        ),
+    params:
+        task_options=task_options(),
+        max_prompt_chars=config["validate"].get("max_prompt_chars", 512),
+        max_completion_chars=config["validate"].get("max_completion_chars", 2048),
+        gates=config["validate"]["gates"],
+    log:
+        "logs/validate.log",
+    benchmark:
+        "results/benchmarks/validate.tsv"
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/validate.py"
+
+
+rule convert:
+    input:
+        validated="results/demos/validated.parquet",
+        model="results/base/model",
+    output:
+        chat="results/data/chat.parquet",
+        tokens="results/data/tokens.h5",
+        report="results/data/convert.json",
+    params:
+        max_length=config["convert"]["max_length"],
+    log:
+        "logs/convert.log",
+    benchmark:
+        "results/benchmarks/convert.tsv"
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/convert.py"
+
+
+rule split:
+    input:
+        "results/data/chat.parquet",
+    output:
+        train="results/data/train.parquet",
+        val="results/data/val.parquet",
+        test="results/data/test.parquet",
+        report="results/data/split.json",
+    params:
+        fractions=config["split"]["fractions"],
+        strata=config["split"]["strata"],
+        seed=config["seed"],
+    log:
+        "logs/split.log",
+    benchmark:
+        "results/benchmarks/split.tsv"
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/split.py"

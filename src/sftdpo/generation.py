@@ -1,0 +1,108 @@
+"""Batched sampling and greedy decoding with transformers (CPU or GPU), and the thin vLLM path."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from sftdpo.convert import chat_messages, prompt_ids
+from sftdpo.modeling import device, load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def load_for_inference(model_dir: str):
+    """Model (adapters merged, eval mode, on the best device) and its tokenizer."""
+    model = load_model(model_dir)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.to(device()).eval(), load_tokenizer(model_dir)
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    k: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    desc: str = "generate",
+) -> list[list[dict[str, Any]]]:
+    """For each prompt, `k` completions as {"text", "n_tokens"}; temperature 0 means greedy.
+
+    Each batch reseeds from (seed, batch index), so a batch's samples do not depend on what ran
+    before it: a resumed shard reproduces the rows an uninterrupted run would have written.
+    """
+    out: list[list[dict[str, Any]]] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", mininterval=2):
+        batch = prompts[start : start + batch_size]
+        encoded = [prompt_ids(tokenizer, chat_messages(p)["prompt"]) for p in batch]
+        width = max(len(e) for e in encoded)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=model.device)
+        attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=model.device)
+        torch.manual_seed(seed * 1_000_003 + start)
+        sampling = (
+            dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
+            if temperature > 0
+            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        )
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=k,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+        )
+        new = generated[:, width:]
+        for i in range(len(batch)):
+            samples = []
+            for j in range(k):
+                ids = new[i * k + j].tolist()
+                n = next((t + 1 for t, tok in enumerate(ids) if tok == tokenizer.eos_token_id), len(ids))
+                n = len([t for t in ids[:n] if t != pad])
+                samples.append({"text": tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), "n_tokens": n})
+            out.append(samples)
+    return out
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def generate_vllm(model_dir: str, prompts: list[str], *, k: int, temperature: float, top_p: float,
+                  max_new_tokens: int, seed: int) -> list[list[dict[str, Any]]]:  # pragma: no cover - GPU only
+    """vLLM backend (GPU only). LoRA adapters are served with a LoRARequest, not merged."""
+    import json
+    from pathlib import Path
+
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    tokenizer = load_tokenizer(model_dir)
+    adapter = Path(model_dir) / "adapter_config.json"
+    base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.exists() else model_dir
+    ref = Path(base) / "sftdpo_model.json"
+    if ref.exists():
+        base = json.loads(ref.read_text())["name_or_path"]
+    llm = LLM(model=base, tokenizer=model_dir, enable_lora=adapter.exists(), seed=seed)
+    params = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+    texts = [tokenizer.apply_chat_template(chat_messages(p)["prompt"], add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    lora = LoRARequest("policy", 1, model_dir) if adapter.exists() else None
+    results = llm.generate(texts, params, lora_request=lora)
+    return [[{"text": o.text.strip(), "n_tokens": len(o.token_ids)} for o in r.outputs] for r in results]

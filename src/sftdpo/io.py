@@ -1,0 +1,133 @@
+"""File helpers shared by every stage: atomic writes and resumable shard progress.
+
+Every artifact is written to a temporary name beside its target and renamed into place, so a
+killed job never leaves a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    Works for files and directories (an existing target directory is replaced).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if target.is_dir() and tmp.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """Short digest of a stage's parameters: keys work directories, so stale progress is never reused."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / jax scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a frame deterministically (no pandas index, fixed row order as given)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    return pq.read_table(path).to_pandas()
+
+
+def concat_parquet(paths: list[str], out_path: str, sort_by: str | None = None) -> pd.DataFrame:
+    """Merge shard tables into one (optionally sorted, so the result is independent of shard order)."""
+    frame = pd.concat([read_parquet(p) for p in paths], ignore_index=True)
+    if sort_by:
+        frame = frame.sort_values(sort_by, kind="stable").reset_index(drop=True)
+    write_parquet(frame, out_path)
+    return frame
+
+
+class ShardProgress:
+    """Append-only JSONL progress for one shard, kept outside Snakemake's declared outputs.
+
+    Rows are appended and flushed as they are produced; a rerun reads the done ids back and skips
+    them, so a killed job continues where it stopped without regenerating or duplicating rows.
+    A torn last line (killed mid-write) is ignored and its row is produced again.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str = "id"):
+        self.path = Path(path)
+        self.key = key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+        if self.path.exists():
+            self.rows = list(_read_complete_jsonl(self.path))
+            # Rewrite without a torn tail so appends start on a clean line.
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
+        self.done = {row[key] for row in self.rows}
+        self._fh = self.path.open("a")
+
+    def append(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            if row[self.key] in self.done:
+                continue
+            self._fh.write(json.dumps(row, sort_keys=True, default=_json_default) + "\n")
+            self.rows.append(row)
+            self.done.add(row[self.key])
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _read_complete_jsonl(path: Path) -> Iterator[dict]:
+    with path.open() as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                return
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                return

@@ -1,0 +1,185 @@
+"""Models and tokenizers: the scratch default, Hugging Face ids/paths, PEFT adapters.
+
+A model directory written by this pipeline is one of:
+- a full `save_pretrained` model (the scratch base model, or full fine-tuning);
+- a PEFT adapter (`adapter_config.json`); its `base_model_name_or_path` is another such directory;
+- a reference to a Hugging Face id or path (`sftdpo_model.json`), with the tokenizer saved beside it.
+Every directory carries the tokenizer, so all stages format prompts with the same chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sftdpo.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+REFERENCE_FILE = "sftdpo_model.json"
+SPECIAL_TOKENS = {"pad": "<|pad|>", "eos": "<|eos|>", "roles": ["<|system|>", "<|user|>", "<|assistant|>"]}
+
+# The assistant turn ends with the eos token and nothing after it, so generation stops there and
+# `template(prompt, add_generation_prompt=True)` is a prefix of `template(prompt + completion)`.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{%- if message['role'] == 'assistant' -%}{{ message['content'] + '<|eos|>' }}"
+    "{%- else -%}{{ message['content'] + '\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"
+)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE trained on task text; digits are always single tokens (arithmetic-friendly)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [SPECIAL_TOKENS["pad"], SPECIAL_TOKENS["eos"], *SPECIAL_TOKENS["roles"]]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=SPECIAL_TOKENS["pad"],
+        eos_token=SPECIAL_TOKENS["eos"],
+        additional_special_tokens=SPECIAL_TOKENS["roles"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"  # generation pads on the left; training collators pad themselves
+    return fast
+
+
+def build_scratch_model(tokenizer, *, layers: int, hidden_size: int, heads: int, intermediate_size: int,
+                        max_positions: int, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def make_base_model(
+    *,
+    name_or_path: str,
+    out_dir: str,
+    scratch: dict[str, Any],
+    tokenizer_texts: list[str] | None,
+    trust_remote_code: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """Write the base model directory. Returns the info recorded in it."""
+    with atomic_path(out_dir) as tmp:
+        if name_or_path == "scratch":
+            tokenizer = train_tokenizer(tokenizer_texts or [], scratch["tokenizer_vocab_size"])
+            model = build_scratch_model(
+                tokenizer,
+                layers=scratch["layers"],
+                hidden_size=scratch["hidden_size"],
+                heads=scratch["heads"],
+                intermediate_size=scratch["intermediate_size"],
+                max_positions=scratch["max_positions"],
+                seed=seed,
+            )
+            model.save_pretrained(tmp)
+            info = {"kind": "scratch", "parameters": sum(p.numel() for p in model.parameters()), **scratch}
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            if tokenizer.chat_template is None:
+                log.warning("%s has no chat template; using sftdpo's", name_or_path)
+                tokenizer.chat_template = CHAT_TEMPLATE
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            tmp.mkdir(parents=True)
+            info = {"kind": "reference", "name_or_path": name_or_path, "trust_remote_code": trust_remote_code}
+            (tmp / REFERENCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        tokenizer.save_pretrained(tmp)
+        info["vocab_size"] = len(tokenizer)
+        info["tokenizer_hash"] = tokenizer_hash(tokenizer)
+    return info
+
+
+def tokenizer_hash(tokenizer) -> str:
+    import hashlib
+
+    state = json.dumps(
+        {"vocab": sorted(tokenizer.get_vocab().items()), "template": tokenizer.chat_template}, sort_keys=True
+    )
+    return hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=_trust(model_dir))
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _trust(model_dir: str) -> bool:
+    ref = Path(model_dir) / REFERENCE_FILE
+    return bool(ref.exists() and json.loads(ref.read_text()).get("trust_remote_code"))
+
+
+def load_model(model_dir: str, *, dtype: torch.dtype = torch.float32, trainable_adapter: bool = False):
+    """Load any model directory this pipeline writes (see the module docstring)."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(model_dir)
+    if (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base_dir = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = load_model(base_dir, dtype=dtype)
+        return PeftModel.from_pretrained(base, model_dir, is_trainable=trainable_adapter)
+    ref = path / REFERENCE_FILE
+    if ref.exists():
+        info = json.loads(ref.read_text())
+        return AutoModelForCausalLM.from_pretrained(
+            info["name_or_path"], dtype=dtype, trust_remote_code=info.get("trust_remote_code", False)
+        )
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def use_bf16(precision: str) -> bool:
+    """bf16 when asked, or on `auto` with a GPU that supports it; CPU `auto` stays fp32."""
+    if precision == "bf16":
+        return True
+    if precision == "fp32":
+        return False
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -1,0 +1,91 @@
+"""Preference pairs from scored rollouts, in TRL's conversational preference format.
+
+Per prompt: correctness pairs first (a correct sample chosen over an incorrect one), then quality
+pairs among correct samples whose scores differ by at least `quality_margin`; at most
+`max_pairs_per_prompt` in all; identical completions are deduplicated before pairing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+from sftdpo.convert import chat_messages
+from sftdpo.io import read_parquet, write_json, write_parquet
+
+PAIR_COLUMNS = ["id", "prompt_id", "task", "difficulty", "prompt", "chosen", "rejected", "kind",
+                "chosen_score", "rejected_score"]
+
+
+def _distinct(samples: pd.DataFrame, best_first: bool) -> list[tuple[str, float]]:
+    ordered = samples.sort_values(["score", "completion"], ascending=[not best_first, True], kind="stable")
+    seen: dict[str, float] = {}
+    for text, value in zip(ordered["completion"], ordered["score"]):
+        seen.setdefault(text, float(value))
+    return list(seen.items())
+
+
+def _interleave(a: list, b: list) -> list[tuple]:
+    """All (a_i, b_j) ordered by i + j, so the first pairs spread over different samples."""
+    return sorted(((x, y) for x in a for y in b), key=lambda p: (a.index(p[0]) + b.index(p[1]), a.index(p[0])))
+
+
+def pairs_for_prompt(samples: pd.DataFrame, *, max_pairs: int, quality_margin: float) -> list[dict[str, Any]]:
+    correct = _distinct(samples[samples["correct"]], best_first=True)
+    wrong = _distinct(samples[~samples["correct"]], best_first=False)
+    pairs = [(c, w, "correctness") for c, w in _interleave(correct, wrong)]
+    pairs += [
+        (c, w, "quality")
+        for i, c in enumerate(correct)
+        for w in correct[i + 1 :]
+        if c[1] - w[1] >= quality_margin
+    ]
+    return [
+        {"chosen_text": c[0], "rejected_text": w[0], "kind": kind, "chosen_score": c[1], "rejected_score": w[1]}
+        for c, w, kind in pairs[:max_pairs]
+    ]
+
+
+def build_preferences(
+    *, rollouts_path: str, pairs_path: str, report_path: str, max_pairs_per_prompt: int, quality_margin: float
+) -> dict[str, Any]:
+    rollouts = read_parquet(rollouts_path)
+    rows: list[dict[str, Any]] = []
+    outcomes: Counter = Counter()
+    for (prompt_id, variant), samples in rollouts.groupby(["prompt_id", "variant"], sort=True):
+        n_correct = int(samples["correct"].sum())
+        outcomes["all_correct" if n_correct == len(samples) else "all_wrong" if n_correct == 0 else "mixed"] += 1
+        first = samples.iloc[0]
+        for i, pair in enumerate(pairs_for_prompt(samples, max_pairs=max_pairs_per_prompt,
+                                                  quality_margin=quality_margin)):
+            rows.append({
+                "id": f"{prompt_id}:{variant}:{i}", "prompt_id": prompt_id, "task": first["task"],
+                "difficulty": first["difficulty"], "prompt": chat_messages(first["prompt"])["prompt"],
+                "chosen": chat_messages("", pair["chosen_text"])["completion"],
+                "rejected": chat_messages("", pair["rejected_text"])["completion"],
+                "kind": pair["kind"], "chosen_score": pair["chosen_score"], "rejected_score": pair["rejected_score"],
+            })
+    pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    if pairs.empty:
+        raise ValueError(
+            f"{rollouts_path}: no preference pairs ({dict(outcomes)} prompts by outcome); raise rollouts.k or "
+            "rollouts.temperature so prompts get both correct and incorrect samples"
+        )
+    key = pairs["prompt"].map(lambda m: m[0]["content"]) + "\x00" + pairs["chosen"].map(
+        lambda m: m[0]["content"]) + "\x00" + pairs["rejected"].map(lambda m: m[0]["content"])
+    pairs = pairs[~key.duplicated()].reset_index(drop=True)
+    report = {
+        "n_pairs": int(len(pairs)),
+        "n_rollouts": int(len(rollouts)),
+        "rollout_accuracy": float(rollouts["correct"].mean()),
+        "pairs_by_kind": {k: int(v) for k, v in sorted(Counter(pairs["kind"]).items())},
+        "pairs_by_difficulty": {str(k): int(v) for k, v in sorted(Counter(pairs["difficulty"]).items())},
+        "prompts_by_outcome": dict(sorted(outcomes.items())),
+        "max_pairs_per_prompt": max_pairs_per_prompt,
+        "quality_margin": quality_margin,
+    }
+    write_parquet(pairs, pairs_path)
+    write_json(report, report_path)
+    return report

@@ -1,0 +1,144 @@
+"""The final report: accuracy per stage and difficulty, paired bootstrap CIs (JAX), plot, markdown."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sftdpo.io import atomic_path, read_json, read_parquet, write_json
+
+log = logging.getLogger(__name__)
+
+STAGES = ("base", "sft", "dpo")
+DELTAS = (("sft", "base"), ("dpo", "sft"))
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_samples: int, seed: int) -> dict[str, Any]:
+    """Mean of (a - b) over paired items and its 95% percentile CI from `n_samples` resamples.
+
+    One JAX key per resample; `vmap` draws and evaluates all resamples at once.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    diff = jnp.asarray(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32))
+    n = diff.shape[0]
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_samples)
+
+    def resample_mean(key):
+        return diff[jax.random.randint(key, (n,), 0, n)].mean()
+
+    means = np.asarray(jax.vmap(resample_mean)(keys))
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(diff.mean()), "ci95": [float(lo), float(hi)], "n": int(n), "n_samples": n_samples}
+
+
+def bootstrap_ci(x: np.ndarray, *, n_samples: int, seed: int) -> list[float]:
+    """95% CI of a mean (the paired bootstrap against zero)."""
+    return paired_bootstrap(x, np.zeros_like(x, dtype=np.float32), n_samples=n_samples, seed=seed)["ci95"]
+
+
+def summarise(evals: dict[str, pd.DataFrame], *, n_samples: int, seed: int) -> dict[str, Any]:
+    ids = sorted(set.intersection(*(set(frame["id"]) for frame in evals.values())))
+    if not ids:
+        raise ValueError("the evaluation tables share no item ids; were they made from the same test split?")
+    aligned = {stage: frame.set_index("id").loc[ids] for stage, frame in evals.items()}
+    summary: dict[str, Any] = {"stages": {}, "deltas": {}, "n_items": len(ids), "bootstrap": {"samples": n_samples,
+                                                                                               "seed": seed}}
+    for stage, frame in aligned.items():
+        correct = frame["correct"].to_numpy(dtype=np.float32)
+        summary["stages"][stage] = {
+            "accuracy": float(correct.mean()),
+            "ci95": bootstrap_ci(correct, n_samples=n_samples, seed=seed),
+            "n": int(len(correct)),
+            "by_difficulty": {
+                str(level): float(part["correct"].mean()) for level, part in frame.groupby("difficulty", sort=True)
+            },
+            "n_by_difficulty": {str(level): int(len(part)) for level, part in frame.groupby("difficulty", sort=True)},
+            "mean_tokens": float(frame["n_tokens"].mean()),
+        }
+    for later, earlier in DELTAS:
+        if later in aligned and earlier in aligned:
+            summary["deltas"][f"{later}-{earlier}"] = paired_bootstrap(
+                aligned[later]["correct"].to_numpy(), aligned[earlier]["correct"].to_numpy(),
+                n_samples=n_samples, seed=seed,
+            )
+    return summary
+
+
+def plot_comparison(evals: dict[str, pd.DataFrame], summary: dict[str, Any], path: str, *, n_samples: int,
+                    seed: int) -> None:
+    from sftdpo.plots import plt, save_figure
+
+    levels = sorted({str(d) for frame in evals.values() for d in frame["difficulty"]})
+    groups = ["all", *levels]
+    width = 0.8 / len(evals)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (stage, frame) in enumerate(evals.items()):
+        means, errors = [], []
+        for group in groups:
+            part = frame if group == "all" else frame[frame["difficulty"].astype(str) == group]
+            correct = part["correct"].to_numpy(dtype=np.float32)
+            mean = float(correct.mean()) if len(correct) else 0.0
+            lo, hi = bootstrap_ci(correct, n_samples=n_samples, seed=seed) if len(correct) else (0.0, 0.0)
+            means.append(mean)
+            errors.append([mean - lo, hi - mean])
+        x = np.arange(len(groups)) + (i - (len(evals) - 1) / 2) * width
+        ax.bar(x, means, width, yerr=np.array(errors).T, capsize=3, label=stage)
+    ax.set_xticks(np.arange(len(groups)), ["all" if g == "all" else f"difficulty {g}" for g in groups])
+    ax.set(ylabel="test accuracy (greedy)", ylim=(0, 1.05), title="Base vs SFT vs DPO (95% bootstrap CI)")
+    ax.legend()
+    save_figure(fig, path)
+
+
+def markdown(summary: dict[str, Any], extras: dict[str, Any]) -> str:
+    lines = ["# sftdpo report", "", f"Test items: {summary['n_items']} (greedy decoding).", "",
+             "| stage | accuracy | 95% CI | " + " | ".join(
+                 f"difficulty {lv}" for lv in next(iter(summary["stages"].values()))["by_difficulty"]) + " |",
+             "|---|---|---|" + "---|" * len(next(iter(summary["stages"].values()))["by_difficulty"])]
+    for stage, s in summary["stages"].items():
+        lines.append(
+            f"| {stage} | {s['accuracy']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | "
+            + " | ".join(f"{v:.3f}" for v in s["by_difficulty"].values()) + " |"
+        )
+    lines += ["", "| delta | mean | 95% CI (paired bootstrap) |", "|---|---|---|"]
+    for name, d in summary["deltas"].items():
+        lines.append(f"| {name} | {d['mean']:+.3f} | [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] |")
+    for title, data in extras.items():
+        lines += ["", f"## {title}", "", "```json", _short_json(data), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _short_json(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
+def make_report(
+    *,
+    eval_paths: dict[str, str],
+    extra_paths: dict[str, str],
+    summary_path: str,
+    plot_path: str,
+    markdown_path: str,
+    n_samples: int,
+    seed: int,
+) -> dict[str, Any]:
+    evals = {stage: read_parquet(eval_paths[stage]) for stage in STAGES if stage in eval_paths}
+    summary = summarise(evals, n_samples=n_samples, seed=seed)
+    extras = {}
+    for name, path in extra_paths.items():
+        data = read_json(path)
+        extras[name] = {k: v for k, v in data.items() if k != "log_history"}
+    summary["inputs"] = {name: {k: v for k, v in data.items() if not isinstance(v, (list, dict))}
+                         for name, data in extras.items()}
+    plot_comparison(evals, summary, plot_path, n_samples=n_samples, seed=seed)
+    with atomic_path(markdown_path) as tmp:
+        tmp.write_text(markdown(summary, extras))
+    write_json(summary, summary_path)
+    log.info("report: %s", {s: v["accuracy"] for s, v in summary["stages"].items()})
+    return summary

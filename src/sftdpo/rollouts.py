@@ -1,0 +1,107 @@
+"""Rollouts: k sampled completions per train prompt from the SFT model, scored by the verifier.
+
+Prompts are sharded; each shard records rows as it goes (resumable) and writes its parquet at the end.
+Score = correctness + a small format bonus - a length penalty, so preference building can rank
+correct samples by quality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import pandas as pd
+
+from sftdpo.generation import generate, generate_vllm, load_for_inference, vllm_available
+from sftdpo.io import ShardProgress, read_parquet, write_parquet
+from sftdpo.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+ROLLOUT_COLUMNS = ["id", "prompt_id", "variant", "sample", "task", "difficulty", "prompt", "completion",
+                   "answer", "prediction", "correct", "reason", "n_tokens", "score", "model", "seed", "temperature"]
+
+
+def score(correct: bool, reason: str | None, n_tokens: int, max_new_tokens: int) -> float:
+    well_formed = reason not in ("no_answer_line", "malformed_step")
+    return round(float(correct) + 0.1 * well_formed - 0.1 * n_tokens / max_new_tokens, 6)
+
+
+def select_prompts(train: pd.DataFrame, n_prompts: int, seed: int) -> pd.DataFrame:
+    """A seeded subset of the train split (all of it when n_prompts >= its size), in a stable order."""
+    order = sorted(train.index, key=lambda i: hashlib.sha256(f"{seed}:{train.at[i, 'id']}".encode()).hexdigest())
+    return train.loc[order[:n_prompts]].reset_index(drop=True)
+
+
+def rollout_shard(
+    *,
+    model_dir: str,
+    train_path: str,
+    out_path: str,
+    progress_path: str,
+    shard: int,
+    n_shards: int,
+    n_prompts: int,
+    k: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    batch_size: int,
+    variants: list[str],
+    backend: str,
+    task_options: dict[str, dict[str, Any]],
+    seed: int,
+) -> pd.DataFrame:
+    prompts = select_prompts(read_parquet(train_path), n_prompts, seed).iloc[shard::n_shards]
+    items = [
+        (row, v, template.format(prompt=row.prompt[0]["content"]))
+        for row in prompts.itertuples(index=False)
+        for v, template in enumerate(variants or ["{prompt}"])
+    ]
+    tasks = {name: get_task(name, **task_options.get(name, {})) for name in prompts["task"].unique()}
+    progress = ShardProgress(progress_path)
+
+    def done(item) -> bool:
+        return all(f"{item[0].id}:{item[1]}:{j}" in progress.done for j in range(k))
+
+    todo = [it for it in items if not done(it)]
+    log.info("rollouts shard %d/%d: %d prompt variants, %d to do, k=%d", shard, n_shards, len(items), len(todo), k)
+    use_vllm = backend == "vllm" or (backend == "auto" and vllm_available())
+    model = tokenizer = None
+    if todo and not use_vllm:
+        model, tokenizer = load_for_inference(model_dir)
+    # Work in fixed chunks of the full item list so reseeding per chunk reproduces an uninterrupted run.
+    for start in range(0, len(items), batch_size):
+        chunk = [it for it in items[start : start + batch_size] if not done(it)]
+        if not chunk:
+            continue
+        texts = [text for _, _, text in chunk]
+        chunk_seed = seed * 7919 + shard * 104729 + start
+        if use_vllm:
+            outputs = generate_vllm(model_dir, texts, k=k, temperature=temperature, top_p=top_p,
+                                    max_new_tokens=max_new_tokens, seed=chunk_seed)
+        else:
+            outputs = generate(model, tokenizer, texts, k=k, temperature=temperature, top_p=top_p,
+                               max_new_tokens=max_new_tokens, batch_size=len(texts), seed=chunk_seed,
+                               desc=f"rollouts shard {shard} [{start}/{len(items)}]")
+        rows = []
+        for (row, variant, text), samples in zip(chunk, outputs):
+            for j, sample in enumerate(samples):
+                verdict = tasks[row.task].verify(sample["text"], row.answer)
+                rows.append({
+                    "id": f"{row.id}:{variant}:{j}", "prompt_id": row.id, "variant": variant, "sample": j,
+                    "task": row.task, "difficulty": row.difficulty, "prompt": text, "completion": sample["text"],
+                    "answer": row.answer, "prediction": verdict.prediction, "correct": verdict.correct,
+                    "reason": verdict.reason, "n_tokens": sample["n_tokens"],
+                    "score": score(verdict.correct, verdict.reason, sample["n_tokens"], max_new_tokens),
+                    "model": model_dir, "seed": chunk_seed, "temperature": temperature,
+                })
+        progress.append(rows)
+    progress.close()
+    order = {f"{row.id}:{v}": i for i, (row, v, _) in enumerate(items)}
+    done = [r for r in progress.rows if f"{r['prompt_id']}:{r['variant']}" in order]
+    done.sort(key=lambda r: (order[f"{r['prompt_id']}:{r['variant']}"], r["sample"]))
+    frame = pd.DataFrame(done, columns=ROLLOUT_COLUMNS)
+    write_parquet(frame, out_path)
+    return frame

@@ -1,0 +1,83 @@
+"""Stratified, seeded, leakage-free train/val/test split.
+
+Rows are grouped by normalised prompt and a group is assigned whole, so a prompt never lands in two
+splits. Within each stratum (the config's keys, e.g. difficulty x task x expert) groups are ordered by
+a seeded hash (independent of input row order) and cut by the fractions with largest remainders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from typing import Any
+
+import pandas as pd
+
+from sftdpo.io import read_parquet, write_json, write_parquet
+
+SPLITS = ("train", "val", "test")
+
+
+def normalise_prompt(prompt: Any) -> str:
+    if isinstance(prompt, (list, tuple)) or hasattr(prompt, "tolist"):
+        prompt = " ".join(m["content"] for m in list(prompt))
+    return " ".join(str(prompt).lower().split())
+
+
+def allocate(n: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Integer counts summing to n, by largest remainder (ties in split order)."""
+    raw = {name: n * fractions[name] for name in SPLITS}
+    counts = {name: int(raw[name]) for name in SPLITS}
+    leftover = n - sum(counts.values())
+    for name in sorted(SPLITS, key=lambda s: (-(raw[s] - counts[s]), SPLITS.index(s)))[:leftover]:
+        counts[name] += 1
+    return counts
+
+
+def assign_splits(frame: pd.DataFrame, *, strata: list[str], fractions: dict[str, float], seed: int) -> pd.Series:
+    total = sum(fractions[s] for s in SPLITS)
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"split.fractions must sum to 1, got {fractions}")
+    missing = [k for k in strata if k not in frame.columns]
+    if missing:
+        raise ValueError(f"split.strata names unknown column(s) {missing}; columns: {list(frame.columns)}")
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, prompt in enumerate(frame["prompt"]):
+        groups[normalise_prompt(prompt)].append(i)
+    by_stratum: dict[tuple, list[str]] = defaultdict(list)
+    for key, rows in groups.items():
+        first = frame.iloc[rows[0]]
+        by_stratum[tuple(str(first[k]) for k in strata)].append(key)
+    assignment = pd.Series([""] * len(frame), index=frame.index, dtype=object)
+    for stratum in sorted(by_stratum):
+        keys = sorted(by_stratum[stratum], key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+        counts = allocate(len(keys), fractions)
+        start = 0
+        for name in SPLITS:
+            for key in keys[start : start + counts[name]]:
+                assignment.iloc[groups[key]] = name
+            start += counts[name]
+    return assignment
+
+
+def split(
+    *,
+    chat_path: str,
+    out_paths: dict[str, str],
+    report_path: str,
+    strata: list[str],
+    fractions: dict[str, float],
+    seed: int,
+) -> dict[str, Any]:
+    frame = read_parquet(chat_path)
+    frame["split"] = assign_splits(frame, strata=strata, fractions=fractions, seed=seed).values
+    report: dict[str, Any] = {"seed": seed, "strata": strata, "fractions": fractions, "counts": {}, "by_stratum": {}}
+    for name in SPLITS:
+        part = frame[frame["split"] == name].drop(columns=["split"]).sort_values("id").reset_index(drop=True)
+        write_parquet(part, out_paths[name])
+        report["counts"][name] = int(len(part))
+    for stratum, part in frame.groupby(strata, sort=True):
+        label = "/".join(str(v) for v in (stratum if isinstance(stratum, tuple) else (stratum,)))
+        report["by_stratum"][label] = {name: int((part["split"] == name).sum()) for name in SPLITS}
+    write_json(report, report_path)
+    return report

@@ -1,0 +1,100 @@
+"""What SFT and DPO share: trainer arguments, checkpoint resume, saving, metrics and curves.
+
+Checkpoints live in a work directory keyed by a hash of the stage's parameters, outside the declared
+outputs: Snakemake's cleanup of incomplete outputs never deletes them, a rerun with the same
+parameters resumes from the last one, and a parameter change starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sftdpo.io import atomic_path, params_hash, write_json
+from sftdpo.modeling import device, use_bf16
+from sftdpo.plots import plot_curve
+
+log = logging.getLogger(__name__)
+
+
+def file_digest(path: str) -> str:
+    """Content digest of a file or a directory's files (inputs key the checkpoint directory)."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    for file in files:
+        digest.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def checkpoint_dir(work_dir: str, params: dict[str, Any]) -> Path:
+    path = Path(work_dir) / params_hash(params)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
+    return path
+
+
+def last_checkpoint(path: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(path))
+    if found:
+        log.info("resuming from %s", found)
+    return found
+
+
+def trainer_kwargs(train: dict[str, Any], output_dir: Path, seed: int) -> dict[str, Any]:
+    """Arguments common to SFTConfig and DPOConfig, from a stage's `train` config block."""
+    on_gpu = device() == "cuda"
+    return dict(
+        output_dir=str(output_dir),
+        max_steps=train["max_steps"],
+        per_device_train_batch_size=train["batch_size"],
+        gradient_accumulation_steps=train["grad_accum"],
+        learning_rate=train["learning_rate"],
+        lr_scheduler_type=train["lr_scheduler"],
+        warmup_steps=train["warmup_steps"],
+        weight_decay=train["weight_decay"],
+        logging_steps=train["logging_steps"],
+        save_steps=train["save_steps"],
+        save_total_limit=2,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not on_gpu,
+        bf16=use_bf16(train["precision"]),
+        activation_checkpointing=bool(train["activation_checkpointing"]),
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        max_length=train["max_length"],
+    )
+
+
+def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer) -> dict[str, Any]:
+    """Train (resuming if a checkpoint exists), then save model + tokenizer atomically."""
+    resume = last_checkpoint(ckpt_dir)
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    elapsed = time.time() - started
+    with atomic_path(out_dir) as tmp:
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    state = trainer.state
+    return {
+        "global_step": state.global_step,
+        "resumed_from": resume,
+        "train_loss": result.training_loss,
+        "train_seconds_this_run": elapsed,
+        "num_input_tokens_seen": int(state.num_input_tokens_seen or 0),
+        "log_history": state.log_history,
+    }
+
+
+def write_metrics(metrics: dict[str, Any], metrics_path: str, curve_path: str, curve_keys: list[str], title: str):
+    plot_curve(metrics["log_history"], curve_keys, curve_path, title)
+    write_json(metrics, metrics_path)

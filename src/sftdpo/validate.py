@@ -1,0 +1,187 @@
+"""Validation: re-check every demonstration, keep rejected rows with a reason, enforce quality gates."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sftdpo.collect import DEMO_COLUMNS
+from sftdpo.io import read_parquet, write_json, write_parquet
+from sftdpo.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+TEXT_FIELDS = ["id", "task", "difficulty", "prompt", "completion", "answer", "expert"]
+
+
+class QualityGateError(RuntimeError):
+    """A quality gate failed; the message names the gate and the numbers."""
+
+
+def check_rows(
+    frame: pd.DataFrame,
+    *,
+    source: str,
+    task_options: dict[str, dict[str, Any]],
+    max_prompt_chars: int,
+    max_completion_chars: int,
+) -> pd.DataFrame:
+    """Return `frame` with `reason` and `field` columns: both None for a valid row.
+
+    The first failing check wins, in this order: integrity (types, empty strings, lengths),
+    duplicates (the first occurrence of an id or prompt is kept), then the task's verifier.
+    """
+    missing = [c for c in DEMO_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{source}: missing required column(s) {missing}; expected {DEMO_COLUMNS}")
+    limits = {"prompt": max_prompt_chars, "completion": max_completion_chars}
+    tasks: dict[str, Any] = {}
+    seen_ids: set[str] = set()
+    seen_prompts: set[str] = set()
+    reasons: list[str | None] = []
+    fields: list[str | None] = []
+    for row in frame.itertuples(index=False):
+        reason, field = _integrity(row, limits)
+        if reason is None:
+            if row.id in seen_ids:
+                reason, field = "duplicate_id", "id"
+            elif row.prompt.strip() in seen_prompts:
+                reason, field = "duplicate_prompt", "prompt"
+        if reason is None:
+            if row.task not in tasks:
+                tasks[row.task] = get_task(row.task, **task_options.get(row.task, {}))
+            verdict = tasks[row.task].verify(row.completion, row.answer)
+            if not verdict.correct:
+                reason, field = f"verifier:{verdict.reason}", "completion"
+        if reason is None:
+            seen_ids.add(row.id)
+            seen_prompts.add(row.prompt.strip())
+        reasons.append(reason)
+        fields.append(field)
+    out = frame.copy()
+    out["reason"] = reasons
+    out["field"] = fields
+    return out
+
+
+def _integrity(row: Any, limits: dict[str, int]) -> tuple[str | None, str | None]:
+    for name in TEXT_FIELDS:
+        value = getattr(row, name)
+        if not isinstance(value, str):
+            return f"wrong_type:{type(value).__name__}", name
+        if not value.strip():
+            return "empty", name
+    if not isinstance(row.correct, (bool, np.bool_)):
+        return f"wrong_type:{type(row.correct).__name__}", "correct"
+    for name, limit in limits.items():
+        if len(getattr(row, name)) > limit:
+            return f"too_long:>{limit}", name
+    return None, None
+
+
+def statistics(checked: pd.DataFrame) -> dict[str, Any]:
+    kept = checked[checked["reason"].isna()]
+    rejected = checked[checked["reason"].notna()]
+    return {
+        "n_rows": int(len(checked)),
+        "n_kept": int(len(kept)),
+        "n_rejected": int(len(rejected)),
+        "rejected_fraction": float(len(rejected) / max(len(checked), 1)),
+        "rejections_by_reason": dict(sorted(Counter(rejected["reason"]).items())),
+        "kept_by_difficulty": {str(k): int(v) for k, v in sorted(Counter(kept["difficulty"]).items())},
+        "kept_by_task": {str(k): int(v) for k, v in sorted(Counter(kept["task"]).items())},
+        "kept_by_expert": {str(k): int(v) for k, v in sorted(Counter(kept["expert"]).items())},
+        "prompt_chars": _describe(kept["prompt"].str.len()),
+        "completion_chars": _describe(kept["completion"].str.len()),
+    }
+
+
+def _describe(lengths: pd.Series) -> dict[str, float]:
+    if lengths.empty:
+        return {"min": 0, "mean": 0.0, "max": 0}
+    return {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())}
+
+
+def check_gates(stats: dict[str, Any], gates: dict[str, Any]) -> list[str]:
+    """Messages for every failed gate (empty when all pass)."""
+    failed = []
+    if stats["rejected_fraction"] > gates["max_rejected_fraction"]:
+        failed.append(
+            f"gate max_rejected_fraction: {stats['n_rejected']}/{stats['n_rows']} rows rejected "
+            f"({stats['rejected_fraction']:.1%}) > {gates['max_rejected_fraction']:.1%}; "
+            f"reasons: {stats['rejections_by_reason']}"
+        )
+    if stats["n_kept"] < gates["min_rows"]:
+        failed.append(f"gate min_rows: {stats['n_kept']} rows kept < {gates['min_rows']}")
+    for level, count in stats["kept_by_difficulty"].items():
+        if count < gates["min_rows_per_difficulty"]:
+            failed.append(
+                f"gate min_rows_per_difficulty: difficulty {level!r} has {count} rows < "
+                f"{gates['min_rows_per_difficulty']}"
+            )
+    return failed
+
+
+def plot_validation(checked: pd.DataFrame, stats: dict[str, Any], plot_paths: dict[str, str]) -> None:
+    import matplotlib.pyplot as plt
+
+    from sftdpo.plots import save_figure
+
+    kept = checked[checked["reason"].isna()]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    levels = list(stats["kept_by_difficulty"])
+    ax.bar(levels, [stats["kept_by_difficulty"][lv] for lv in levels], color="#4c72b0")
+    ax.set(xlabel="difficulty", ylabel="kept demonstrations", title="Demonstrations per difficulty")
+    save_figure(fig, plot_paths["difficulty"])
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(kept["completion"].str.len(), bins=30, color="#55a868", alpha=0.8, label="completion")
+    ax.hist(kept["prompt"].str.len(), bins=30, color="#c44e52", alpha=0.8, label="prompt")
+    ax.set(xlabel="characters", ylabel="rows", title="Lengths of kept demonstrations")
+    ax.legend()
+    save_figure(fig, plot_paths["lengths"])
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    reasons = stats["rejections_by_reason"] or {"(none)": 0}
+    ax.barh(list(reasons), list(reasons.values()), color="#dd8452")
+    ax.set(xlabel="rows", title=f"Rejections ({stats['n_rejected']} of {stats['n_rows']})")
+    save_figure(fig, plot_paths["rejections"])
+
+
+def validate(
+    *,
+    demos_path: str,
+    validated_path: str,
+    rejected_path: str,
+    report_path: str,
+    plot_paths: dict[str, str],
+    task_options: dict[str, dict[str, Any]],
+    max_prompt_chars: int,
+    max_completion_chars: int,
+    gates: dict[str, Any],
+) -> dict[str, Any]:
+    frame = read_parquet(demos_path)
+    checked = check_rows(
+        frame,
+        source=demos_path,
+        task_options=task_options,
+        max_prompt_chars=max_prompt_chars,
+        max_completion_chars=max_completion_chars,
+    )
+    stats = statistics(checked)
+    failed = check_gates(stats, gates)
+    stats["gates"] = {"config": gates, "failed": failed, "passed": not failed}
+    log.info("validation: %s", stats)
+    if failed:
+        raise QualityGateError(f"validation of {demos_path} failed:\n  " + "\n  ".join(failed))
+    kept = checked[checked["reason"].isna()].drop(columns=["reason", "field"])
+    rejected = checked[checked["reason"].notna()]
+    write_parquet(kept.reset_index(drop=True), validated_path)
+    write_parquet(rejected.reset_index(drop=True), rejected_path)
+    plot_validation(checked, stats, plot_paths)
+    write_json(stats, report_path)
+    return stats

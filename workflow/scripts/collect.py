@@ -1,0 +1,30 @@
+"""Rule collect: one shard of expert demonstrations, resumable (adapter: reads `snakemake`, calls the library)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from sftdpo.runner import run  # noqa: E402
+from sftdpo.collect import collect_shard  # noqa: E402
+from sftdpo.io import params_hash  # noqa: E402
+
+sm = snakemake  # noqa: F821
+p = sm.params
+progress = f"work/collect/{params_hash(dict(p.items()))}/{sm.wildcards.shard}.jsonl"
+
+run(
+    sm,
+    lambda: collect_shard(
+        task=p.task,
+        task_options=p.task_options[p.task],
+        n_problems=p.n_problems,
+        expert=p.expert,
+        expert_options=p.expert_options,
+        seed=p.seed,
+        shard=int(sm.wildcards.shard),
+        n_shards=p.n_shards,
+        progress_path=progress,
+        out_path=sm.output[0],
+        flush_every=p.flush_every,
+    ),
+)

@@ -1,0 +1,21 @@
+"""Rule convert: chat rows and the token tensor (adapter: reads `snakemake`, calls the library)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from sftdpo.runner import run  # noqa: E402
+from sftdpo.convert import convert  # noqa: E402
+
+sm = snakemake  # noqa: F821
+run(
+    sm,
+    lambda: convert(
+        validated_path=sm.input.validated,
+        model_dir=sm.input.model,
+        chat_path=sm.output.chat,
+        tokens_path=sm.output.tokens,
+        report_path=sm.output.report,
+        max_length=sm.params.max_length,
+    ),
+)

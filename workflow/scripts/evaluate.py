@@ -1,0 +1,24 @@
+"""Rule evaluate: greedy evaluation of one stage on the test split (adapter: reads `snakemake`, calls the library)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from sftdpo.runner import run  # noqa: E402
+from sftdpo.evaluate import evaluate  # noqa: E402
+
+sm = snakemake  # noqa: F821
+p = sm.params
+run(
+    sm,
+    lambda: evaluate(
+        stage=sm.wildcards.stage,
+        model_dir=sm.input.model,
+        test_path=sm.input.test,
+        out_path=sm.output[0],
+        task_options=p.task_options,
+        max_new_tokens=p.max_new_tokens,
+        batch_size=p.batch_size,
+        seed=p.seed,
+    ),
+)

@@ -1,0 +1,29 @@
+"""Rule report: summary, comparison plot and markdown report (adapter: reads `snakemake`, calls the library)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from sftdpo.runner import run  # noqa: E402
+from sftdpo.report import STAGES, make_report  # noqa: E402
+
+sm = snakemake  # noqa: F821
+i, o = sm.input, sm.output
+run(
+    sm,
+    lambda: make_report(
+        eval_paths=dict(zip(STAGES, i.evals)),
+        extra_paths={
+            "validation": i.validation,
+            "split": i.split,
+            "sft": i.sft,
+            "preferences": i.preferences,
+            "dpo": i.dpo,
+        },
+        summary_path=o.summary,
+        plot_path=o.plot,
+        markdown_path=o.markdown,
+        n_samples=sm.params.bootstrap_samples,
+        seed=sm.params.seed,
+    ),
+)

@@ -22,8 +22,8 @@ include: "rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/report/summary.json",
         "results/report/comparison.png",
         "results/report/report.md",
-    default_target: True

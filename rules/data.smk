@@ -4,6 +4,12 @@
 rule base_model:
     output:
         directory("results/base/model"),
+    log:
+        "logs/base_model.log",
+    benchmark:
+        "results/benchmarks/base_model.tsv"
+    conda:
+        "../envs/train.yaml"
     params:
         name_or_path=config["model"]["name_or_path"],
         scratch=config["model"].get("scratch", {}),
@@ -11,12 +17,6 @@ rule base_model:
         task=config["task"]["name"],
         task_options=task_options(),
         seed=config["seed"],
-    log:
-        "logs/base_model.log",
-    benchmark:
-        "results/benchmarks/base_model.tsv"
-    conda:
-        "../envs/train.yaml"
     script:
         "../workflow/scripts/base_model.py"
 
@@ -24,6 +24,12 @@ rule base_model:
 rule collect:
     output:
         "results/demos/shards/{shard}.parquet",
+    log:
+        "logs/collect/{shard}.log",
+    benchmark:
+        "results/benchmarks/collect/{shard}.tsv"
+    conda:
+        "../envs/data.yaml"
     params:
         task=config["task"]["name"],
         task_options=task_options(),
@@ -33,12 +39,6 @@ rule collect:
         n_shards=config["collect"]["shards"],
         flush_every=config["collect"].get("flush_every", 100),
         seed=config["seed"],
-    log:
-        "logs/collect/{shard}.log",
-    benchmark:
-        "results/benchmarks/collect/{shard}.tsv"
-    conda:
-        "../envs/data.yaml"
     script:
         "../workflow/scripts/collect.py"
 
@@ -80,17 +80,17 @@ rule validate:
             caption="../workflow/report/validation.rst",
             category="1. Validation",
         ),
-    params:
-        task_options=task_options(),
-        max_prompt_chars=config["validate"].get("max_prompt_chars", 512),
-        max_completion_chars=config["validate"].get("max_completion_chars", 2048),
-        gates=config["validate"]["gates"],
     log:
         "logs/validate.log",
     benchmark:
         "results/benchmarks/validate.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        task_options=task_options(),
+        max_prompt_chars=config["validate"].get("max_prompt_chars", 512),
+        max_completion_chars=config["validate"].get("max_completion_chars", 2048),
+        gates=config["validate"]["gates"],
     script:
         "../workflow/scripts/validate.py"
 
@@ -103,14 +103,14 @@ rule convert:
         chat="results/data/chat.parquet",
         tokens="results/data/tokens.h5",
         report="results/data/convert.json",
-    params:
-        max_length=config["convert"]["max_length"],
     log:
         "logs/convert.log",
     benchmark:
         "results/benchmarks/convert.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        max_length=config["convert"]["max_length"],
     script:
         "../workflow/scripts/convert.py"
 
@@ -123,15 +123,15 @@ rule split:
         val="results/data/val.parquet",
         test="results/data/test.parquet",
         report="results/data/split.json",
-    params:
-        fractions=config["split"]["fractions"],
-        strata=config["split"]["strata"],
-        seed=config["seed"],
     log:
         "logs/split.log",
     benchmark:
         "results/benchmarks/split.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        fractions=config["split"]["fractions"],
+        strata=config["split"]["strata"],
+        seed=config["seed"],
     script:
         "../workflow/scripts/split.py"

@@ -7,22 +7,22 @@ rule evaluate:
         test="results/data/test.parquet",
     output:
         "results/eval/{stage}.parquet",
-    params:
-        max_new_tokens=config["evaluate"]["max_new_tokens"],
-        batch_size=config["evaluate"]["batch_size"],
-        task_options=task_options(),
-        seed=config["seed"],
-    threads: gpu_resources("evaluate").get("threads", 2)
-    resources:
-        gpu=gpu_resources("evaluate").get("gpu", 1),
-        mem_mb=gpu_resources("evaluate").get("mem_mb", 8000),
-        runtime=gpu_resources("evaluate").get("runtime", 60),
     log:
         "logs/evaluate/{stage}.log",
     benchmark:
         "results/benchmarks/evaluate/{stage}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: gpu_resources("evaluate").get("threads", 2)
+    resources:
+        gpu=gpu_resources("evaluate").get("gpu", 1),
+        mem_mb=gpu_resources("evaluate").get("mem_mb", 8000),
+        runtime=gpu_resources("evaluate").get("runtime", 60),
+    params:
+        max_new_tokens=config["evaluate"]["max_new_tokens"],
+        batch_size=config["evaluate"]["batch_size"],
+        task_options=task_options(),
+        seed=config["seed"],
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -43,14 +43,14 @@ rule report:
             category="3. Evaluation",
         ),
         markdown="results/report/report.md",
-    params:
-        bootstrap_samples=config["report"]["bootstrap_samples"],
-        seed=config["seed"],
     log:
         "logs/report.log",
     benchmark:
         "results/benchmarks/report.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        bootstrap_samples=config["report"]["bootstrap_samples"],
+        seed=config["seed"],
     script:
         "../workflow/scripts/report.py"

@@ -7,6 +7,17 @@ rule rollouts:
         train="results/data/train.parquet",
     output:
         "results/rollouts/shards/{shard}.parquet",
+    log:
+        "logs/rollouts/{shard}.log",
+    benchmark:
+        "results/benchmarks/rollouts/{shard}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: gpu_resources("rollouts").get("threads", 2)
+    resources:
+        gpu=gpu_resources("rollouts").get("gpu", 1),
+        mem_mb=gpu_resources("rollouts").get("mem_mb", 8000),
+        runtime=gpu_resources("rollouts").get("runtime", 60),
     params:
         n_shards=config["rollouts"]["shards"],
         n_prompts=config["rollouts"]["n_prompts"],
@@ -20,17 +31,6 @@ rule rollouts:
         task_options=task_options(),
         seed=config["seed"],
         work_dir="work/rollouts",
-    threads: gpu_resources("rollouts").get("threads", 2)
-    resources:
-        gpu=gpu_resources("rollouts").get("gpu", 1),
-        mem_mb=gpu_resources("rollouts").get("mem_mb", 8000),
-        runtime=gpu_resources("rollouts").get("runtime", 60),
-    log:
-        "logs/rollouts/{shard}.log",
-    benchmark:
-        "results/benchmarks/rollouts/{shard}.tsv"
-    conda:
-        "../envs/train.yaml"
     script:
         "../workflow/scripts/rollouts.py"
 
@@ -56,14 +56,14 @@ rule preferences:
     output:
         pairs="results/prefs/pairs.parquet",
         report="results/prefs/report.json",
-    params:
-        max_pairs_per_prompt=config["preferences"]["max_pairs_per_prompt"],
-        quality_margin=config["preferences"]["quality_margin"],
     log:
         "logs/preferences.log",
     benchmark:
         "results/benchmarks/preferences.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        max_pairs_per_prompt=config["preferences"]["max_pairs_per_prompt"],
+        quality_margin=config["preferences"]["quality_margin"],
     script:
         "../workflow/scripts/preferences.py"

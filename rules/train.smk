@@ -15,23 +15,23 @@ rule sft:
             caption="../workflow/report/sft.rst",
             category="2. Training",
         ),
-    params:
-        train=config["sft"]["train"],
-        lora=config["sft"].get("lora"),
-        eval_rows=config["sft"].get("eval_rows", 200),
-        seed=config["seed"],
-        work_dir="work/sft",
-    threads: gpu_resources("sft").get("threads", 2)
-    resources:
-        gpu=gpu_resources("sft").get("gpu", 1),
-        mem_mb=gpu_resources("sft").get("mem_mb", 8000),
-        runtime=gpu_resources("sft").get("runtime", 120),
     log:
         "logs/sft.log",
     benchmark:
         "results/benchmarks/sft.tsv"
     conda:
         "../envs/train.yaml"
+    threads: gpu_resources("sft").get("threads", 2)
+    resources:
+        gpu=gpu_resources("sft").get("gpu", 1),
+        mem_mb=gpu_resources("sft").get("mem_mb", 8000),
+        runtime=gpu_resources("sft").get("runtime", 120),
+    params:
+        train=config["sft"]["train"],
+        lora=config["sft"].get("lora"),
+        eval_rows=config["sft"].get("eval_rows", 200),
+        seed=config["seed"],
+        work_dir="work/sft",
     script:
         "../workflow/scripts/sft.py"
 
@@ -48,6 +48,17 @@ rule dpo:
             caption="../workflow/report/dpo.rst",
             category="2. Training",
         ),
+    log:
+        "logs/dpo.log",
+    benchmark:
+        "results/benchmarks/dpo.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: gpu_resources("dpo").get("threads", 2)
+    resources:
+        gpu=gpu_resources("dpo").get("gpu", 1),
+        mem_mb=gpu_resources("dpo").get("mem_mb", 8000),
+        runtime=gpu_resources("dpo").get("runtime", 120),
     params:
         train=config["dpo"]["train"],
         beta=config["dpo"]["beta"],
@@ -55,16 +66,5 @@ rule dpo:
         lora=config["dpo"].get("lora"),
         seed=config["seed"],
         work_dir="work/dpo",
-    threads: gpu_resources("dpo").get("threads", 2)
-    resources:
-        gpu=gpu_resources("dpo").get("gpu", 1),
-        mem_mb=gpu_resources("dpo").get("mem_mb", 8000),
-        runtime=gpu_resources("dpo").get("runtime", 120),
-    log:
-        "logs/dpo.log",
-    benchmark:
-        "results/benchmarks/dpo.tsv"
-    conda:
-        "../envs/train.yaml"
     script:
         "../workflow/scripts/dpo.py"

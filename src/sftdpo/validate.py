@@ -85,7 +85,8 @@ def _integrity(row: Any, limits: dict[str, int]) -> tuple[str | None, str | None
 
 def statistics(checked: pd.DataFrame) -> dict[str, Any]:
     kept = checked[checked["reason"].isna()]
-    rejected = checked[checked["reason"].notna()]
+    # Rejected rows may hold values of the wrong type; keep them, as text, so nothing is lost.
+    rejected = checked[checked["reason"].notna()].astype({name: str for name in TEXT_FIELDS})
     return {
         "n_rows": int(len(checked)),
         "n_kept": int(len(kept)),
@@ -179,7 +180,8 @@ def validate(
     if failed:
         raise QualityGateError(f"validation of {demos_path} failed:\n  " + "\n  ".join(failed))
     kept = checked[checked["reason"].isna()].drop(columns=["reason", "field"])
-    rejected = checked[checked["reason"].notna()]
+    # Rejected rows may hold values of the wrong type; keep them, as text, so nothing is lost.
+    rejected = checked[checked["reason"].notna()].astype({name: str for name in TEXT_FIELDS})
     write_parquet(kept.reset_index(drop=True), validated_path)
     write_parquet(rejected.reset_index(drop=True), rejected_path)
     plot_validation(checked, stats, plot_paths)

@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make run` (default pipeline) and `make test` (test suite).
+VENV ?= .venv
+PYTHON ?= python3
+# A CPU build of torch lies on this machine's disk; elsewhere set TORCH_SPEC=torch (or a CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: venv run test lint dag clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+run: venv
+	$(BIN)/snakemake -c2
+
+lint: venv
+	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/snakemake --lint
+
+test: lint
+	$(BIN)/python -m pytest -v
+
+dag: venv
+	$(BIN)/snakemake --dag | dot -Tsvg > dag.svg
+
+clean:
+	rm -rf results logs work .snakemake report.html dag.svg

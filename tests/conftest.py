@@ -1,0 +1,28 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+TINY = ROOT / "tests" / "config" / "tiny.yaml"
+
+
+def snakemake(*args, cwd, check=True, timeout=1800, env=None):
+    """Run the snakemake CLI on this repo's Snakefile in `cwd`; returns the CompletedProcess."""
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The whole DAG on the tiny test config, run once through the snakemake CLI."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    proc = snakemake("-c2", "--configfile", TINY, cwd=workdir)
+    return workdir, proc

@@ -1,0 +1,43 @@
+import numpy as np
+import pandas as pd
+
+from sftdpo.report import bootstrap_ci, paired_bootstrap, summarise
+
+
+def test_paired_bootstrap_mean_and_ci_match_numpy_reference():
+    rng = np.random.default_rng(0)
+    a = (rng.random(400) < 0.7).astype(np.float32)
+    b = (rng.random(400) < 0.5).astype(np.float32)
+    result = paired_bootstrap(a, b, n_samples=4000, seed=1)
+    assert abs(result["mean"] - (a - b).mean()) < 1e-6
+    # numpy reference bootstrap of the same statistic
+    idx = rng.integers(0, 400, size=(4000, 400))
+    ref = np.percentile((a - b)[idx].mean(axis=1), [2.5, 97.5])
+    assert abs(result["ci95"][0] - ref[0]) < 0.02 and abs(result["ci95"][1] - ref[1]) < 0.02
+    assert result["ci95"][0] < result["mean"] < result["ci95"][1]
+    assert paired_bootstrap(a, b, n_samples=4000, seed=1) == result  # seeded
+
+
+def test_degenerate_cases():
+    ones, zeros = np.ones(50), np.zeros(50)
+    assert paired_bootstrap(ones, zeros, n_samples=500, seed=0)["ci95"] == [1.0, 1.0]
+    assert paired_bootstrap(ones, ones, n_samples=500, seed=0) | {} == {
+        "mean": 0.0, "ci95": [0.0, 0.0], "n": 50, "n_samples": 500}
+    lo, hi = bootstrap_ci(np.array([1, 0] * 100, dtype=np.float32), n_samples=2000, seed=0)
+    assert 0.4 < lo < 0.5 < hi < 0.6
+
+
+def test_summary_shape_and_pairing_by_id():
+    def table(correct):
+        return pd.DataFrame({"id": [f"i{k}" for k in range(6)], "difficulty": ["1", "1", "2", "2", "3", "3"],
+                             "correct": correct, "n_tokens": [5] * 6})
+
+    evals = {"base": table([0, 0, 0, 0, 0, 0]), "sft": table([1, 1, 1, 0, 1, 0]), "dpo": table([1, 1, 1, 1, 1, 0])}
+    evals["dpo"] = evals["dpo"].iloc[::-1]  # order must not matter: items are paired by id
+    summary = summarise(evals, n_samples=500, seed=0)
+    assert abs(summary["stages"]["sft"]["accuracy"] - 4 / 6) < 1e-6
+    assert summary["stages"]["sft"]["by_difficulty"] == {"1": 1.0, "2": 0.5, "3": 0.5}
+    assert summary["stages"]["base"]["n"] == 6
+    assert abs(summary["deltas"]["sft-base"]["mean"] - 4 / 6) < 1e-6
+    assert abs(summary["deltas"]["dpo-sft"]["mean"] - 1 / 6) < 1e-6
+    assert set(summary["deltas"]) == {"sft-base", "dpo-sft"}

@@ -1,0 +1,135 @@
+"""The DAG through the snakemake CLI: dry runs, config validation, targets, quality gates, and e2e."""
+
+import json
+import re
+
+import h5py
+import pytest
+import yaml
+
+from conftest import TINY, snakemake
+from sftdpo.io import read_parquet
+
+EDGES = {
+    ("base_model", "convert"), ("collect", "merge_demos"), ("merge_demos", "validate"), ("validate", "convert"),
+    ("validate", "report"), ("convert", "split"), ("convert", "sft"), ("base_model", "sft"), ("split", "sft"),
+    ("split", "rollouts"), ("split", "evaluate"), ("split", "report"), ("sft", "rollouts"), ("sft", "dpo"),
+    ("sft", "evaluate"), ("sft", "report"), ("base_model", "evaluate"), ("rollouts", "merge_rollouts"),
+    ("merge_rollouts", "preferences"), ("preferences", "dpo"), ("preferences", "report"), ("dpo", "evaluate"),
+    ("dpo", "report"), ("evaluate", "report"), ("report", "all"),
+}
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_dry_run_lists_every_rule(tmp_path):
+    out = snakemake("-n", cwd=tmp_path).stdout
+    assert job_counts(out) == {"base_model": 1, "collect": 2, "merge_demos": 1, "validate": 1, "convert": 1,
+                               "split": 1, "sft": 1, "rollouts": 2, "merge_rollouts": 1, "preferences": 1,
+                               "dpo": 1, "evaluate": 3, "report": 1, "all": 1}
+
+
+def test_rulegraph_has_the_pipeline_order(tmp_path):
+    dot = snakemake("--rulegraph", cwd=tmp_path).stdout
+    names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.M))
+    edges = {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)}
+    assert edges == EDGES
+
+
+def test_targeted_data_artifact_needs_only_data_stages(tmp_path):
+    out = snakemake("-n", "results/data/train.parquet", cwd=tmp_path).stdout
+    assert job_counts(out) == {"base_model": 1, "collect": 2, "merge_demos": 1, "validate": 1, "convert": 1,
+                               "split": 1}
+
+
+@pytest.mark.parametrize(
+    "overlay, message",
+    [
+        ({"dpo": {"betta": 0.2}}, "Additional properties are not allowed ('betta' was unexpected)"),
+        ({"sft": {"train": {"max_steps": "many"}}}, "'many' is not of type 'integer'"),
+        ({"collect": {"expert": "oracle"}}, "'oracle' is not one of ['program']"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, overlay, message):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(overlay))
+    proc = snakemake("-n", "--configfile", tmp_path / "bad.yaml", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+def test_quality_gate_stops_the_dag_with_the_numbers(tmp_path):
+    (tmp_path / "noisy.yaml").write_text(yaml.safe_dump({"task": {"n_problems": 300},
+                                                         "collect": {"program": {"error_rate": 0.5}}}))
+    proc = snakemake("results/data/train.parquet", "-c2", "--configfile", TINY, tmp_path / "noisy.yaml",
+                     cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "Error in rule validate" in text
+    assert re.search(r"gate max_rejected_fraction: \d+/300 rows rejected \(\d+\.\d%\) > 20\.0%", text)
+    assert not (tmp_path / "results/demos/validated.parquet").exists()
+
+
+@pytest.mark.e2e
+def test_end_to_end_report(tiny_run):
+    workdir, _ = tiny_run
+    summary = json.loads((workdir / "results/report/summary.json").read_text())
+    test = read_parquet(workdir / "results/data/test.parquet")
+    for stage in ("base", "sft", "dpo"):
+        s = summary["stages"][stage]
+        assert s["n"] == len(test)
+        assert 0.0 <= s["accuracy"] <= 1.0
+        assert set(s["by_difficulty"]) == set(test["difficulty"])
+        rows = read_parquet(workdir / f"results/eval/{stage}.parquet")
+        assert abs(rows["correct"].mean() - s["accuracy"]) < 1e-6
+        assert list(rows.columns[:9]) == ["id", "stage", "task", "difficulty", "completion", "prediction", "gold",
+                                          "correct", "n_tokens"]
+    for name in ("sft-base", "dpo-sft"):
+        d = summary["deltas"][name]
+        assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    # The untrained base model cannot do arithmetic; SFT on 200 steps learns some of it.
+    assert summary["stages"]["base"]["accuracy"] == 0.0
+    assert summary["stages"]["sft"]["accuracy"] > 0.0
+    assert (workdir / "results/report/comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| sft |" in (workdir / "results/report/report.md").read_text()
+
+
+@pytest.mark.e2e
+def test_end_to_end_artifacts(tiny_run):
+    workdir, _ = tiny_run
+    r = lambda p: workdir / "results" / p  # noqa: E731
+    demos = read_parquet(r("demos/demos.parquet"))
+    validated, rejected = read_parquet(r("demos/validated.parquet")), read_parquet(r("demos/rejected.parquet"))
+    assert len(demos) == 1000 and len(validated) + len(rejected) == 1000
+    injected = demos["meta"].str.contains("injected_error")
+    assert set(rejected["id"]) == set(demos.loc[injected, "id"])  # validation caught every emulated error
+    splits = {s: read_parquet(r(f"data/{s}.parquet")) for s in ("train", "val", "test")}
+    assert sum(len(f) for f in splits.values()) == len(validated)
+    prompts = [set(f["prompt"].map(lambda m: m[0]["content"])) for f in splits.values()]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    with h5py.File(r("data/tokens.h5")) as h5:
+        assert h5["tokens"].shape == (len(validated), 96, 3)
+    rollouts = read_parquet(r("rollouts/rollouts.parquet"))
+    assert len(rollouts) == 40 * 4 and rollouts["id"].is_unique
+    pairs = read_parquet(r("prefs/pairs.parquet"))
+    assert len(pairs) > 0 and {"prompt", "chosen", "rejected", "kind"} <= set(pairs.columns)
+    sft = json.loads(r("sft/metrics.json").read_text())
+    dpo = json.loads(r("dpo/metrics.json").read_text())
+    assert sft["global_step"] == 200 and dpo["global_step"] == 10
+    assert (r("dpo/adapter") / "adapter_config.json").exists()  # LoRA over the full SFT model
+    assert json.loads((r("dpo/adapter") / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "results/sft/adapter"
+    assert len(list((workdir / "results/benchmarks").rglob("*.tsv"))) == 17
+
+
+@pytest.mark.e2e
+def test_html_report_and_noop_rerun(tiny_run):
+    workdir, _ = tiny_run
+    assert "Nothing to be done" in snakemake("-c2", "--configfile", TINY, cwd=workdir).stdout + \
+        snakemake("-n", "--configfile", TINY, cwd=workdir).stdout
+    snakemake("--configfile", TINY, "--report", "report.html", cwd=workdir)
+    html = (workdir / "report.html").read_text()
+    for name in ("comparison.png", "loss.png", "curves.png", "rejections.png"):
+        assert name in html

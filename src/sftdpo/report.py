@@ -89,8 +89,8 @@ def plot_comparison(evals: dict[str, pd.DataFrame], summary: dict[str, Any], pat
         x = np.arange(len(groups)) + (i - (len(evals) - 1) / 2) * width
         ax.bar(x, means, width, yerr=np.array(errors).T, capsize=3, label=stage)
     ax.set_xticks(np.arange(len(groups)), ["all" if g == "all" else f"difficulty {g}" for g in groups])
-    ax.set(ylabel="test accuracy (greedy)", ylim=(0, 1.05), title="Base vs SFT vs DPO (95% bootstrap CI)")
-    ax.legend()
+    ax.set(ylabel="test accuracy (greedy)", ylim=(0, 1.18), title="Base vs SFT vs DPO (95% bootstrap CI)")
+    ax.legend(loc="upper center", ncol=len(evals), frameon=False)
     save_figure(fig, path)
 
 

@@ -1,4 +1,8 @@
 # Config access and input functions shared by the rule files (no rules here).
+import sys
+
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from sftdpo.fingerprint import code_fingerprint
 
 
 wildcard_constraints:

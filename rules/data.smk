@@ -11,6 +11,7 @@ rule base_model:
     conda:
         "../envs/train.yaml"
     params:
+        code=code_fingerprint("sftdpo.modeling", "sftdpo.tasks"),
         name_or_path=config["model"]["name_or_path"],
         scratch=config["model"].get("scratch", {}),
         trust_remote_code=config["model"].get("trust_remote_code", False),
@@ -31,6 +32,7 @@ rule collect:
     conda:
         "../envs/data.yaml"
     params:
+        code=code_fingerprint("sftdpo.collect"),
         task=config["task"]["name"],
         task_options=task_options(),
         n_problems=config["task"]["n_problems"],
@@ -54,6 +56,8 @@ rule merge_demos:
         "results/benchmarks/merge_demos.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        code=code_fingerprint("sftdpo.io"),
     script:
         "../workflow/scripts/merge_demos.py"
 
@@ -87,6 +91,7 @@ rule validate:
     conda:
         "../envs/data.yaml"
     params:
+        code=code_fingerprint("sftdpo.validate"),
         task_options=task_options(),
         max_prompt_chars=config["validate"].get("max_prompt_chars", 512),
         max_completion_chars=config["validate"].get("max_completion_chars", 2048),
@@ -110,6 +115,7 @@ rule convert:
     conda:
         "../envs/data.yaml"
     params:
+        code=code_fingerprint("sftdpo.convert"),
         max_length=config["convert"]["max_length"],
     script:
         "../workflow/scripts/convert.py"
@@ -130,6 +136,7 @@ rule split:
     conda:
         "../envs/data.yaml"
     params:
+        code=code_fingerprint("sftdpo.split"),
         fractions=config["split"]["fractions"],
         strata=config["split"]["strata"],
         seed=config["seed"],

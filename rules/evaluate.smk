@@ -19,6 +19,7 @@ rule evaluate:
         mem_mb=gpu_resources("evaluate").get("mem_mb", 8000),
         runtime=gpu_resources("evaluate").get("runtime", 60),
     params:
+        code=code_fingerprint("sftdpo.evaluate"),
         max_new_tokens=config["evaluate"]["max_new_tokens"],
         batch_size=config["evaluate"]["batch_size"],
         task_options=task_options(),
@@ -50,6 +51,7 @@ rule report:
     conda:
         "../envs/data.yaml"
     params:
+        code=code_fingerprint("sftdpo.report"),
         bootstrap_samples=config["report"]["bootstrap_samples"],
         seed=config["seed"],
     script:

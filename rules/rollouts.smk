@@ -19,6 +19,7 @@ rule rollouts:
         mem_mb=gpu_resources("rollouts").get("mem_mb", 8000),
         runtime=gpu_resources("rollouts").get("runtime", 60),
     params:
+        code=code_fingerprint("sftdpo.rollouts"),
         n_shards=config["rollouts"]["shards"],
         n_prompts=config["rollouts"]["n_prompts"],
         k=config["rollouts"]["k"],
@@ -46,6 +47,8 @@ rule merge_rollouts:
         "results/benchmarks/merge_rollouts.tsv"
     conda:
         "../envs/data.yaml"
+    params:
+        code=code_fingerprint("sftdpo.io"),
     script:
         "../workflow/scripts/merge_rollouts.py"
 
@@ -63,6 +66,7 @@ rule preferences:
     conda:
         "../envs/data.yaml"
     params:
+        code=code_fingerprint("sftdpo.preferences"),
         max_pairs_per_prompt=config["preferences"]["max_pairs_per_prompt"],
         quality_margin=config["preferences"]["quality_margin"],
     script:

@@ -27,6 +27,7 @@ rule sft:
         mem_mb=gpu_resources("sft").get("mem_mb", 8000),
         runtime=gpu_resources("sft").get("runtime", 120),
     params:
+        code=code_fingerprint("sftdpo.sft"),
         train=config["sft"]["train"],
         lora=config["sft"].get("lora"),
         eval_rows=config["sft"].get("eval_rows", 200),
@@ -60,6 +61,7 @@ rule dpo:
         mem_mb=gpu_resources("dpo").get("mem_mb", 8000),
         runtime=gpu_resources("dpo").get("runtime", 120),
     params:
+        code=code_fingerprint("sftdpo.dpo"),
         train=config["dpo"]["train"],
         beta=config["dpo"]["beta"],
         loss_type=config["dpo"]["loss_type"],

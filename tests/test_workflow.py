@@ -7,7 +7,7 @@ import h5py
 import pytest
 import yaml
 
-from conftest import TINY, snakemake
+from conftest import TINY, job_counts, snakemake
 from sftdpo.io import read_parquet
 
 EDGES = {
@@ -18,11 +18,6 @@ EDGES = {
     ("merge_rollouts", "preferences"), ("preferences", "dpo"), ("preferences", "report"), ("dpo", "evaluate"),
     ("dpo", "report"), ("evaluate", "report"), ("report", "all"),
 }
-
-
-def job_counts(output: str) -> dict[str, int]:
-    table = output.split("Job stats:")[1].split("total")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
 def test_dry_run_lists_every_rule(tmp_path):

@@ -92,8 +92,9 @@ def convert(
     tokens = np.stack(tensors)
     with atomic_path(tokens_path) as tmp:
         with h5py.File(tmp, "w") as h5:
-            h5.create_dataset("tokens", data=tokens, compression="gzip", chunks=(min(len(tokens), 256), max_length, 3))
-            h5.create_dataset("ids", data=np.array(chat["id"].tolist(), dtype=h5py.string_dtype()))
+            h5.create_dataset("tokens", data=tokens, compression="gzip",
+                              chunks=(min(len(tokens), 256), max_length, 3), track_times=False)
+            h5.create_dataset("ids", data=np.array(chat["id"].tolist(), dtype=h5py.string_dtype()), track_times=False)
             h5.attrs["tokenizer_hash"] = tokenizer_hash(tokenizer)
             h5.attrs["max_length"] = max_length
             h5.attrs["layout"] = "input_ids,attention_mask,loss_mask"

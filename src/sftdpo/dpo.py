@@ -46,6 +46,7 @@ def train_dpo(
         work_dir,
         {"train": train, "beta": beta, "loss_type": loss_type, "lora": lora, "seed": seed,
          "inputs": [file_digest(p) for p in (sft_dir, pairs_path)]},
+        "sftdpo.dpo",
     )
     args = DPOConfig(**trainer_kwargs(train, ckpt, seed), beta=beta, loss_type=loss_type)
     is_adapter = hasattr(model, "peft_config")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -117,6 +118,8 @@ class ShardProgress:
             self.done.add(row[self.key])
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        # Test-only pacing, so kill -9 tests can hit a shard between two flushes.
+        time.sleep(float(os.environ.get("SFTDPO_TEST_FLUSH_DELAY", "0")))
 
     def close(self) -> None:
         self._fh.close()

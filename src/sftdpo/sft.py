@@ -53,6 +53,7 @@ def train_sft(
         work_dir,
         {"train": train, "lora": lora, "seed": seed, "eval_rows": eval_rows,
          "inputs": [file_digest(p) for p in (base_dir, train_path, val_path, tokens_path)]},
+        "sftdpo.sft",
     )
     args = SFTConfig(
         **trainer_kwargs(train, ckpt, seed),

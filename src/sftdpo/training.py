@@ -1,8 +1,9 @@
 """What SFT and DPO share: trainer arguments, checkpoint resume, saving, metrics and curves.
 
-Checkpoints live in a work directory keyed by a hash of the stage's parameters, outside the declared
-outputs: Snakemake's cleanup of incomplete outputs never deletes them, a rerun with the same
-parameters resumes from the last one, and a parameter change starts afresh.
+Checkpoints live in a work directory keyed by a hash of the stage's parameters, inputs and code,
+outside the declared outputs: Snakemake's cleanup of incomplete outputs never deletes them, a rerun
+of a killed job resumes from the last one, and any change starts afresh. They are deleted once the
+final model is saved, so `--forcerun` retrains.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import atomic_path, params_hash, write_json
 from sftdpo.modeling import device, use_bf16
 from sftdpo.plots import plot_curve
@@ -32,7 +35,9 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def checkpoint_dir(work_dir: str, params: dict[str, Any]) -> Path:
+def checkpoint_dir(work_dir: str, params: dict[str, Any], code_module: str) -> Path:
+    """`work_dir/<hash of params, inputs and the stage's code>`: resumable only by an identical rerun."""
+    params = {**params, "code": code_fingerprint(code_module)}
     path = Path(work_dir) / params_hash(params)
     path.mkdir(parents=True, exist_ok=True)
     (path / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
@@ -40,11 +45,12 @@ def checkpoint_dir(work_dir: str, params: dict[str, Any]) -> Path:
 
 
 def last_checkpoint(path: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    found = get_last_checkpoint(str(path))
-    if found:
-        log.info("resuming from %s", found)
+    """The newest complete checkpoint: one killed mid-save has no trainer_state.json yet and is skipped."""
+    complete = [p for p in path.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    if not complete:
+        return None
+    found = str(max(complete, key=lambda p: int(p.name.rpartition("-")[2])))
+    log.info("resuming from %s", found)
     return found
 
 
@@ -84,6 +90,8 @@ def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer) -> dict[str, 
     with atomic_path(out_dir) as tmp:
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+    # The output holds the result now; checkpoints (GBs for real models) are only a resume point.
+    shutil.rmtree(ckpt_dir)
     state = trainer.state
     return {
         "global_step": state.global_step,

@@ -1,0 +1,125 @@
+"""Issue 4: a changed parameter or code reruns exactly its dependants; targeted rebuilds; determinism."""
+
+import filecmp
+import shutil
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY, job_counts, snakemake
+from sftdpo.io import read_parquet
+
+pytestmark = pytest.mark.e2e
+
+DOWNSTREAM = ["base_model", "collect", "merge_demos", "validate", "convert", "split", "sft", "rollouts",
+              "merge_rollouts", "preferences", "dpo", "evaluate", "report", "all"]
+SHARDED = {"collect": 2, "rollouts": 2}
+
+
+def jobs(*rules, evaluate=3):
+    return {r: (evaluate if r == "evaluate" else SHARDED.get(r, 1)) for r in rules}
+
+
+def from_(rule, evaluate=3):
+    return jobs(*DOWNSTREAM[DOWNSTREAM.index(rule):], evaluate=evaluate)
+
+
+AFTER_SFT = jobs("sft", "rollouts", "merge_rollouts", "preferences", "dpo", "evaluate", "report", "all", evaluate=2)
+AFTER_ROLLOUTS = jobs("rollouts", "merge_rollouts", "preferences", "dpo", "evaluate", "report", "all", evaluate=1)
+AFTER_PREFS = jobs("preferences", "dpo", "evaluate", "report", "all", evaluate=1)
+AFTER_DPO = jobs("dpo", "evaluate", "report", "all", evaluate=1)
+
+
+@pytest.fixture
+def finished(tiny_run, tmp_path):
+    """A private copy of the finished tiny run (outputs, mtimes and Snakemake's metadata)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], workdir, symlinks=True)
+    return workdir
+
+
+def dry_run(workdir, *args, snakefile=None):
+    extra = ["-s", snakefile] if snakefile else []
+    return snakemake("-n", *extra, "--configfile", TINY, *args, cwd=workdir).stdout
+
+
+PARAMETER_CHANGES = [
+    ({"collect": {"program": {"error_rate": 0.06}}}, from_("collect")),
+    ({"model": {"scratch": {"layers": 3}}}, {**jobs("base_model"), **from_("convert")}),
+    ({"validate": {"max_completion_chars": 1000}}, from_("validate")),
+    ({"convert": {"max_length": 90}}, from_("convert")),
+    ({"split": {"strata": ["difficulty"]}}, from_("split")),
+    ({"sft": {"train": {"learning_rate": 0.002}}}, AFTER_SFT),
+    ({"rollouts": {"temperature": 0.9}}, AFTER_ROLLOUTS),
+    ({"preferences": {"max_pairs_per_prompt": 3}}, AFTER_PREFS),
+    ({"dpo": {"beta": 0.2}}, AFTER_DPO),
+    ({"evaluate": {"max_new_tokens": 30}}, jobs("evaluate", "report", "all")),
+    ({"report": {"bootstrap_samples": 500}}, jobs("report", "all")),
+]
+
+
+def test_up_to_date_run_schedules_nothing(finished):
+    assert job_counts(dry_run(finished)) == {}
+
+
+@pytest.mark.parametrize("change, expected", PARAMETER_CHANGES, ids=lambda v: str(v)[:40])
+def test_parameter_change_reruns_exactly_the_dependants(finished, change, expected):
+    (finished / "change.yaml").write_text(yaml.safe_dump(change))
+    out = dry_run(finished, "change.yaml")
+    assert job_counts(out) == expected
+    if "dpo" in change:  # evaluate runs for the dpo stage only
+        assert "stage=dpo" in out and "stage=base" not in out and "stage=sft" not in out
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    shutil.copy2(ROOT / "Snakefile", copy / "Snakefile")
+    for name in ("rules", "workflow", "src", "config", "profiles"):
+        shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return copy
+
+
+@pytest.mark.parametrize(
+    "module, expected",
+    [("report.py", jobs("report", "all")), ("preferences.py", AFTER_PREFS)],
+)
+def test_library_code_change_reruns_its_stage(finished, repo_copy, module, expected):
+    snakefile = repo_copy / "Snakefile"
+    assert job_counts(dry_run(finished, snakefile=snakefile)) == {}  # same code, other place: nothing to do
+    with (repo_copy / "src/sftdpo" / module).open("a") as fh:
+        fh.write("\n# an edit\n")
+    assert job_counts(dry_run(finished, snakefile=snakefile)) == expected
+
+
+def test_target_builds_only_what_it_needs(tmp_path):
+    out = snakemake("-n", "results/sft/adapter", "--configfile", TINY, cwd=tmp_path).stdout
+    assert job_counts(out) == jobs("base_model", "collect", "merge_demos", "validate", "convert", "split", "sft")
+
+
+def test_forcerun_dpo_reruns_dpo_and_dependants_only(finished):
+    assert job_counts(dry_run(finished, "--forcerun", "dpo")) == AFTER_DPO
+
+
+def test_deleted_rollout_shard_is_rebuilt_with_its_dependants(finished):
+    shard = finished / "results/rollouts/shards/1.parquet"
+    before = read_parquet(shard)
+    shard.unlink()
+    out = dry_run(finished)
+    assert job_counts(out) == {**AFTER_ROLLOUTS, "rollouts": 1} and "shard=1" in out and "shard=0" not in out
+    snakemake("-c2", "--configfile", TINY, cwd=finished)
+    assert read_parquet(shard).equals(before)
+    assert job_counts(dry_run(finished)) == {}
+
+
+DATA_ARTIFACTS = ["demos/demos.parquet", "demos/validated.parquet", "demos/rejected.parquet", "data/chat.parquet",
+                  "data/tokens.h5", "data/train.parquet", "data/val.parquet", "data/test.parquet",
+                  "rollouts/rollouts.parquet", "prefs/pairs.parquet",
+                  "eval/base.parquet", "eval/sft.parquet", "eval/dpo.parquet"]
+
+
+def test_same_config_and_seed_give_identical_artifacts(tiny_run, tmp_path):
+    snakemake("-c2", "--configfile", TINY, cwd=tmp_path)
+    for name in DATA_ARTIFACTS:
+        assert filecmp.cmp(tiny_run[0] / "results" / name, tmp_path / "results" / name, shallow=False), name

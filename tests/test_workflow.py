@@ -16,7 +16,7 @@ EDGES = {
     ("split", "rollouts"), ("split", "evaluate"), ("split", "report"), ("sft", "rollouts"), ("sft", "dpo"),
     ("sft", "evaluate"), ("sft", "report"), ("base_model", "evaluate"), ("rollouts", "merge_rollouts"),
     ("merge_rollouts", "preferences"), ("preferences", "dpo"), ("preferences", "report"), ("dpo", "evaluate"),
-    ("dpo", "report"), ("evaluate", "report"), ("report", "all"),
+    ("dpo", "report"), ("evaluate", "report"), ("report", "all"), ("collect", "all"), ("rollouts", "all"),
 }
 
 

@@ -27,3 +27,6 @@ rule all:
         "results/report/summary.json",
         "results/report/comparison.png",
         "results/report/report.md",
+        # The shards too: a deleted shard is rebuilt, and being newer it reruns what depends on it.
+        expand("results/demos/shards/{shard}.parquet", shard=shards("collect")),
+        expand("results/rollouts/shards/{shard}.parquet", shard=shards("rollouts")),

@@ -1,0 +1,354 @@
+"""`snakemake --profile profiles/slurm` on a real Slurm cluster (issue 3).
+
+tests/slurm/start-cluster.sh brings up a one-node Slurm (partitions cpu and
+gpu, one fake GPU, slurmdbd so that sacct works, QOS guard refusing GPU jobs
+in partition cpu).  The tiny pipeline config then runs through the project's
+Slurm profile merged with tests/slurm/overlay.yaml, and sacct tells where each
+job ran.  Fault injection (SFTDPO_FAIL_ONCE / SFTDPO_FAIL_ALWAYS, read by
+src/sftdpo/runner.py inside the jobs: sbatch exports the environment) checks
+retries and the error report.
+
+Outside CI the cluster tests are skipped when not root or when apt cannot
+install Slurm; with CI=true that is a failure.  Each Slurm job costs ~5-15 s of
+submission and polling, so the full run takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "Snakefile"
+TINY = ROOT / "tests" / "config" / "tiny.yaml"
+PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
+SLURM_TESTS = ROOT / "tests" / "slurm"
+OVERLAY = SLURM_TESTS / "overlay.yaml"
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+GPU_RULES = {"sft", "rollouts", "dpo", "evaluate"}
+CPU_RULES = {"base_model", "collect", "merge_demos", "validate", "convert", "split",
+             "merge_rollouts", "preferences", "report"}
+# What a user of the profile sets for this cluster (see profiles/slurm/config.yaml).
+CLUSTER_ENV = {"SFTDPO_CPU_PARTITION": "cpu", "SFTDPO_GPU_PARTITION": "gpu"}
+
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+START_TIMEOUT = 900     # from nothing (apt-get install) ~20-60 s
+RUN_TIMEOUT = 1200      # the whole tiny DAG through Slurm, ~3-5 min here
+SHORT_TIMEOUT = 300     # a forced re-run of one rule
+# Forced re-runs of one rule in a copy of the finished run rebuild nothing else, even if
+# code or config changed meanwhile (params carry code fingerprints): only mtimes count.
+ONLY_FORCED = ("--rerun-triggers", "mtime")
+
+
+# ---------------------------------------------------------------- helpers
+def _tail(text: str, n: int = 6000) -> str:
+    return text if len(text) <= n else "...\n" + text[-n:]
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` into `base`: mappings merged key by key, anything else replaced."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+@dataclass
+class Run:
+    workdir: Path
+    returncode: int
+    output: str           # snakemake's stdout + stderr
+    run_ids: list[str]    # "SLURM run ID" = the sbatch --job-name of its jobs
+    started: dt.datetime
+
+
+@dataclass
+class SlurmJob:
+    jobid: int
+    rule: str
+    wildcards: str
+    partition: str
+    alloc_tres: str
+    state: str
+
+
+def run_snakemake(workdir: Path, profile_dir: Path, *args: str, env: dict | None = None,
+                  timeout: int = RUN_TIMEOUT, name: str = "run") -> Run:
+    """The repo's Snakefile with the Slurm profile in `workdir`, under `timeout -k`."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SFTDPO_")}
+    full_env.update(CLUSTER_ENV)
+    full_env.update(env or {})
+    cmd = ["timeout", "-k", "10", str(timeout), SNAKEMAKE,
+           "--profile", str(profile_dir), "--workflow-profile", "none",
+           "--snakefile", str(SNAKEFILE), "--configfile", str(TINY),
+           "--directory", str(workdir), *args]
+    log_path = workdir.parent / f"{workdir.name}.{name}.snakemake.out"
+    started = dt.datetime.now() - dt.timedelta(seconds=5)
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, cwd=workdir, env=full_env, stdin=subprocess.DEVNULL,
+                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout + 60)
+    output = log_path.read_text()
+    run_ids = re.findall(r"SLURM run ID: (\S+)", output)
+    return Run(workdir, proc.returncode, output, run_ids, started)
+
+
+def sacct_jobs(run: Run) -> list[SlurmJob]:
+    """The run's Slurm jobs (allocations only), by job id; rule from the plugin's --comment."""
+    if not run.run_ids:
+        return []
+    out = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-S", run.started.strftime("%Y-%m-%dT%H:%M:%S"),
+         "--name", ",".join(run.run_ids), "-o", "JobID,JobName,Partition,AllocTRES,State,Comment"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    jobs = []
+    for line in out.splitlines():
+        jobid, _name, partition, tres, state, comment = line.split("|", 5)
+        # snakemake-executor-plugin-slurm: --comment rule_<rule>[_wildcards_<wildcards>]
+        m = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", comment)
+        assert m, f"job {jobid}: unexpected comment {comment!r}"
+        jobs.append(SlurmJob(int(jobid), m.group(1), m.group(2) or "", partition, tres,
+                             state.split()[0]))
+    return sorted(jobs, key=lambda j: j.jobid)
+
+
+def sacct_table(jobs: list[SlurmJob]) -> str:
+    rows = [f"{'job':>6}  {'rule':<15} {'wildcards':<10} {'partition':<9} {'state':<10} alloc_tres"]
+    rows += [f"{j.jobid:>6}  {j.rule:<15} {j.wildcards:<10} {j.partition:<9} {j.state:<10} {j.alloc_tres}"
+             for j in jobs]
+    return "\n".join(rows)
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table (first one) of a run's output: rule -> job count."""
+    block = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.M)}
+
+
+def copy_workdir(src: Path, dst: Path) -> Path:
+    """A copy of a finished run (mtimes kept, so Snakemake sees it up to date), without
+    the run's own Slurm and Snakemake logs."""
+    def ignore(directory, names):
+        return {"slurm_logs", "log", "locks"} & set(names) if Path(directory) == src / ".snakemake" else set()
+
+    shutil.copytree(src, dst, symlinks=True, ignore=ignore)
+    return dst
+
+
+def describe_failure(run: Run) -> str:
+    jobs = sacct_jobs(run)
+    logs = []
+    for path in sorted((run.workdir / ".snakemake" / "slurm_logs").rglob("*.log"))[-3:]:
+        logs.append(f"--- {path}\n{_tail(path.read_text(errors='replace'), 2000)}")
+    return (f"snakemake exited {run.returncode} in {run.workdir}\n{_tail(run.output)}\n"
+            f"--- sacct\n{sacct_table(jobs)}\n" + "\n".join(logs))
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """Start (or re-check) the test cluster with tests/slurm/start-cluster.sh."""
+    log_path = tmp_path_factory.mktemp("slurm_cluster") / "start-cluster.out"
+    with open(log_path, "w") as log:
+        try:
+            rc = subprocess.run(["bash", str(SLURM_TESTS / "start-cluster.sh")],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                timeout=START_TIMEOUT).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    output = log_path.read_text()
+    if rc == 0:
+        return output
+    reason = {2: "not root", 3: "apt cannot install the Slurm packages"}.get(rc)
+    if reason and not IN_CI:
+        pytest.skip(f"no Slurm test cluster: {reason} (tests/slurm/start-cluster.sh exit {rc})")
+    pytest.fail(f"tests/slurm/start-cluster.sh failed (exit {rc}){' in CI' if IN_CI else ''}:\n"
+                f"{_tail(output)}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def slurm_profile(tmp_path_factory) -> Path:
+    """profiles/slurm/config.yaml with tests/slurm/overlay.yaml merged in, as a profile dir."""
+    merged = deep_merge(yaml.safe_load(PROFILE.read_text()), yaml.safe_load(OVERLAY.read_text()))
+    profile_dir = tmp_path_factory.mktemp("slurm_profile")
+    (profile_dir / "config.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    return profile_dir
+
+
+@pytest.fixture(scope="session")
+def slurm_run(slurm_cluster, slurm_profile, tmp_path_factory) -> Run:
+    """The whole tiny DAG on Slurm, `report` failing on its first attempt (SFTDPO_FAIL_ONCE)."""
+    base = tmp_path_factory.mktemp("slurm_run")
+    workdir = base / "work"
+    workdir.mkdir()
+    marker = base / "report.failed-once"
+    run = run_snakemake(workdir, slurm_profile, env={"SFTDPO_FAIL_ONCE": f"report:{marker}"},
+                        name="full")
+    try:
+        assert run.returncode == 0, describe_failure(run)
+        yield run
+    finally:
+        _cancel(run)
+
+
+def _cancel(run: Run) -> None:
+    """Leave no job of the run behind (snakemake killed by the timeout, say)."""
+    for run_id in run.run_ids:
+        subprocess.run(["scancel", "--name", run_id], capture_output=True, timeout=60)
+
+
+# ---------------------------------------------------------------- tests
+def test_profile_takes_cluster_values_from_environment(monkeypatch):
+    """Partition, account and GPU model come from SFTDPO_* variables, with defaults."""
+    from snakemake.profiles import ProfileConfigFileParser
+
+    def load(**env):
+        for key in ("SFTDPO_CPU_PARTITION", "SFTDPO_GPU_PARTITION", "SFTDPO_SLURM_ACCOUNT",
+                    "SFTDPO_GPU_MODEL"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        with open(PROFILE) as stream:
+            return ProfileConfigFileParser().parse(stream)
+
+    unset = load()
+    assert unset["executor"] == "slurm"
+    assert not any(r.startswith(("slurm_partition", "slurm_account")) for r in unset["default-resources"])
+    for rule in GPU_RULES:
+        assert f"{rule}:slurm_partition=gpu" in unset["set-resources"]
+        assert not any(r.startswith(f"{rule}:gpu_model") for r in unset["set-resources"])
+
+    set_ = load(SFTDPO_CPU_PARTITION="short", SFTDPO_GPU_PARTITION="gpu-a100",
+                SFTDPO_SLURM_ACCOUNT="proj42", SFTDPO_GPU_MODEL="a100")
+    assert "slurm_partition=short" in set_["default-resources"]
+    assert "slurm_account=proj42" in set_["default-resources"]
+    for rule in GPU_RULES:
+        assert f"{rule}:slurm_partition=gpu-a100" in set_["set-resources"]
+        assert f"{rule}:gpu_model=a100" in set_["set-resources"]
+    # Placement is the profile's business only: not in the rules, config/ or the test overlay.
+    for path in [SNAKEFILE, OVERLAY, *(ROOT / "rules").glob("*.smk"), *(ROOT / "config").rglob("*.yaml")]:
+        text = path.read_text()
+        for key in ("slurm_partition", "slurm_account", "gpu_model"):
+            assert key not in text, f"{key} in {path.relative_to(ROOT)}"
+
+
+def test_jobs_ran_in_the_right_partition(slurm_run):
+    """GPU rules in partition gpu with one GPU, every other rule in cpu without one."""
+    jobs = sacct_jobs(slurm_run)
+    table = sacct_table(jobs)
+    print(table)
+    expected = {rule: n for rule, n in job_stats(slurm_run.output).items() if rule != "all"}
+    completed = {}
+    for job in jobs:
+        if job.state == "COMPLETED":
+            completed[job.rule] = completed.get(job.rule, 0) + 1
+    assert completed == expected, f"COMPLETED jobs per rule differ from the DAG:\n{table}"
+    assert set(expected) == GPU_RULES | CPU_RULES, f"rule names changed? {sorted(expected)}"
+    for job in jobs:
+        if job.rule in GPU_RULES:
+            assert job.partition == "gpu" and "gres/gpu=1" in job.alloc_tres.split(","), table
+        else:
+            assert job.partition == "cpu" and "gres/gpu" not in job.alloc_tres, table
+    evaluated = {j.wildcards for j in jobs if j.rule == "evaluate" and j.state == "COMPLETED"}
+    assert evaluated == {"base", "sft", "dpo"}, table
+    # GPU jobs are sized by the config (`<stage>.resources`), not by the profile.
+    tiny = yaml.safe_load(TINY.read_text())
+    max_threads = yaml.safe_load(OVERLAY.read_text())["max-threads"]
+    for job in jobs:
+        if job.rule in GPU_RULES:
+            size = tiny[job.rule]["resources"]
+            tres = dict(item.split("=", 1) for item in job.alloc_tres.split(","))
+            assert tres["mem"] == f"{size['mem_mb']}M", table
+            assert tres["cpu"] == str(min(size["threads"], max_threads)), table
+
+
+def test_summary_has_the_shape_of_a_local_run(slurm_run, request):
+    summary = json.loads((slurm_run.workdir / "results" / "report" / "summary.json").read_text())
+    assert set(summary["stages"]) == {"base", "sft", "dpo"}
+    for stage in summary["stages"].values():
+        assert 0.0 <= stage["accuracy"] <= 1.0
+        assert isinstance(stage["n"], int) and stage["n"] > 0
+        assert stage["by_difficulty"] and all(0.0 <= v <= 1.0 for v in stage["by_difficulty"].values())
+    assert set(summary["deltas"]) == {"sft-base", "dpo-sft"}
+    for delta in summary["deltas"].values():
+        assert isinstance(delta["mean"], float)
+        lo, hi = delta["ci95"]
+        assert lo <= delta["mean"] <= hi
+
+    # Same keys and types as the local run of tests/conftest.py, when this
+    # session runs that one anyway (a full `pytest`); not worth a run of its own.
+    if any("tiny_run" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        local_workdir, _ = request.getfixturevalue("tiny_run")
+        local = json.loads((local_workdir / "results" / "report" / "summary.json").read_text())
+
+        def shape(obj):
+            if isinstance(obj, dict):
+                return {k: shape(v) for k, v in obj.items()}
+            if isinstance(obj, list):
+                return [shape(v) for v in obj]
+            return type(obj).__name__
+
+        for part in ("stages", "deltas"):
+            assert shape(summary[part]) == shape(local[part])
+
+
+def test_retries_recover_from_a_failed_attempt(slurm_run):
+    """SFTDPO_FAIL_ONCE=report: the first report job FAILED, the retry COMPLETED the run."""
+    reports = [j for j in sacct_jobs(slurm_run) if j.rule == "report"]
+    assert [j.state for j in reports] == ["FAILED", "COMPLETED"], sacct_table(reports)
+    assert "Error in rule report" in slurm_run.output
+    assert "Trying to restart job" in slurm_run.output
+
+
+def test_failing_rule_and_its_slurm_log_are_reported(slurm_run, slurm_profile, tmp_path):
+    """SFTDPO_FAIL_ALWAYS=report: non-zero exit; the output names the rule and the failed
+    job's Slurm log, which holds the error.  `--retries 0` (retries are proven above) saves
+    an attempt and the status-check back-off that follows it (~30 s)."""
+    workdir = copy_workdir(slurm_run.workdir, tmp_path / "work")
+    run = run_snakemake(workdir, slurm_profile, "--forcerun", "report", "--retries", "0", *ONLY_FORCED,
+                        env={"SFTDPO_FAIL_ALWAYS": "report"}, timeout=SHORT_TIMEOUT, name="fail")
+    try:
+        assert run.returncode not in (0, 124, 137), describe_failure(run)
+        jobs = sacct_jobs(run)
+        assert [(j.rule, j.state) for j in jobs] == [("report", "FAILED")], sacct_table(jobs)
+        assert "Error in rule report" in run.output
+        assert "logs/report.log" in run.output   # the rule's own log, with the traceback...
+        assert "injected failure in rule report" in run.output   # ...shown (show-failed-logs)
+        for job in jobs:
+            log = workdir / ".snakemake" / "slurm_logs" / "rule_report" / f"{job.jobid}.log"
+            assert str(log) in run.output, f"{log} not named in the output:\n{_tail(run.output)}"
+            assert "injected failure in rule report" in log.read_text(errors="replace")
+    finally:
+        _cancel(run)
+
+
+def test_gpu_job_sent_to_the_cpu_partition_is_refused(slurm_run, slurm_profile, tmp_path):
+    """The partition guard (QOS cpuonly) rejects a GPU job at sbatch time, and Snakemake says so."""
+    workdir = copy_workdir(slurm_run.workdir, tmp_path / "work")
+    run = run_snakemake(workdir, slurm_profile, "--forcerun", "evaluate", "--until", "evaluate",
+                        *ONLY_FORCED, env={"SFTDPO_GPU_PARTITION": "cpu"}, timeout=SHORT_TIMEOUT,
+                        name="guard")
+    try:
+        assert run.returncode not in (0, 124, 137), describe_failure(run)
+        assert "Error in rule evaluate" in run.output
+        assert "QOSMaxGRESPerJob" in run.output, _tail(run.output)
+        assert sacct_jobs(run) == []
+    finally:
+        _cancel(run)

@@ -34,3 +34,60 @@ def gpu_resources(stage):
 
 def stage_model(wildcards):
     return STAGE_MODEL[wildcards.stage]
+
+
+def task_data_files():
+    """Files the configured task reads its problems from (e.g. task.gsm8k.path)."""
+    path = config["task"].get(config["task"]["name"], {}).get("path")
+    return [path] if path else []
+
+
+def expert_options():
+    return config["collect"].get(config["collect"]["expert"], {})
+
+
+def collect_code():
+    """Code fingerprint of collect: sftdpo.collect and the configured expert's modules only."""
+    from sftdpo.experts import EXPERT_MODULES
+
+    return code_fingerprint(
+        "sftdpo.collect", *EXPERT_MODULES.get(config["collect"]["expert"], ())
+    )
+
+
+def collect_inputs(wildcards):
+    """Data a collect shard reads: imported files, the task's problem file, a local policy model."""
+    expert = config["collect"]["expert"]
+    if expert == "files":
+        return list(expert_options().get("paths", []))
+    files = task_data_files()
+    model = expert_options().get("model") if expert == "policy" else None
+    # A local directory is an input (a new model reruns collect); otherwise it is a Hugging Face id.
+    if model and os.path.exists(model):
+        files.append(model)
+    return files
+
+
+def tokenizer_files():
+    """The import the scratch tokenizer learns from (collect.expert: files), else None (task text)."""
+    if config["model"]["name_or_path"] != "scratch":
+        return None
+    if config["collect"]["expert"] != "files":
+        return None
+    keys = ("paths", "format", "columns", "strip_annotations")
+    return {k: v for k, v in expert_options().items() if k in keys}
+
+
+def base_model_inputs(wildcards):
+    """Data the scratch tokenizer is trained on (none for a Hugging Face model)."""
+    if config["model"]["name_or_path"] != "scratch":
+        return []
+    files = tokenizer_files()
+    return list(files.get("paths", [])) if files else task_data_files()
+
+
+def base_model_code():
+    modules = ["sftdpo.modeling", "sftdpo.tasks"]
+    if tokenizer_files():
+        modules.append("sftdpo.importers")
+    return code_fingerprint(*modules)

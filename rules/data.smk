@@ -2,6 +2,8 @@
 
 
 rule base_model:
+    input:
+        base_model_inputs,
     output:
         directory("results/base/model"),
     log:
@@ -11,20 +13,24 @@ rule base_model:
     conda:
         "../envs/train.yaml"
     params:
-        code=code_fingerprint("sftdpo.modeling", "sftdpo.tasks"),
+        code=base_model_code(),
         name_or_path=config["model"]["name_or_path"],
         scratch=config["model"].get("scratch", {}),
         trust_remote_code=config["model"].get("trust_remote_code", False),
         task=config["task"]["name"],
         task_options=task_options(),
+        tokenizer_files=tokenizer_files(),
         seed=config["seed"],
     script:
         "../workflow/scripts/base_model.py"
 
 
 rule collect:
+    input:
+        collect_inputs,
     output:
-        "results/demos/shards/{shard}.parquet",
+        demos="results/demos/shards/{shard}.parquet",
+        summary="results/demos/shards/{shard}.json",
     log:
         "logs/collect/{shard}.log",
     benchmark:
@@ -32,12 +38,12 @@ rule collect:
     conda:
         "../envs/data.yaml"
     params:
-        code=code_fingerprint("sftdpo.collect"),
+        code=collect_code(),
         task=config["task"]["name"],
         task_options=task_options(),
         n_problems=config["task"]["n_problems"],
         expert=config["collect"]["expert"],
-        expert_options=config["collect"].get(config["collect"]["expert"], {}),
+        expert_options=expert_options(),
         n_shards=config["collect"]["shards"],
         flush_every=config["collect"].get("flush_every", 100),
         seed=config["seed"],

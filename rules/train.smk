@@ -30,6 +30,7 @@ rule sft:
         code=code_fingerprint("sftdpo.sft"),
         train=config["sft"]["train"],
         lora=config["sft"].get("lora"),
+        launch=config["sft"].get("launch", {}),
         eval_rows=config["sft"].get("eval_rows", 200),
         seed=config["seed"],
         work_dir="work/sft",
@@ -66,6 +67,7 @@ rule dpo:
         beta=config["dpo"]["beta"],
         loss_type=config["dpo"]["loss_type"],
         lora=config["dpo"].get("lora"),
+        launch=config["dpo"].get("launch", {}),
         seed=config["seed"],
         work_dir="work/dpo",
     script:

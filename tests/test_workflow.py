@@ -45,7 +45,7 @@ def test_targeted_data_artifact_needs_only_data_stages(tmp_path):
     [
         ({"dpo": {"betta": 0.2}}, "Additional properties are not allowed ('betta' was unexpected)"),
         ({"sft": {"train": {"max_steps": "many"}}}, "'many' is not of type 'integer'"),
-        ({"collect": {"expert": "oracle"}}, "'oracle' is not one of ['program']"),
+        ({"collect": {"expert": "oracle"}}, "'oracle' is not one of ['program', 'teacher', 'policy', 'files']"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, overlay, message):

@@ -1,21 +1,83 @@
-"""Expert collection, one shard at a time, resumable inside a shard."""
+"""Expert collection, one shard at a time, resumable inside a shard.
+
+Every answer the expert gives is appended to the shard's progress file (outside the declared outputs)
+as it arrives; a rerun skips the problems already answered and keeps the rows written before a kill.
+At the end the shard's rows are rebuilt from the current problems (so a changed prompt is asked again
+rather than reused) and re-verified by the task; with an expert's `keep_failures: false` the rows the
+verifier rejects are counted in the summary but not written.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from typing import Any
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterator
 
 import pandas as pd
 from tqdm import tqdm
 
 from sftdpo.experts import get_expert
-from sftdpo.io import ShardProgress, write_parquet
-from sftdpo.tasks import get_task
+from sftdpo.io import ShardProgress, params_hash, write_json, write_parquet
+from sftdpo.tasks import Problem, get_task
 
 log = logging.getLogger(__name__)
 
 DEMO_COLUMNS = ["id", "task", "difficulty", "prompt", "completion", "answer", "expert", "correct", "meta"]
+# Options that change how a teacher's answers are fetched, not which answers (see progress_key).
+TEACHER_TRANSPORT = ("workers", "rate_limit", "timeout", "max_retries", "backoff_base", "backoff_max",
+                     "keep_failures", "api_key_env")
+
+
+def input_signature(paths: list[str]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of every file under the given local paths; missing paths (hub ids) are skipped."""
+    out = []
+    for path in paths:
+        root = Path(path)
+        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root] if root.is_file() else []
+        for f in files:
+            stat = f.stat()
+            out.append((str(f.resolve()), stat.st_size, stat.st_mtime_ns))
+    return out
+
+
+def progress_key(params: dict[str, Any]) -> str:
+    """Directory key of a shard's progress: a digest of what decides its answers.
+
+    That is the rule's params plus the signature (size, mtime) of the data they read: the task's file,
+    imported files, a local policy model, so new data is never answered from stale progress.
+    For a teacher, whose answers cost money, the code fingerprint, the transport options and the data
+    signature are left out, so an edit of the library or the data file, or a new rate limit, reuses
+    the answers already bought: rows are rebuilt and re-verified at the end, and a problem whose
+    prompt (or model, endpoint, sampling, system prompt) changed is asked again.
+    """
+    params = {k: v for k, v in params.items() if k != "flush_every"}
+    options = dict(params.get("expert_options") or {})
+    if params.get("expert") == "teacher":
+        params.pop("code", None)
+        params["expert_options"] = {k: v for k, v in options.items() if k not in TEACHER_TRANSPORT}
+        return params_hash(params)
+    task_options = (params.get("task_options") or {}).get(params.get("task"), {}) or {}
+    paths = [task_options.get("path"), *(options.get("paths") or []), options.get("model")]
+    params["inputs"] = input_signature([p for p in paths if isinstance(p, str) and p])
+    return params_hash(params)
+
+
+def _key(problem_id: str, prompt: str, token: str = "") -> str:
+    """Progress key of an answer: the problem, its prompt and what the expert asks with (`cache_token`)."""
+    return f"{problem_id}:{hashlib.sha256(f'{token}|{prompt}'.encode()).hexdigest()[:12]}"
+
+
+def _answers(expert: Any, problems: list[Problem]) -> Iterator[tuple[Problem, str, dict[str, Any]]]:
+    if hasattr(expert, "run"):
+        yield from expert.run(problems)
+        return
+    for problem in problems:
+        completion, meta = expert.demonstrate(problem)
+        yield problem, completion, meta
 
 
 def collect_shard(
@@ -30,41 +92,92 @@ def collect_shard(
     n_shards: int,
     progress_path: str,
     out_path: str,
+    summary_path: str | None = None,
     flush_every: int = 50,
+    flush_seconds: float = 5.0,
 ) -> pd.DataFrame:
-    """Write the demonstrations of problems `shard, shard + n_shards, ...` to `out_path`."""
+    """Write the demonstrations of this shard's problems to `out_path` (and a summary to `summary_path`).
+
+    The shard's problems are the task's `problems(n_problems, seed)[shard::n_shards]`, or, for an expert
+    that brings its own (`files`), its rows whose number is `shard` modulo `n_shards`.
+    """
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard {shard} out of range for collect.shards={n_shards}")
+    started = time.time()
     task_obj = get_task(task, **task_options)
     expert_obj = get_expert(expert, task_obj, seed=seed, **expert_options)
-    problems = task_obj.problems(n_problems, seed)[shard::n_shards]
-    progress = ShardProgress(progress_path)
-    todo = [p for p in problems if p.id not in progress.done]
-    log.info("shard %d/%d: %d problems, %d already done", shard, n_shards, len(problems), len(problems) - len(todo))
+    if hasattr(expert_obj, "shard_problems"):
+        problems = expert_obj.shard_problems(shard, n_shards)
+    else:
+        problems = task_obj.problems(n_problems, seed)[shard::n_shards]
+    progress = ShardProgress(progress_path, key="key")
+    token = getattr(expert_obj, "cache_token", "")
+    resumed = sum(_key(p.id, p.prompt, token) in progress.done for p in problems)
+    todo = [p for p in problems if _key(p.id, p.prompt, token) not in progress.done]
+    log.info("shard %d/%d: %d problems, %d already done (%s)", shard, n_shards, len(problems), resumed, progress_path)
     batch: list[dict] = []
-    for problem in tqdm(todo, desc=f"collect shard {shard}", unit="demo", mininterval=2):
-        completion, meta = expert_obj.demonstrate(problem)
-        verdict = task_obj.verify(completion, problem.answer)
-        batch.append(
-            {
-                "id": problem.id,
-                "task": task_obj.name,
-                "difficulty": problem.difficulty,
-                "prompt": problem.prompt,
-                "completion": completion,
-                "answer": problem.answer,
-                "expert": expert_obj.name,
-                "correct": verdict.correct,
-                "meta": json.dumps({**meta, "problem": problem.meta}, sort_keys=True),
-            }
-        )
-        if len(batch) >= flush_every:
-            progress.append(batch)
-            batch = []
-    progress.append(batch)
-    progress.close()
-    order = {p.id: i for i, p in enumerate(problems)}
-    rows = sorted((r for r in progress.rows if r["id"] in order), key=lambda r: order[r["id"]])
-    frame = pd.DataFrame(rows, columns=DEMO_COLUMNS)
+    last_flush = time.monotonic()
+    try:
+        answers = _answers(expert_obj, todo)
+        for problem, completion, meta in tqdm(answers, total=len(todo), desc=f"collect shard {shard}", unit="demo",
+                                              mininterval=2):
+            batch.append({"key": _key(problem.id, problem.prompt, token), "id": problem.id, "prompt": problem.prompt,
+                          "completion": completion, "meta": json.dumps(meta, sort_keys=True, default=str)})
+            if len(batch) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
+                progress.append(batch)
+                batch, last_flush = [], time.monotonic()
+    finally:
+        progress.append(batch)
+        progress.close()
+
+    answered = {row["key"]: row for row in progress.rows}
+    rows, failures = [], Counter()
+    by_difficulty: dict[str, Counter] = defaultdict(Counter)
+    for problem in problems:
+        done = answered[_key(problem.id, problem.prompt, token)]
+        verdict = task_obj.verify(done["completion"], problem.answer)
+        by_difficulty[problem.difficulty]["n"] += 1
+        by_difficulty[problem.difficulty]["correct"] += verdict.correct
+        if not verdict.correct:
+            failures[verdict.reason] += 1
+        rows.append({
+            "id": problem.id,
+            "task": task_obj.name,
+            "difficulty": problem.difficulty,
+            "prompt": problem.prompt,
+            "completion": done["completion"],
+            "answer": problem.answer,
+            "expert": expert_obj.name,
+            "correct": verdict.correct,
+            "meta": json.dumps({**json.loads(done["meta"]), "problem": problem.meta}, sort_keys=True, default=str),
+        })
+    keep_failures = getattr(expert_obj, "keep_failures", True)
+    written = rows if keep_failures else [r for r in rows if r["correct"]]
+    frame = pd.DataFrame(written, columns=DEMO_COLUMNS)
     write_parquet(frame, out_path)
+    summary = {
+        "shard": shard,
+        "n_shards": n_shards,
+        "task": task_obj.name,
+        "expert": expert_obj.name,
+        "n_problems": len(problems),
+        "resumed": resumed,
+        "n_correct": sum(r["correct"] for r in rows),
+        "n_incorrect": len(rows) - sum(r["correct"] for r in rows),
+        "incorrect_by_reason": dict(sorted(failures.items())),
+        "keep_failures": keep_failures,
+        "n_written": len(written),
+        "n_dropped_incorrect": len(rows) - len(written),
+        "dropped_ids": [] if keep_failures else sorted(r["id"] for r in rows if not r["correct"]),
+        "success_by_difficulty": {
+            level: {"n": c["n"], "correct": c["correct"], "rate": c["correct"] / c["n"]}
+            for level, c in sorted(by_difficulty.items())
+        },
+        "seconds_this_run": round(time.time() - started, 3),
+    }
+    if hasattr(expert_obj, "summary"):
+        summary.update(expert_obj.summary(rows))
+    log.info("shard %d summary: %s", shard, json.dumps(summary, sort_keys=True, default=str)[:4000])
+    if summary_path:
+        write_json(summary, summary_path)
     return frame

@@ -5,12 +5,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from sftdpo.runner import run  # noqa: E402
-from sftdpo.collect import collect_shard  # noqa: E402
-from sftdpo.io import params_hash  # noqa: E402
+from sftdpo.collect import collect_shard, progress_key  # noqa: E402
 
 sm = snakemake  # noqa: F821
 p = sm.params
-progress = f"work/collect/{params_hash(dict(p.items()))}/{sm.wildcards.shard}.jsonl"
+progress = f"work/collect/{progress_key(dict(p.items()))}/{sm.wildcards.shard}.jsonl"
 
 run(
     sm,
@@ -24,7 +23,8 @@ run(
         shard=int(sm.wildcards.shard),
         n_shards=p.n_shards,
         progress_path=progress,
-        out_path=sm.output[0],
+        out_path=sm.output.demos,
+        summary_path=sm.output.summary,
         flush_every=p.flush_every,
     ),
 )

@@ -1,27 +1,38 @@
-"""Rule dpo: DPO from the SFT model (reference = SFT, no merge) (adapter: reads `snakemake`, calls the library)."""
+"""Rule dpo: DPO from the SFT model (reference = SFT, no merge) (adapter: reads `snakemake`, calls the library).
+
+With resources.gpu > 1 (and that many GPUs visible) training runs under `accelerate launch`
+(sftdpo.launch: DeepSpeed ZeRO-2 by default, `dpo.launch`); otherwise in-process.
+"""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from sftdpo.runner import run  # noqa: E402
-from sftdpo.dpo import train_dpo  # noqa: E402
+from sftdpo.launch import run_stage  # noqa: E402
 
 sm = snakemake  # noqa: F821
 i, o, p = sm.input, sm.output, sm.params
+kwargs = dict(
+    sft_dir=i.model,
+    pairs_path=i.pairs,
+    out_dir=o.model,
+    metrics_path=o.metrics,
+    curve_path=o.curve,
+    work_dir=p.work_dir,
+    train=p.train,
+    beta=p.beta,
+    loss_type=p.loss_type,
+    lora=p.lora,
+    seed=p.seed,
+)
 run(
     sm,
-    lambda: train_dpo(
-        sft_dir=i.model,
-        pairs_path=i.pairs,
-        out_dir=o.model,
-        metrics_path=o.metrics,
-        curve_path=o.curve,
-        work_dir=p.work_dir,
-        train=p.train,
-        beta=p.beta,
-        loss_type=p.loss_type,
-        lora=p.lora,
-        seed=p.seed,
+    lambda: run_stage(
+        "dpo",
+        kwargs,
+        gpus=sm.resources.get("gpu", 1),
+        launch=p.get("launch"),
+        precision=p.train["precision"],
     ),
 )

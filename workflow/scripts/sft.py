@@ -1,28 +1,39 @@
-"""Rule sft: supervised fine-tuning (adapter: reads `snakemake`, calls the library)."""
+"""Rule sft: supervised fine-tuning (adapter: reads `snakemake`, calls the library).
+
+With resources.gpu > 1 (and that many GPUs visible) training runs under `accelerate launch`
+(sftdpo.launch: DeepSpeed ZeRO-2 by default, `sft.launch`); otherwise in-process.
+"""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from sftdpo.runner import run  # noqa: E402
-from sftdpo.sft import train_sft  # noqa: E402
+from sftdpo.launch import run_stage  # noqa: E402
 
 sm = snakemake  # noqa: F821
 i, o, p = sm.input, sm.output, sm.params
+kwargs = dict(
+    base_dir=i.model,
+    train_path=i.train,
+    val_path=i.val,
+    tokens_path=i.tokens,
+    out_dir=o.model,
+    metrics_path=o.metrics,
+    curve_path=o.curve,
+    work_dir=p.work_dir,
+    train=p.train,
+    lora=p.lora,
+    eval_rows=p.eval_rows,
+    seed=p.seed,
+)
 run(
     sm,
-    lambda: train_sft(
-        base_dir=i.model,
-        train_path=i.train,
-        val_path=i.val,
-        tokens_path=i.tokens,
-        out_dir=o.model,
-        metrics_path=o.metrics,
-        curve_path=o.curve,
-        work_dir=p.work_dir,
-        train=p.train,
-        lora=p.lora,
-        eval_rows=p.eval_rows,
-        seed=p.seed,
+    lambda: run_stage(
+        "sft",
+        kwargs,
+        gpus=sm.resources.get("gpu", 1),
+        launch=p.get("launch"),
+        precision=p.train["precision"],
     ),
 )

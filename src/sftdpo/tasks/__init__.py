@@ -1,4 +1,10 @@
-"""Tasks: a problem generator, a prompt format, a verifier and a difficulty for each problem."""
+"""Tasks: a problem generator, a prompt format, a verifier and a difficulty for each problem.
+
+- `arithmetic`: synthetic chained sums, generated from a seed (the embedded default);
+- `gsm8k`: grade-school math word problems read from a JSONL file (`task.gsm8k.path`).
+
+Constructing a task reads no data: validation and evaluation build tasks only to verify rows.
+"""
 
 from __future__ import annotations
 
@@ -35,11 +41,28 @@ class Task(Protocol):
 
     def verify(self, completion: str, answer: str) -> Verdict: ...
 
+    # Optional: `difficulty(completion) -> str`, the difficulty of a worked solution (for imported rows);
+    # without it, `solution_difficulty` counts the solution's steps.
+
+
+def solution_difficulty(task: Task, completion: str) -> str:
+    """Difficulty of an imported demonstration: the task's own rule, else its number of step lines."""
+    rule = getattr(task, "difficulty", None)
+    if callable(rule):
+        return rule(completion)
+    lines = [line for line in completion.strip().splitlines() if line.strip()]
+    steps = [line for line in lines if not line.lstrip().startswith("####")]
+    return str(max(len(steps), 1))
+
+
+TASKS = ("arithmetic", "gsm8k")
+
 
 def get_task(name: str, **options: Any) -> Task:
     from sftdpo.tasks.arithmetic import ArithmeticTask
+    from sftdpo.tasks.gsm8k import GSM8KTask
 
-    registry = {"arithmetic": ArithmeticTask}
+    registry = {"arithmetic": ArithmeticTask, "gsm8k": GSM8KTask}
     if name not in registry:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(registry)}")
     return registry[name](**options)

@@ -1,0 +1,340 @@
+"""The teacher expert against a real HTTP server on 127.0.0.1 that speaks OpenAI chat completions.
+
+The server computes the arithmetic prompts' answers (wrong on purpose when the answer is a multiple
+of 7, so the verifier has failures to count) and can be told to answer a prompt's next requests with
+429, 500/503, a slow reply (client timeout), malformed JSON, a reply without choices, or a 401.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sftdpo.collect import collect_shard, progress_key
+from sftdpo.io import read_json
+from sftdpo.tasks import get_task
+from sftdpo.teacher import RateLimiter, TeacherClient, TeacherError, backoff_delay
+
+SECRET = "sk-test-0123456789abcdef-SECRET"
+EXPR = re.compile(r"What is ([0-9+\-*]+)\?")
+
+
+def solve(prompt: str) -> tuple[str, int]:
+    """The arithmetic task's worked solution of a prompt, and its value."""
+    tokens = re.findall(r"\d+|[+\-*]", EXPR.search(prompt).group(1))
+    value, lines = int(tokens[0]), []
+    for op, b in zip(tokens[1::2], tokens[2::2]):
+        result = {"+": value + int(b), "-": value - int(b), "*": value * int(b)}[op]
+        lines.append(f"{value}{op}{b}={result}")
+        value = result
+    return "\n".join(lines), value
+
+
+def wrong(value: int) -> bool:
+    return value % 7 == 0
+
+
+class FakeOpenAI:
+    """A threaded chat-completions server; `script[prompt]` lists fault modes for its next requests."""
+
+    def __init__(self, delay: float = 0.0, slow_seconds: float = 1.0):
+        self.delay, self.slow_seconds = delay, slow_seconds
+        self.script: dict[str, list[str]] = {}
+        self.always: str | None = None
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        self.inflight = self.max_inflight = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_POST(self):
+                try:
+                    server.handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout): nothing to answer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def per_prompt(self) -> Counter:
+        return Counter(r["prompt"] for r in self.requests)
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        with self.lock:
+            queue = self.script.get(prompt)
+            mode = self.always or (queue.pop(0) if queue else "ok")
+            self.requests.append({"prompt": prompt, "mode": mode, "time": time.monotonic(), "body": body,
+                                  "auth": h.headers.get("Authorization"), "path": h.path})
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            if mode in ("429", "500", "503", "401"):
+                payload = {"error": {"message": f"injected {mode}", "type": "test", "code": mode}}
+                headers = {"Retry-After": "0"} if mode == "429" else {}
+                return self.send(h, int(mode), json.dumps(payload).encode(), headers)
+            if mode == "slow":
+                time.sleep(self.slow_seconds)
+            if mode == "malformed":
+                return self.send(h, 200, b'{"id": "chatcmpl-1", "choices": [{"message": ')
+            if mode == "empty":
+                return self.send(h, 200, json.dumps({"id": "chatcmpl-1", "object": "chat.completion",
+                                                     "created": 0, "model": "fake", "choices": []}).encode())
+            steps, value = solve(prompt)
+            answer = value + 1 if wrong(value) else value
+            text = f"{steps}\n#### {answer}"
+            usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
+                     "total_tokens": len(prompt.split()) + len(text.split())}
+            reply = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": text}}],
+                     "usage": usage}
+            self.send(h, 200, json.dumps(reply).encode())
+        finally:
+            with self.lock:
+                self.inflight -= 1
+
+    @staticmethod
+    def send(h, status: int, data: bytes, headers: dict | None = None) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.setenv("SFTDPO_TEST_KEY", SECRET)
+    return "SFTDPO_TEST_KEY"
+
+
+def options(server, key_env, **extra):
+    return {"base_url": server.base_url, "model": "fake-teacher", "api_key_env": key_env, "workers": 4,
+            "timeout": 0.5, "max_retries": 3, "backoff_base": 0.01, "backoff_max": 0.05, **extra}
+
+
+def collect(tmp_path, opts, *, shard=0, n_shards=1, n=40, tag="run", flush_every=5):
+    return collect_shard(task="arithmetic", task_options={}, n_problems=n, expert="teacher", expert_options=opts,
+                         seed=0, shard=shard, n_shards=n_shards, progress_path=str(tmp_path / tag / f"{shard}.jsonl"),
+                         out_path=str(tmp_path / tag / f"{shard}.parquet"),
+                         summary_path=str(tmp_path / tag / f"{shard}.json"), flush_every=flush_every)
+
+
+def test_faults_are_retried_and_no_id_is_lost_or_duplicated(tmp_path, key_env, caplog):
+    problems = get_task("arithmetic").problems(40, seed=0)
+    faults = {problems[0].prompt: ["429", "429"], problems[1].prompt: ["500"], problems[2].prompt: ["slow"],
+              problems[3].prompt: ["malformed"], problems[5].prompt: ["empty", "503"]}
+    expected_retries = {"429": 2, "500": 1, "timeout": 1, "malformed": 2, "503": 1}
+    caplog.set_level("DEBUG")
+    with FakeOpenAI() as server:
+        server.script = {k: list(v) for k, v in faults.items()}
+        frames = [collect(tmp_path, options(server, key_env), shard=s, n_shards=2) for s in range(2)]
+    ids = [i for f in frames for i in f["id"]]
+    assert len(ids) == len(set(ids)) == 40 and set(ids) == {p.id for p in problems}
+    # Every prompt was answered once, plus exactly one extra request per injected fault.
+    per_prompt = server.per_prompt()
+    for p in problems:
+        assert per_prompt[p.prompt] == 1 + len(faults.get(p.prompt, []))
+    assert len(server.requests) == 40 + sum(expected_retries.values())
+    assert {r["auth"] for r in server.requests} == {f"Bearer {SECRET}"}
+    assert {r["path"] for r in server.requests} == {"/v1/chat/completions"}
+    summaries = [read_json(tmp_path / "run" / f"{s}.json") for s in range(2)]
+    retries = Counter()
+    for s in summaries:
+        retries.update(s["teacher"]["this_run"]["retries_by_reason"])
+    assert dict(retries) == expected_retries
+    # Rows: the verifier's verdict, the answers and lineage in meta.
+    rows = {r.id: r for f in frames for r in f.itertuples()}
+    by_id = {p.id: p for p in problems}
+    for row_id, row in rows.items():
+        _, value = solve(by_id[row_id].prompt)
+        assert row.correct == (not wrong(value))
+        assert row.completion.endswith(f"#### {value + 1 if wrong(value) else value}")
+        meta = json.loads(row.meta)
+        assert meta["attempts"] == 1 + len(faults.get(by_id[row_id].prompt, []))
+        assert meta["usage"]["completion_tokens"] == len(row.completion.split())
+        assert meta["teacher"]["model"] == "fake-teacher" and meta["teacher"]["base_url"] == server.base_url
+        assert meta["teacher"]["sampling"] == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 512}
+        assert meta["latency_s"] > 0 and meta["finish_reason"] == "stop"
+    assert rows[problems[2].id] is not None and json.loads(rows[problems[2].id].meta)["elapsed_s"] >= 0.5
+    n_wrong = sum(wrong(solve(p.prompt)[1]) for p in problems)
+    assert 0 < n_wrong < 40
+    assert sum(s["n_incorrect"] for s in summaries) == n_wrong
+    assert sum(s["teacher"]["usage"]["total_tokens"] for s in summaries) == sum(
+        json.loads(r.meta)["usage"]["total_tokens"] for r in rows.values())
+    # The key was sent but never written anywhere.
+    for path in (tmp_path / "run").iterdir():
+        assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in caplog.text
+    assert "retrying" in caplog.text and server.base_url in caplog.text
+
+
+def test_keep_failures_false_counts_but_does_not_write_failures(tmp_path, key_env):
+    problems = get_task("arithmetic").problems(30, seed=0)
+    with FakeOpenAI() as server:
+        frame = collect(tmp_path, options(server, key_env, keep_failures=False), n=30)
+        # A rerun asks nothing: the failures are in the progress file too.
+        server.requests.clear()
+        again = collect(tmp_path, options(server, key_env, keep_failures=False), n=30)
+    assert server.requests == [] and again.equals(frame)
+    expected_wrong = sorted(p.id for p in problems if wrong(solve(p.prompt)[1]))
+    summary = read_json(tmp_path / "run" / "0.json")
+    assert frame["correct"].all() and len(frame) == 30 - len(expected_wrong)
+    assert summary["dropped_ids"] == expected_wrong and summary["n_dropped_incorrect"] == len(expected_wrong)
+    assert summary["n_written"] == len(frame) and summary["incorrect_by_reason"] == {"wrong_answer": len(expected_wrong)}
+    rates = summary["success_by_difficulty"]
+    assert sum(v["n"] for v in rates.values()) == 30
+    for level, v in rates.items():
+        at_level = [p for p in problems if p.difficulty == level]
+        assert v["n"] == len(at_level)
+        assert v["correct"] == sum(not wrong(solve(p.prompt)[1]) for p in at_level)
+
+
+def test_kill_and_resume_keeps_written_rows_and_asks_only_for_the_rest(tmp_path, key_env):
+    n, workers = 40, 2
+    with FakeOpenAI(delay=0.1) as server:
+        opts = options(server, key_env, workers=workers)
+        progress = tmp_path / "run" / "0.jsonl"
+        code = (
+            "import sys, json; from sftdpo.collect import collect_shard; "
+            f"collect_shard(task='arithmetic', task_options={{}}, n_problems={n}, expert='teacher', "
+            f"expert_options=json.loads(sys.argv[1]), seed=0, shard=0, n_shards=1, progress_path={str(progress)!r}, "
+            f"out_path={str(tmp_path / 'run' / '0.parquet')!r}, flush_every=1)"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(opts)], env={**os.environ},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if progress.exists() and len(progress.read_text().splitlines()) >= 10:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kept = [json.loads(line) for line in progress.read_text().splitlines()]
+        assert 10 <= len(kept) < n and not (tmp_path / "run" / "0.parquet").exists()
+        before = server.per_prompt()
+        frame = collect(tmp_path, opts, n=n, flush_every=1)
+    summary = read_json(tmp_path / "run" / "0.json")
+    assert summary["resumed"] == len(kept)
+    assert len(frame) == n and frame["id"].is_unique
+    after = server.per_prompt()
+    kept_prompts = {r["prompt"] for r in kept}
+    for row in frame.itertuples():
+        if row.prompt in kept_prompts:  # written before the kill: kept as is, not asked again
+            assert after[row.prompt] == before[row.prompt] == 1
+            assert row.completion == next(r["completion"] for r in kept if r["prompt"] == row.prompt)
+        else:  # asked once by the rerun, plus once more if it was in flight when the process died
+            assert after[row.prompt] - before[row.prompt] == 1
+    in_flight_at_kill = sum(before.values()) - len(kept)
+    assert 0 <= in_flight_at_kill <= workers
+    assert sum(after.values()) == n + in_flight_at_kill
+
+
+def test_unreachable_endpoint_names_the_base_url(tmp_path, key_env):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base_url = f"http://127.0.0.1:{port}/v1"
+    started = time.monotonic()
+    opts = {"base_url": base_url, "model": "m", "api_key_env": key_env, "max_retries": 2, "backoff_base": 0.01,
+            "timeout": 2}
+    with pytest.raises(TeacherError) as err:
+        collect(tmp_path, opts, n=6)
+    message = str(err.value)
+    assert base_url in message and "unreachable" in message and "3 attempts" in message
+    assert "Connection refused" in message and "is the server running" in message
+    assert "arithmetic-" in message and SECRET not in message
+    assert time.monotonic() - started < 20
+
+
+def test_rejected_request_stops_at_once_with_a_key_hint(tmp_path, key_env):
+    with FakeOpenAI() as server:
+        server.always = "401"
+        with pytest.raises(TeacherError, match=r"rejected the request .*HTTP 401.*check the key in \$SFTDPO_TEST_KEY"):
+            collect(tmp_path, options(server, key_env, workers=1), n=5)
+    assert len(server.requests) == 1
+
+
+def test_out_of_retries_stops_the_shard_and_keeps_answered_rows(tmp_path, key_env):
+    problems = get_task("arithmetic").problems(12, seed=0)
+    with FakeOpenAI() as server:
+        server.script = {problems[6].prompt: ["500"] * 10}
+        with pytest.raises(TeacherError, match=rf"kept failing for problem {problems[6].id}: 3 attempts"):
+            collect(tmp_path, options(server, key_env, workers=1, max_retries=2), n=12, flush_every=100)
+        done = [json.loads(line)["id"] for line in (tmp_path / "run" / "0.jsonl").read_text().splitlines()]
+        assert done == [p.id for p in problems[:6]]  # answered before the failure: saved, not lost
+        server.script = {}
+        frame = collect(tmp_path, options(server, key_env, workers=1), n=12)
+    assert list(frame["id"]) == [p.id for p in problems]
+    assert server.per_prompt()[problems[0].prompt] == 1
+
+
+def test_missing_key_names_the_variable(monkeypatch):
+    monkeypatch.delenv("SFTDPO_NO_SUCH_KEY", raising=False)
+    with pytest.raises(TeacherError, match="SFTDPO_NO_SUCH_KEY is not set"):
+        TeacherClient(base_url="http://127.0.0.1:1/v1", model="m", api_key_env="SFTDPO_NO_SUCH_KEY")
+
+
+def test_concurrency_and_rate_limit(tmp_path, key_env):
+    with FakeOpenAI(delay=0.2) as server:
+        collect(tmp_path, options(server, key_env, workers=4), n=12, tag="concurrent")
+        assert server.max_inflight == 4
+    with FakeOpenAI() as server:
+        collect(tmp_path, options(server, key_env, workers=4, rate_limit=20), n=16, tag="limited")
+        times = sorted(r["time"] for r in server.requests)
+    assert len(times) == 16 and times[-1] - times[0] >= 15 / 20 * 0.9
+
+
+def test_backoff_and_limiter_units():
+    import random
+
+    rng = random.Random(0)
+    for attempt, full in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 10.0)]:
+        delays = [backoff_delay(attempt, 1.0, 10.0, rng=rng) for _ in range(200)]
+        assert full / 2 <= min(delays) and max(delays) <= full and len(set(delays)) > 100  # jittered
+    assert backoff_delay(1, 0.1, 5.0, retry_after=3.0, rng=rng) == 3.0
+    assert backoff_delay(1, 0.1, 5.0, retry_after=60.0, rng=rng) == 5.0
+    limiter, start = RateLimiter(50), time.monotonic()
+    for _ in range(11):
+        limiter.acquire()
+    assert time.monotonic() - start >= 10 / 50 * 0.95
+    with pytest.raises(ValueError, match="rate_limit"):
+        RateLimiter(0)
+
+
+def test_progress_key_ignores_code_and_transport_for_a_teacher():
+    base = {"code": "a", "task": "arithmetic", "expert": "teacher", "flush_every": 5,
+            "expert_options": {"model": "m", "base_url": "u", "workers": 4, "rate_limit": 2}}
+    assert progress_key(base) == progress_key({**base, "code": "b", "flush_every": 9,
+                                               "expert_options": {**base["expert_options"], "workers": 16}})
+    assert progress_key(base) != progress_key({**base, "expert_options": {**base["expert_options"], "model": "n"}})
+    program = {**base, "expert": "program"}
+    assert progress_key(program) != progress_key({**program, "code": "b"})

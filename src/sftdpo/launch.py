@@ -154,6 +154,15 @@ def run_stage(stage: str, kwargs: dict[str, Any], *, gpus: int, launch: dict[str
     return json.loads(Path(kwargs["metrics_path"]).read_text())
 
 
+def run_rule(snakemake: Any, stage: str, kwargs: dict[str, Any]) -> Any:
+    """Body of the sft and dpo rule scripts: the rule's GPUs and `<stage>.launch` decide how to train."""
+    from sftdpo.runner import run
+
+    params = snakemake.params
+    return run(snakemake, lambda: run_stage(stage, kwargs, gpus=snakemake.resources.get("gpu", 1),
+                                            launch=params.get("launch"), precision=params.train["precision"]))
+
+
 def rank_kwargs(kwargs: dict[str, Any], rank: int) -> dict[str, Any]:
     """Rank 0 writes the declared outputs; rank r > 0 writes its own copies under <work_dir>/rank<r>/."""
     if rank == 0:

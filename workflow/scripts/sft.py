@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run  # noqa: E402
-from sftdpo.launch import run_stage  # noqa: E402
+from sftdpo.launch import run_rule  # noqa: E402
 
 sm = snakemake  # noqa: F821
 i, o, p = sm.input, sm.output, sm.params
@@ -27,13 +26,4 @@ kwargs = dict(
     eval_rows=p.eval_rows,
     seed=p.seed,
 )
-run(
-    sm,
-    lambda: run_stage(
-        "sft",
-        kwargs,
-        gpus=sm.resources.get("gpu", 1),
-        launch=p.get("launch"),
-        precision=p.train["precision"],
-    ),
-)
+run_rule(sm, "sft", kwargs)

@@ -128,9 +128,7 @@ def check_gates(stats: dict[str, Any], gates: dict[str, Any]) -> list[str]:
 
 
 def plot_validation(checked: pd.DataFrame, stats: dict[str, Any], plot_paths: dict[str, str]) -> None:
-    import matplotlib.pyplot as plt
-
-    from sftdpo.plots import save_figure
+    from sftdpo.plots import plt, save_figure
 
     kept = checked[checked["reason"].isna()]
     fig, ax = plt.subplots(figsize=(5, 3.5))

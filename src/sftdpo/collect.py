@@ -112,8 +112,9 @@ def collect_shard(
         problems = task_obj.problems(n_problems, seed)[shard::n_shards]
     progress = ShardProgress(progress_path, key="key")
     token = getattr(expert_obj, "cache_token", "")
-    resumed = sum(_key(p.id, p.prompt, token) in progress.done for p in problems)
-    todo = [p for p in problems if _key(p.id, p.prompt, token) not in progress.done]
+    keys = {p.id: _key(p.id, p.prompt, token) for p in problems}
+    todo = [p for p in problems if keys[p.id] not in progress.done]
+    resumed = len(problems) - len(todo)
     log.info("shard %d/%d: %d problems, %d already done (%s)", shard, n_shards, len(problems), resumed, progress_path)
     batch: list[dict] = []
     last_flush = time.monotonic()
@@ -121,7 +122,7 @@ def collect_shard(
         answers = _answers(expert_obj, todo)
         for problem, completion, meta in tqdm(answers, total=len(todo), desc=f"collect shard {shard}", unit="demo",
                                               mininterval=2):
-            batch.append({"key": _key(problem.id, problem.prompt, token), "id": problem.id, "prompt": problem.prompt,
+            batch.append({"key": keys[problem.id], "id": problem.id, "prompt": problem.prompt,
                           "completion": completion, "meta": json.dumps(meta, sort_keys=True, default=str)})
             if len(batch) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
                 progress.append(batch)
@@ -134,7 +135,7 @@ def collect_shard(
     rows, failures = [], Counter()
     by_difficulty: dict[str, Counter] = defaultdict(Counter)
     for problem in problems:
-        done = answered[_key(problem.id, problem.prompt, token)]
+        done = answered[keys[problem.id]]
         verdict = task_obj.verify(done["completion"], problem.answer)
         by_difficulty[problem.difficulty]["n"] += 1
         by_difficulty[problem.difficulty]["correct"] += verdict.correct

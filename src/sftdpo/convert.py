@@ -114,12 +114,14 @@ def convert(
     return report
 
 
-def read_token_rows(tokens_path: str, rows: list[int]) -> list[dict[str, list[int]]]:
-    """Trainer-ready examples (`input_ids`, `completion_mask`) for the given rows, padding removed."""
+def read_token_rows(tokens_path: str, *row_lists: list[int]) -> list[list[dict[str, list[int]]]]:
+    """Trainer-ready examples (`input_ids`, `completion_mask`), padding removed, for each list of rows;
+    the file is read once."""
     with h5py.File(tokens_path, "r") as h5:
         tokens = h5["tokens"][:]
-    out = []
-    for r in rows:
+
+    def example(r: int) -> dict[str, list[int]]:
         length = int(tokens[r, :, 1].sum())
-        out.append({"input_ids": tokens[r, :length, 0].tolist(), "completion_mask": tokens[r, :length, 2].tolist()})
-    return out
+        return {"input_ids": tokens[r, :length, 0].tolist(), "completion_mask": tokens[r, :length, 2].tolist()}
+
+    return [[example(r) for r in rows] for rows in row_lists]

@@ -228,6 +228,21 @@ def _chat(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str, dict
     return prompt, completion, extra
 
 
+def gsm8k_fields(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str]:
+    """(question, worked solution) of a GSM8K row, or BadRow naming the field."""
+    question = _text(data, "question", columns)
+    solution = _text(data, "answer", columns)
+    if not ANSWER_LINE.search(solution):
+        raise BadRow("answer", "no '#### <number>' answer line")
+    if extract_answer(solution)[1] != "answer_line":
+        raise BadRow("answer", "the '####' line holds no number")
+    return question, solution
+
+
+def bad_row_message(record: Record, err: BadRow) -> str:
+    return record.where + (f", field {err.field!r}" if err.field else "") + f": {err.reason}"
+
+
 def convert_record(record: Record, *, fmt: str, columns: dict[str, str], task: Task, strip: bool,
                    id_prefix: str) -> ImportedRow:
     """The demonstration in one record, or BadRow naming the field."""
@@ -237,13 +252,8 @@ def convert_record(record: Record, *, fmt: str, columns: dict[str, str], task: T
     answer = _text(data, "answer", columns, required=False) if fmt != "gsm8k" else None
     extra: dict[str, Any] = {}
     if fmt == "gsm8k":
-        question = _text(data, "question", columns)
-        solution = _text(data, "answer", columns)
-        if not ANSWER_LINE.search(solution):
-            raise BadRow("answer", "no '#### <number>' answer line")
-        answer, found = extract_answer(solution)
-        if found != "answer_line":
-            raise BadRow("answer", "the '####' line holds no number")
+        question, solution = gsm8k_fields(data, columns)
+        answer = extract_answer(solution)[0]
         completion = format_solution(solution, strip=strip)
         make_prompt = getattr(task, "make_prompt", None)
         prompt = make_prompt(question) if callable(make_prompt) else question.strip()
@@ -328,9 +338,8 @@ class FilesExpert:
                 row = convert_record(record, fmt=self.format, columns=self.columns, task=self.task, strip=self.strip,
                                      id_prefix=Path(record.file).stem)
             except BadRow as err:
-                where = record.where + (f", field {err.field!r}" if err.field else "")
                 bad.append({"file": record.file, record.unit: record.number, "field": err.field,
-                            "reason": err.reason, "message": f"{where}: {err.reason}"})
+                            "reason": err.reason, "message": bad_row_message(record, err)})
                 continue
             self.completions[row.id] = (row.completion, {"source": row.source})
             problems.append(Problem(id=row.id, prompt=row.prompt, answer=row.answer, difficulty=row.difficulty))

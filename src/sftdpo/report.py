@@ -83,7 +83,10 @@ def plot_comparison(evals: dict[str, pd.DataFrame], summary: dict[str, Any], pat
             part = frame if group == "all" else frame[frame["difficulty"].astype(str) == group]
             correct = part["correct"].to_numpy(dtype=np.float32)
             mean = float(correct.mean()) if len(correct) else 0.0
-            lo, hi = bootstrap_ci(correct, n_samples=n_samples, seed=seed) if len(correct) else (0.0, 0.0)
+            if group == "all":  # already in the summary
+                lo, hi = summary["stages"][stage]["ci95"]
+            else:
+                lo, hi = bootstrap_ci(correct, n_samples=n_samples, seed=seed) if len(correct) else (0.0, 0.0)
             means.append(mean)
             errors.append([mean - lo, hi - mean])
         x = np.arange(len(groups)) + (i - (len(evals) - 1) / 2) * width

@@ -47,8 +47,9 @@ def train_sft(
     model = load_model(base_dir)
     train_rows = read_parquet(train_path)["token_row"].tolist()
     val_rows = read_parquet(val_path)["token_row"].tolist()[:eval_rows]
-    train_ds = Dataset.from_list(read_token_rows(tokens_path, train_rows))
-    val_ds = Dataset.from_list(read_token_rows(tokens_path, val_rows)) if val_rows else None
+    train_examples, val_examples = read_token_rows(tokens_path, train_rows, val_rows)
+    train_ds = Dataset.from_list(train_examples)
+    val_ds = Dataset.from_list(val_examples) if val_rows else None
     ckpt = checkpoint_dir(
         work_dir,
         {"train": train, "lora": lora, "seed": seed, "eval_rows": eval_rows,

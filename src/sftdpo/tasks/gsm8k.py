@@ -19,7 +19,6 @@ Difficulty is the number of solution steps (non-empty lines before the answer li
 from __future__ import annotations
 
 import ast
-import json
 import math
 import operator
 import random
@@ -139,22 +138,18 @@ def check_annotations(completion: str, rel_tol: float = 1e-2) -> str | None:
 
 @lru_cache(maxsize=8)
 def load_gsm8k(path: str, mtime_ns: int) -> tuple[dict[str, Any], ...]:
-    """Rows of a GSM8K JSONL file; a malformed line stops with its file and line number."""
+    """Rows of a GSM8K file (read like `expert: files` reads one); a bad row stops with file, line and field."""
+    from sftdpo.importers import BadRow, bad_row_message, gsm8k_fields, read_records  # importers imports this
+
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {line_no}: not valid JSON ({err.msg}, column {err.colno})") from None
-            for field in ("question", "answer"):
-                if not isinstance(row, dict) or not isinstance(row.get(field), str) or not row[field].strip():
-                    raise ValueError(f"{path}, line {line_no}, field {field!r}: missing or not a non-empty string")
-            if extract_answer(row["answer"])[1] != "answer_line":
-                raise ValueError(f"{path}, line {line_no}, field 'answer': no '#### <number>' answer line")
-            rows.append({"question": row["question"], "answer": row["answer"], "line": line_no})
+    for record in read_records(path):
+        try:
+            if record.error:
+                raise BadRow(None, record.error)
+            question, solution = gsm8k_fields(record.data or {}, {})
+        except BadRow as err:
+            raise ValueError(bad_row_message(record, err)) from None
+        rows.append({"question": question, "answer": solution, "line": record.number})
     if not rows:
         raise ValueError(f"{path}: no rows")
     return tuple(rows)

@@ -14,6 +14,16 @@ configfile: os.path.join(workflow.basedir, "config/config.yaml")
 validate(config, "config/schema.yaml")
 
 
+# The front page of `snakemake --report report.html`.
+report: "workflow/report/workflow.rst"
+
+
+# Concatenating shards takes a second: on a cluster, run it on the submitting node, not as a Slurm job.
+localrules:
+    merge_demos,
+    merge_rollouts,
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
@@ -22,6 +32,7 @@ include: "rules/evaluate.smk"
 
 
 rule all:
+    """The whole DAG: the report comparing Base, SFT and DPO, and every shard."""
     default_target: True
     input:
         "results/report/summary.json",

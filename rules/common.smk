@@ -1,13 +1,20 @@
 # Config access and input functions shared by the rule files (no rules here).
+# Defaults live in config/schema.yaml only (Snakemake's `validate` fills them in), so rules index
+# config directly; cross-field rules are checked once, here, before any job runs.
 import sys
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from sftdpo.config_checks import check_config
+from sftdpo.experts import EXPERT_MODULES
 from sftdpo.fingerprint import code_fingerprint
+from sftdpo.tables import EVAL_STAGES
+
+check_config(config)
 
 
 wildcard_constraints:
     shard=r"\d+",
-    stage="base|sft|dpo",
+    stage="|".join(EVAL_STAGES),
 
 
 STAGE_MODEL = {
@@ -20,16 +27,16 @@ STAGE_MODEL = {
 def task_options():
     """Per-task options, keyed by task name (validation and evaluation may meet several tasks)."""
     name = config["task"]["name"]
-    return {name: config["task"].get(name, {})}
+    return {name: config["task"][name]}
 
 
 def shards(stage):
     return [str(i) for i in range(config[stage]["shards"])]
 
 
-def gpu_resources(stage):
-    """Generic resources of a GPU rule from config; placement comes from the profile."""
-    return config[stage].get("resources", {})
+def resources(stage):
+    """Generic resources of a GPU rule (`<stage>.resources`); placement comes from the profile."""
+    return config[stage]["resources"]
 
 
 def stage_model(wildcards):
@@ -38,20 +45,19 @@ def stage_model(wildcards):
 
 def task_data_files():
     """Files the configured task reads its problems from (e.g. task.gsm8k.path)."""
-    path = config["task"].get(config["task"]["name"], {}).get("path")
+    path = task_options()[config["task"]["name"]].get("path")
     return [path] if path else []
 
 
 def expert_options():
-    return config["collect"].get(config["collect"]["expert"], {})
+    """The configured expert's options (`collect.<expert>`; check_config made sure they are set)."""
+    return config["collect"][config["collect"]["expert"]]
 
 
 def collect_code():
     """Code fingerprint of collect: sftdpo.collect and the configured expert's modules only."""
-    from sftdpo.experts import EXPERT_MODULES
-
     return code_fingerprint(
-        "sftdpo.collect", *EXPERT_MODULES.get(config["collect"]["expert"], ())
+        "sftdpo.collect", *EXPERT_MODULES[config["collect"]["expert"]]
     )
 
 
@@ -59,9 +65,9 @@ def collect_inputs(wildcards):
     """Data a collect shard reads: imported files, the task's problem file, a local policy model."""
     expert = config["collect"]["expert"]
     if expert == "files":
-        return list(expert_options().get("paths", []))
+        return list(expert_options()["paths"])
     files = task_data_files()
-    model = expert_options().get("model") if expert == "policy" else None
+    model = expert_options()["model"] if expert == "policy" else None
     # A local directory is an input (a new model reruns collect); otherwise it is a Hugging Face id.
     if model and os.path.exists(model):
         files.append(model)
@@ -83,11 +89,11 @@ def base_model_inputs(wildcards):
     if config["model"]["name_or_path"] != "scratch":
         return []
     files = tokenizer_files()
-    return list(files.get("paths", [])) if files else task_data_files()
+    return list(files["paths"]) if files else task_data_files()
 
 
 def base_model_code():
-    modules = ["sftdpo.modeling", "sftdpo.tasks"]
-    if tokenizer_files():
-        modules.append("sftdpo.importers")
-    return code_fingerprint(*modules)
+    """Code fingerprint of base_model; the importer counts only when the tokenizer learns from an import."""
+    return code_fingerprint(
+        "sftdpo.base_model", *(["sftdpo.importers"] if tokenizer_files() else [])
+    )

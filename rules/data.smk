@@ -2,6 +2,7 @@
 
 
 rule base_model:
+    """The base model and tokenizer: a tiny model from scratch, or a Hugging Face id/path."""
     input:
         base_model_inputs,
     output:
@@ -15,8 +16,8 @@ rule base_model:
     params:
         code=base_model_code(),
         name_or_path=config["model"]["name_or_path"],
-        scratch=config["model"].get("scratch", {}),
-        trust_remote_code=config["model"].get("trust_remote_code", False),
+        scratch=config["model"]["scratch"],
+        trust_remote_code=config["model"]["trust_remote_code"],
         task=config["task"]["name"],
         task_options=task_options(),
         tokenizer_files=tokenizer_files(),
@@ -26,6 +27,7 @@ rule base_model:
 
 
 rule collect:
+    """One shard of expert demonstrations (resumable: progress in work/collect/)."""
     input:
         collect_inputs,
     output:
@@ -45,13 +47,15 @@ rule collect:
         expert=config["collect"]["expert"],
         expert_options=expert_options(),
         n_shards=config["collect"]["shards"],
-        flush_every=config["collect"].get("flush_every", 100),
+        flush_every=config["collect"]["flush_every"],
         seed=config["seed"],
+        work_dir="work/collect",
     script:
         "../workflow/scripts/collect.py"
 
 
 rule merge_demos:
+    """The demonstration shards in one table, sorted by id."""
     input:
         expand("results/demos/shards/{shard}.parquet", shard=shards("collect")),
     output:
@@ -69,6 +73,7 @@ rule merge_demos:
 
 
 rule validate:
+    """Re-check every demonstration, keep rejected rows with a reason, stop on failed quality gates."""
     input:
         "results/demos/demos.parquet",
     output:
@@ -99,14 +104,15 @@ rule validate:
     params:
         code=code_fingerprint("sftdpo.validate"),
         task_options=task_options(),
-        max_prompt_chars=config["validate"].get("max_prompt_chars", 512),
-        max_completion_chars=config["validate"].get("max_completion_chars", 2048),
+        max_prompt_chars=config["validate"]["max_prompt_chars"],
+        max_completion_chars=config["validate"]["max_completion_chars"],
         gates=config["validate"]["gates"],
     script:
         "../workflow/scripts/validate.py"
 
 
 rule convert:
+    """Chat rows (TRL conversational) and the token tensor [N, L, 3] in HDF5."""
     input:
         validated="results/demos/validated.parquet",
         model="results/base/model",
@@ -128,6 +134,7 @@ rule convert:
 
 
 rule split:
+    """Stratified, seeded train/val/test split; no prompt in two splits."""
     input:
         "results/data/chat.parquet",
     output:

@@ -2,6 +2,7 @@
 
 
 rule evaluate:
+    """Greedy evaluation of one stage's model (base, sft, dpo) on the test split (GPU rule)."""
     input:
         model=stage_model,
         test="results/data/test.parquet",
@@ -13,24 +14,26 @@ rule evaluate:
         "results/benchmarks/evaluate/{stage}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: gpu_resources("evaluate").get("threads", 2)
+    threads: resources("evaluate")["threads"]
     resources:
-        gpu=gpu_resources("evaluate").get("gpu", 1),
-        mem_mb=gpu_resources("evaluate").get("mem_mb", 8000),
-        runtime=gpu_resources("evaluate").get("runtime", 60),
+        gpu=resources("evaluate")["gpu"],
+        mem_mb=resources("evaluate")["mem_mb"],
+        runtime=resources("evaluate")["runtime"],
     params:
         code=code_fingerprint("sftdpo.evaluate"),
         max_new_tokens=config["evaluate"]["max_new_tokens"],
         batch_size=config["evaluate"]["batch_size"],
         task_options=task_options(),
         seed=config["seed"],
+        threads=resources("evaluate")["threads"],
     script:
         "../workflow/scripts/evaluate.py"
 
 
 rule report:
+    """Accuracy per stage and difficulty with paired bootstrap CIs: summary, plot, markdown."""
     input:
-        evals=expand("results/eval/{stage}.parquet", stage=STAGE_MODEL),
+        evals=expand("results/eval/{stage}.parquet", stage=EVAL_STAGES),
         validation="results/demos/validation.json",
         split="results/data/split.json",
         sft="results/sft/metrics.json",

@@ -2,6 +2,7 @@
 
 
 rule rollouts:
+    """k scored samples per train prompt from the SFT model, one shard (GPU rule; resumable)."""
     input:
         model="results/sft/adapter",
         train="results/data/train.parquet",
@@ -13,30 +14,32 @@ rule rollouts:
         "results/benchmarks/rollouts/{shard}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: gpu_resources("rollouts").get("threads", 2)
+    threads: resources("rollouts")["threads"]
     resources:
-        gpu=gpu_resources("rollouts").get("gpu", 1),
-        mem_mb=gpu_resources("rollouts").get("mem_mb", 8000),
-        runtime=gpu_resources("rollouts").get("runtime", 60),
+        gpu=resources("rollouts")["gpu"],
+        mem_mb=resources("rollouts")["mem_mb"],
+        runtime=resources("rollouts")["runtime"],
     params:
         code=code_fingerprint("sftdpo.rollouts"),
         n_shards=config["rollouts"]["shards"],
         n_prompts=config["rollouts"]["n_prompts"],
         k=config["rollouts"]["k"],
         temperature=config["rollouts"]["temperature"],
-        top_p=config["rollouts"].get("top_p", 1.0),
+        top_p=config["rollouts"]["top_p"],
         max_new_tokens=config["rollouts"]["max_new_tokens"],
         batch_size=config["rollouts"]["batch_size"],
-        variants=config["rollouts"].get("variants", []),
-        backend=config["rollouts"].get("backend", "auto"),
+        variants=config["rollouts"]["variants"],
+        backend=config["rollouts"]["backend"],
         task_options=task_options(),
         seed=config["seed"],
+        threads=resources("rollouts")["threads"],
         work_dir="work/rollouts",
     script:
         "../workflow/scripts/rollouts.py"
 
 
 rule merge_rollouts:
+    """The rollout shards in one table, sorted by id."""
     input:
         expand("results/rollouts/shards/{shard}.parquet", shard=shards("rollouts")),
     output:
@@ -54,6 +57,7 @@ rule merge_rollouts:
 
 
 rule preferences:
+    """Preference pairs: correct over incorrect, then better over worse (TRL format)."""
     input:
         "results/rollouts/rollouts.parquet",
     output:

@@ -2,6 +2,7 @@
 
 
 rule sft:
+    """Supervised fine-tuning on the train split (GPU rule; resumes from work/sft/)."""
     input:
         model="results/base/model",
         train="results/data/train.parquet",
@@ -21,24 +22,26 @@ rule sft:
         "results/benchmarks/sft.tsv"
     conda:
         "../envs/train.yaml"
-    threads: gpu_resources("sft").get("threads", 2)
+    threads: resources("sft")["threads"]
     resources:
-        gpu=gpu_resources("sft").get("gpu", 1),
-        mem_mb=gpu_resources("sft").get("mem_mb", 8000),
-        runtime=gpu_resources("sft").get("runtime", 120),
+        gpu=resources("sft")["gpu"],
+        mem_mb=resources("sft")["mem_mb"],
+        runtime=resources("sft")["runtime"],
     params:
         code=code_fingerprint("sftdpo.sft"),
         train=config["sft"]["train"],
-        lora=config["sft"].get("lora"),
-        launch=config["sft"].get("launch", {}),
-        eval_rows=config["sft"].get("eval_rows", 200),
+        lora=config["sft"]["lora"],
+        launch=config["sft"]["launch"],
+        eval_rows=config["sft"]["eval_rows"],
         seed=config["seed"],
+        threads=resources("sft")["threads"],
         work_dir="work/sft",
     script:
         "../workflow/scripts/sft.py"
 
 
 rule dpo:
+    """DPO from the SFT model, reference = SFT, no merge (GPU rule; resumes from work/dpo/)."""
     input:
         model="results/sft/adapter",
         pairs="results/prefs/pairs.parquet",
@@ -56,19 +59,20 @@ rule dpo:
         "results/benchmarks/dpo.tsv"
     conda:
         "../envs/train.yaml"
-    threads: gpu_resources("dpo").get("threads", 2)
+    threads: resources("dpo")["threads"]
     resources:
-        gpu=gpu_resources("dpo").get("gpu", 1),
-        mem_mb=gpu_resources("dpo").get("mem_mb", 8000),
-        runtime=gpu_resources("dpo").get("runtime", 120),
+        gpu=resources("dpo")["gpu"],
+        mem_mb=resources("dpo")["mem_mb"],
+        runtime=resources("dpo")["runtime"],
     params:
         code=code_fingerprint("sftdpo.dpo"),
         train=config["dpo"]["train"],
         beta=config["dpo"]["beta"],
         loss_type=config["dpo"]["loss_type"],
-        lora=config["dpo"].get("lora"),
-        launch=config["dpo"].get("launch", {}),
+        lora=config["dpo"]["lora"],
+        launch=config["dpo"]["launch"],
         seed=config["seed"],
+        threads=resources("dpo")["threads"],
         work_dir="work/dpo",
     script:
         "../workflow/scripts/dpo.py"

@@ -14,18 +14,18 @@ COMMON = dict(task="arithmetic", task_options={}, n_problems=90, expert="program
 
 
 def test_shards_partition_the_problems_and_resume_without_repeats(tmp_path):
-    frames = [collect_shard(**COMMON, shard=s, progress_path=str(tmp_path / f"{s}.jsonl"),
+    frames = [collect_shard(**COMMON, shard=s, work_dir=str(tmp_path / "work"),
                             out_path=str(tmp_path / f"{s}.parquet")) for s in range(3)]
     ids = [i for f in frames for i in f["id"]]
     assert len(ids) == len(set(ids)) == 90
     assert (frames[0]["correct"] == ~frames[0]["meta"].str.contains("injected_error")).all()
     # Kill emulation: keep the first 10 progress lines of shard 0, rerun, compare.
-    lines = (tmp_path / "0.jsonl").read_text().splitlines(keepends=True)
-    (tmp_path / "0.jsonl").write_text("".join(lines[:10]) + lines[10][:15])
-    again = collect_shard(**COMMON, shard=0, progress_path=str(tmp_path / "0.jsonl"),
-                          out_path=str(tmp_path / "again.parquet"))
+    (progress,) = (tmp_path / "work").glob("*/0.jsonl")  # work/<key of the shard's arguments and code>/
+    lines = progress.read_text().splitlines(keepends=True)
+    progress.write_text("".join(lines[:10]) + lines[10][:15])
+    again = collect_shard(**COMMON, shard=0, work_dir=str(tmp_path / "work"), out_path=str(tmp_path / "again.parquet"))
     assert again.equals(frames[0])
-    assert len((tmp_path / "0.jsonl").read_text().splitlines()) == 30
+    assert len(progress.read_text().splitlines()) == 30
 
 
 def test_convert_writes_ids_attention_and_loss_masks(tmp_path):

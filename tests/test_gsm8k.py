@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT, TINY, snakemake
 from sftdpo.experts import ProgramExpert
 from sftdpo.io import read_parquet
-from sftdpo.tasks import get_task, solution_difficulty
+from sftdpo.tasks import get_task
 from sftdpo.tasks.gsm8k import bucket, check_annotations, extract_answer, normalise_number
 
 DATA = ROOT.parent / "shared" / "datasets" / "gsm8k"
@@ -64,8 +64,8 @@ def test_strata_buckets():
     assert [bucket(s, [2, 4]) for s in (1, 2, 3, 4, 5, 9)] == ["1-2", "1-2", "3-4", "3-4", "5+", "5+"]
     assert [bucket(s, [1, 3]) for s in (1, 2, 3, 4)] == ["1", "2-3", "2-3", "4+"]
     task = get_task("gsm8k", buckets=[1, 3])
-    assert solution_difficulty(task, "a\nb\n\nc\n#### 1") == "2-3"
-    assert solution_difficulty(get_task("arithmetic"), "1+2=3\n3+4=7\n#### 7") == "2"
+    assert task.difficulty("a\nb\n\nc\n#### 1") == "2-3"
+    assert get_task("arithmetic").difficulty("1+2=3\n3+4=7\n#### 7") == "2"
     assert check_annotations("x = <<2*3=7>>7") == "2*3=7"
     with pytest.raises(ValueError, match="buckets must be increasing"):
         get_task("gsm8k", buckets=[4, 2])

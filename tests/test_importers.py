@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftdpo.collect import collect_shard
-from sftdpo.importers import FilesExpert, ImportFailure, read_records
+from sftdpo.importers import FilesExpert
+from sftdpo.records import ImportFailure, read_records
 from sftdpo.io import read_json
 from sftdpo.tasks import get_task
 
@@ -157,7 +158,7 @@ def test_shards_split_rows_by_index_modulo_and_summaries_count_bad_rows(tmp_path
     path = write_jsonl(tmp_path / "data.jsonl", items)
     common = dict(task="gsm8k", task_options={}, n_problems=1, expert="files", seed=0, n_shards=3, flush_every=4,
                   expert_options={"paths": [path], "format": "gsm8k", "limit": 18, "max_bad_fraction": 0.5})
-    frames = [collect_shard(**common, shard=s, progress_path=str(tmp_path / f"{s}.jsonl"),
+    frames = [collect_shard(**common, shard=s, work_dir=str(tmp_path / "work"),
                             out_path=str(tmp_path / f"{s}.parquet"), summary_path=str(tmp_path / f"{s}.json"))
               for s in range(3)]
     for s, frame in enumerate(frames):
@@ -189,7 +190,7 @@ def test_progress_key_follows_the_data(tmp_path):
     from sftdpo.collect import progress_key
 
     path = write_jsonl(tmp_path / "train.jsonl", GSM8K_LINES[:2])
-    params = {"code": "c", "task": "gsm8k", "task_options": {"gsm8k": {}}, "expert": "files",
+    params = {"code": "c", "task": "gsm8k", "task_options": {}, "expert": "files",
               "expert_options": {"paths": [path], "format": "gsm8k"}, "n_shards": 1, "seed": 0}
     key = progress_key(params)
     assert progress_key(params) == key

@@ -83,7 +83,9 @@ def repo_copy(tmp_path):
 
 @pytest.mark.parametrize(
     "module, expected",
-    [("report.py", jobs("report", "all")), ("preferences.py", AFTER_PREFS)],
+    [("report.py", jobs("report", "all")), ("preferences.py", AFTER_PREFS),
+     # Only the `files` expert (and a tokenizer learnt from an import) runs the importer: nothing on the default.
+     ("importers.py", {}), ("teacher.py", {})],
 )
 def test_library_code_change_reruns_its_stage(finished, repo_copy, module, expected):
     snakefile = repo_copy / "Snakefile"

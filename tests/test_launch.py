@@ -13,9 +13,10 @@ import pytest
 
 from sftdpo.convert import convert
 from sftdpo.io import write_parquet
-from sftdpo.launch import (REPO, accelerate_command, deepspeed_zero2_config, processes, rank_kwargs, resolve,
-                           run_stage)
+from sftdpo.launch import (REPO, accelerate_command, deepspeed_zero2_config, function_name, import_function,
+                           processes, rank_kwargs, resolve, run_stage)
 from sftdpo.modeling import make_base_model
+from sftdpo.sft import train_sft
 from sftdpo.split import split
 from sftdpo.tasks import get_task
 
@@ -43,17 +44,17 @@ def test_shipped_deepspeed_and_accelerate_configs():
 def test_accelerate_command_is_accepted_by_accelerate(tmp_path, monkeypatch):
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-    cmd = accelerate_command("sft", "work/sft/launch/sft.json", num_processes=4, launch={}, port=29555)
+    cmd = accelerate_command("sftdpo.sft:train_sft", "work/sft/launch/train_sft.json", num_processes=4, launch={}, port=29555)
     assert cmd[1:] == [
         "launch", "--config_file", str(REPO / "config/deepspeed/accelerate.yaml"),
         "--use_deepspeed", "--deepspeed_config_file", str(REPO / "config/deepspeed/zero2.json"),
         "--num_processes", "4", "--num_machines", "1", "--main_process_port", "29555", "--mixed_precision", "bf16",
-        "-m", "sftdpo.launch", "sft", "work/sft/launch/sft.json",
+        "-m", "sftdpo.launch", "sftdpo.sft:train_sft", "work/sft/launch/train_sft.json",
     ]
     assert Path(cmd[0]).name == "accelerate"
     args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[2:]))
     assert args.use_deepspeed and args.num_processes == 4 and args.module
-    assert args.training_script == "sftdpo.launch" and args.training_script_args == ["sft", "work/sft/launch/sft.json"]
+    assert args.training_script == "sftdpo.launch" and args.training_script_args == ["sftdpo.sft:train_sft", "work/sft/launch/train_sft.json"]
     assert args.deepspeed_config_file == str(REPO / "config/deepspeed/zero2.json")  # the CLI wins over the file
     # The environment accelerate gives each rank makes a valid ZeRO-2 plugin (no GPU or deepspeed needed).
     from accelerate.utils import DeepSpeedPlugin
@@ -67,15 +68,15 @@ def test_accelerate_command_is_accepted_by_accelerate(tmp_path, monkeypatch):
         monkeypatch.setenv(key, env[key])
     assert DeepSpeedPlugin().zero_stage == 2
 
-    ddp = accelerate_command("dpo", "a.json", num_processes=2, launch={"deepspeed_config": None}, port=1,
+    ddp = accelerate_command("sftdpo.dpo:train_dpo", "a.json", num_processes=2, launch={"deepspeed_config": None}, port=1,
                              mixed_precision="no")
-    assert "--multi_gpu" in ddp and "--use_deepspeed" not in ddp and ddp[-2:] == ["dpo", "a.json"]
+    assert "--multi_gpu" in ddp and "--use_deepspeed" not in ddp and ddp[-2:] == ["sftdpo.dpo:train_dpo", "a.json"]
     args, _, _ = _validate_launch_command(launch_command_parser().parse_args(ddp[2:]))
     assert args.multi_gpu and not args.use_deepspeed and args.num_processes == 2
     with pytest.raises(FileNotFoundError, match="launch config nowhere.json not found"):
-        accelerate_command("sft", "a.json", num_processes=2, launch={"deepspeed_config": "nowhere.json"})
+        accelerate_command("sftdpo.sft:train_sft", "a.json", num_processes=2, launch={"deepspeed_config": "nowhere.json"})
     with pytest.raises(ValueError, match="needs >= 2 processes"):
-        accelerate_command("sft", "a.json", num_processes=1, launch={})
+        accelerate_command("sftdpo.sft:train_sft", "a.json", num_processes=1, launch={})
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.json").write_text("{}")
     assert resolve("mine.json") == str(tmp_path / "mine.json")  # the working directory first
@@ -126,8 +127,9 @@ def outputs(tmp_path, name):
 
 def test_several_gpus_configured_but_none_visible_trains_in_process(tmp_path, sft_inputs):
     kwargs = {**sft_inputs, **outputs(tmp_path, "inproc")}
-    metrics = run_stage("sft", kwargs, gpus=4, launch={}, precision="auto")
+    metrics = run_stage(train_sft, kwargs, gpus=4, launch={}, precision="auto")
     assert metrics["global_step"] == 2 and (tmp_path / "inproc/adapter/config.json").exists()
+    assert function_name(train_sft) == "sftdpo.sft:train_sft" and import_function("sftdpo.sft:train_sft") is train_sft
     assert not (tmp_path / "inproc/work/launch").exists()  # no accelerate launch, no args file
 
 
@@ -137,7 +139,7 @@ def test_module_entry_point_and_accelerate_cli_on_cpu(tmp_path, sft_inputs):
     args.write_text(json.dumps(kwargs))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "RANK": "1"}
     # Rank 1 (RANK alone: its paths without a process group): trains, but writes only under work_dir/rank1.
-    subprocess.run([sys.executable, "-m", "sftdpo.launch", "sft", str(args)], env=env, check=True, cwd=tmp_path,
+    subprocess.run([sys.executable, "-m", "sftdpo.launch", "sftdpo.sft:train_sft", str(args)], env=env, check=True, cwd=tmp_path,
                    capture_output=True, timeout=300)
     assert json.loads((tmp_path / "ranks/work/rank1/metrics.json").read_text())["global_step"] == 2
     assert not (tmp_path / "ranks/adapter").exists() and not (tmp_path / "ranks/metrics.json").exists()
@@ -145,7 +147,7 @@ def test_module_entry_point_and_accelerate_cli_on_cpu(tmp_path, sft_inputs):
     env = {k: v for k, v in env.items() if k != "RANK"}
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     proc = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-                           "--mixed_precision", "no", "-m", "sftdpo.launch", "sft", str(args)],
+                           "--mixed_precision", "no", "-m", "sftdpo.launch", "sftdpo.sft:train_sft", str(args)],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ranks/metrics.json").read_text())
@@ -153,4 +155,6 @@ def test_module_entry_point_and_accelerate_cli_on_cpu(tmp_path, sft_inputs):
     with pytest.raises(SystemExit, match="usage: python -m sftdpo.launch"):
         from sftdpo.launch import main
 
-        main(["train", "x.json"])
+        main(["x.json"])
+    with pytest.raises(ValueError, match="expected an sftdpo function"):
+        main(["os:system", "x.json"])

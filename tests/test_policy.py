@@ -55,7 +55,7 @@ def run(tmp_path, monkeypatch, model_dir, stub, tag, **options):
     opts = {"model": model_dir, "attempts": 2, "temperature": 1.0, "max_new_tokens": 6, "batch_size": 5,
             "backend": "transformers", **options}
     frame = collect_shard(task="stub", task_options={}, n_problems=N, expert="policy", expert_options=opts, seed=3,
-                          shard=0, n_shards=1, progress_path=str(tmp_path / tag / "p.jsonl"),
+                          shard=0, n_shards=1, work_dir=str(tmp_path / tag / "work"), flush_every=10,
                           out_path=str(tmp_path / tag / "0.parquet"), summary_path=str(tmp_path / tag / "0.json"))
     return frame, read_json(tmp_path / tag / "0.json")
 

@@ -143,9 +143,14 @@ def options(server, key_env, **extra):
 
 def collect(tmp_path, opts, *, shard=0, n_shards=1, n=40, tag="run", flush_every=5):
     return collect_shard(task="arithmetic", task_options={}, n_problems=n, expert="teacher", expert_options=opts,
-                         seed=0, shard=shard, n_shards=n_shards, progress_path=str(tmp_path / tag / f"{shard}.jsonl"),
+                         seed=0, shard=shard, n_shards=n_shards, work_dir=str(tmp_path / tag / "work"),
                          out_path=str(tmp_path / tag / f"{shard}.parquet"),
                          summary_path=str(tmp_path / tag / f"{shard}.json"), flush_every=flush_every)
+
+
+def progress_file(run_dir, shard=0):
+    """The shard's progress file: <run_dir>/work/<key of the shard's arguments>/<shard>.jsonl, if written yet."""
+    return next((run_dir / "work").glob(f"*/{shard}.jsonl"), None)
 
 
 def test_faults_are_retried_and_no_id_is_lost_or_duplicated(tmp_path, key_env, caplog):
@@ -191,7 +196,9 @@ def test_faults_are_retried_and_no_id_is_lost_or_duplicated(tmp_path, key_env, c
     assert sum(s["teacher"]["usage"]["total_tokens"] for s in summaries) == sum(
         json.loads(r.meta)["usage"]["total_tokens"] for r in rows.values())
     # The key was sent but never written anywhere.
-    for path in (tmp_path / "run").iterdir():
+    files = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
+    assert any(path.name == "params.json" for path in files)  # the progress's key, for people
+    for path in files:
         assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in caplog.text
     assert "retrying" in caplog.text and server.base_url in caplog.text
@@ -222,18 +229,18 @@ def test_kill_and_resume_keeps_written_rows_and_asks_only_for_the_rest(tmp_path,
     n, workers = 40, 2
     with FakeOpenAI(delay=0.1) as server:
         opts = options(server, key_env, workers=workers)
-        progress = tmp_path / "run" / "0.jsonl"
         code = (
             "import sys, json; from sftdpo.collect import collect_shard; "
             f"collect_shard(task='arithmetic', task_options={{}}, n_problems={n}, expert='teacher', "
-            f"expert_options=json.loads(sys.argv[1]), seed=0, shard=0, n_shards=1, progress_path={str(progress)!r}, "
+            f"expert_options=json.loads(sys.argv[1]), seed=0, shard=0, n_shards=1, work_dir={str(tmp_path / 'run' / 'work')!r}, "
             f"out_path={str(tmp_path / 'run' / '0.parquet')!r}, flush_every=1)"
         )
         proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(opts)], env={**os.environ},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if progress.exists() and len(progress.read_text().splitlines()) >= 10:
+            progress = progress_file(tmp_path / "run")
+            if progress and len(progress.read_text().splitlines()) >= 10:
                 break
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
@@ -289,7 +296,7 @@ def test_out_of_retries_stops_the_shard_and_keeps_answered_rows(tmp_path, key_en
         server.script = {problems[6].prompt: ["500"] * 10}
         with pytest.raises(TeacherError, match=rf"kept failing for problem {problems[6].id}: 3 attempts"):
             collect(tmp_path, options(server, key_env, workers=1, max_retries=2), n=12, flush_every=100)
-        done = [json.loads(line)["id"] for line in (tmp_path / "run" / "0.jsonl").read_text().splitlines()]
+        done = [json.loads(line)["id"] for line in progress_file(tmp_path / "run").read_text().splitlines()]
         assert done == [p.id for p in problems[:6]]  # answered before the failure: saved, not lost
         server.script = {}
         frame = collect(tmp_path, options(server, key_env, workers=1), n=12)
@@ -331,9 +338,9 @@ def test_backoff_and_limiter_units():
 
 
 def test_progress_key_ignores_code_and_transport_for_a_teacher():
-    base = {"code": "a", "task": "arithmetic", "expert": "teacher", "flush_every": 5,
+    base = {"code": "a", "task": "arithmetic", "expert": "teacher",
             "expert_options": {"model": "m", "base_url": "u", "workers": 4, "rate_limit": 2}}
-    assert progress_key(base) == progress_key({**base, "code": "b", "flush_every": 9,
+    assert progress_key(base) == progress_key({**base, "code": "b",
                                                "expert_options": {**base["expert_options"], "workers": 16}})
     assert progress_key(base) != progress_key({**base, "expert_options": {**base["expert_options"], "model": "n"}})
     program = {**base, "expert": "program"}

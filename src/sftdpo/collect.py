@@ -15,18 +15,19 @@ import logging
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
 
-from sftdpo.experts import get_expert
-from sftdpo.io import ShardProgress, params_hash, write_json, write_parquet
-from sftdpo.tasks import Problem, get_task
+from sftdpo.experts import EXPERT_MODULES, get_expert
+from sftdpo.fingerprint import code_fingerprint
+from sftdpo.io import ShardProgress, params_hash, resume_dir, write_json, write_parquet
+from sftdpo.tables import DEMO_COLUMNS
+from sftdpo.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-DEMO_COLUMNS = ["id", "task", "difficulty", "prompt", "completion", "answer", "expert", "correct", "meta"]
 # Options that change how a teacher's answers are fetched, not which answers (see progress_key).
 TEACHER_TRANSPORT = ("workers", "rate_limit", "timeout", "max_retries", "backoff_base", "backoff_max",
                      "keep_failures", "api_key_env")
@@ -45,39 +46,35 @@ def input_signature(paths: list[str]) -> list[tuple[str, int, int]]:
 
 
 def progress_key(params: dict[str, Any]) -> str:
-    """Directory key of a shard's progress: a digest of what decides its answers.
+    """Directory key of a shard's progress (see `progress_params`)."""
+    return params_hash(progress_params(params))
 
-    That is the rule's params plus the signature (size, mtime) of the data they read: the task's file,
+
+def progress_params(params: dict[str, Any]) -> dict[str, Any]:
+    """What decides a shard's answers, hashed into the directory key of its progress.
+
+    That is the shard's arguments and the code of collect and its expert (`code`), plus the signature (size, mtime) of the data they read: the task's file,
     imported files, a local policy model, so new data is never answered from stale progress.
     For a teacher, whose answers cost money, the code fingerprint, the transport options and the data
     signature are left out, so an edit of the library or the data file, or a new rate limit, reuses
     the answers already bought: rows are rebuilt and re-verified at the end, and a problem whose
     prompt (or model, endpoint, sampling, system prompt) changed is asked again.
     """
-    params = {k: v for k, v in params.items() if k != "flush_every"}
+    params = dict(params)
     options = dict(params.get("expert_options") or {})
     if params.get("expert") == "teacher":
         params.pop("code", None)
         params["expert_options"] = {k: v for k, v in options.items() if k not in TEACHER_TRANSPORT}
-        return params_hash(params)
-    task_options = (params.get("task_options") or {}).get(params.get("task"), {}) or {}
+        return params
+    task_options = params.get("task_options") or {}
     paths = [task_options.get("path"), *(options.get("paths") or []), options.get("model")]
     params["inputs"] = input_signature([p for p in paths if isinstance(p, str) and p])
-    return params_hash(params)
+    return params
 
 
 def _key(problem_id: str, prompt: str, token: str = "") -> str:
     """Progress key of an answer: the problem, its prompt and what the expert asks with (`cache_token`)."""
     return f"{problem_id}:{hashlib.sha256(f'{token}|{prompt}'.encode()).hexdigest()[:12]}"
-
-
-def _answers(expert: Any, problems: list[Problem]) -> Iterator[tuple[Problem, str, dict[str, Any]]]:
-    if hasattr(expert, "run"):
-        yield from expert.run(problems)
-        return
-    for problem in problems:
-        completion, meta = expert.demonstrate(problem)
-        yield problem, completion, meta
 
 
 def collect_shard(
@@ -90,36 +87,40 @@ def collect_shard(
     seed: int,
     shard: int,
     n_shards: int,
-    progress_path: str,
+    work_dir: str,
     out_path: str,
+    flush_every: int,
     summary_path: str | None = None,
-    flush_every: int = 50,
     flush_seconds: float = 5.0,
 ) -> pd.DataFrame:
     """Write the demonstrations of this shard's problems to `out_path` (and a summary to `summary_path`).
 
     The shard's problems are the task's `problems(n_problems, seed)[shard::n_shards]`, or, for an expert
-    that brings its own (`files`), its rows whose number is `shard` modulo `n_shards`.
+    that brings its own (`files`), its rows whose number is `shard` modulo `n_shards`. Answers are
+    recorded as they arrive in `<work_dir>/<progress key>/<shard>.jsonl`, so a rerun resumes.
     """
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard {shard} out of range for collect.shards={n_shards}")
     started = time.time()
+    progress_path = resume_dir(work_dir, progress_params({
+        "task": task, "task_options": task_options, "n_problems": n_problems, "expert": expert,
+        "expert_options": expert_options, "n_shards": n_shards, "seed": seed,
+        "code": code_fingerprint("sftdpo.collect", *EXPERT_MODULES.get(expert, ())),
+    })) / f"{shard}.jsonl"
     task_obj = get_task(task, **task_options)
     expert_obj = get_expert(expert, task_obj, seed=seed, **expert_options)
-    if hasattr(expert_obj, "shard_problems"):
-        problems = expert_obj.shard_problems(shard, n_shards)
-    else:
+    problems = expert_obj.shard_problems(shard, n_shards)
+    if problems is None:
         problems = task_obj.problems(n_problems, seed)[shard::n_shards]
     progress = ShardProgress(progress_path, key="key")
-    token = getattr(expert_obj, "cache_token", "")
-    keys = {p.id: _key(p.id, p.prompt, token) for p in problems}
+    keys = {p.id: _key(p.id, p.prompt, expert_obj.cache_token) for p in problems}
     todo = [p for p in problems if keys[p.id] not in progress.done]
     resumed = len(problems) - len(todo)
     log.info("shard %d/%d: %d problems, %d already done (%s)", shard, n_shards, len(problems), resumed, progress_path)
     batch: list[dict] = []
     last_flush = time.monotonic()
     try:
-        answers = _answers(expert_obj, todo)
+        answers = expert_obj.run(todo)
         for problem, completion, meta in tqdm(answers, total=len(todo), desc=f"collect shard {shard}", unit="demo",
                                               mininterval=2):
             batch.append({"key": keys[problem.id], "id": problem.id, "prompt": problem.prompt,
@@ -152,7 +153,7 @@ def collect_shard(
             "correct": verdict.correct,
             "meta": json.dumps({**json.loads(done["meta"]), "problem": problem.meta}, sort_keys=True, default=str),
         })
-    keep_failures = getattr(expert_obj, "keep_failures", True)
+    keep_failures = expert_obj.keep_failures
     written = rows if keep_failures else [r for r in rows if r["correct"]]
     frame = pd.DataFrame(written, columns=DEMO_COLUMNS)
     write_parquet(frame, out_path)
@@ -176,8 +177,7 @@ def collect_shard(
         },
         "seconds_this_run": round(time.time() - started, 3),
     }
-    if hasattr(expert_obj, "summary"):
-        summary.update(expert_obj.summary(rows))
+    summary.update(expert_obj.summary(rows))
     log.info("shard %d summary: %s", shard, json.dumps(summary, sort_keys=True, default=str)[:4000])
     if summary_path:
         write_json(summary, summary_path)

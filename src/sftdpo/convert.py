@@ -10,26 +10,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from sftdpo.chat import chat_messages, prompt_ids
 from sftdpo.io import atomic_path, read_parquet, write_json, write_parquet
 from sftdpo.modeling import load_tokenizer, tokenizer_hash
+from sftdpo.tables import write_tokens
 
 log = logging.getLogger(__name__)
-
-
-def chat_messages(prompt: str, completion: str | None = None) -> dict[str, list[dict[str, str]]]:
-    row = {"prompt": [{"role": "user", "content": prompt}]}
-    if completion is not None:
-        row["completion"] = [{"role": "assistant", "content": completion}]
-    return row
-
-
-def prompt_ids(tokenizer, prompt_messages: list[dict[str, str]]) -> list[int]:
-    return list(tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True)["input_ids"])
 
 
 def tokenize_pair(tokenizer, prompt_messages, completion_messages) -> tuple[list[int], list[int]]:
@@ -91,13 +81,8 @@ def convert(
     chat = pd.DataFrame(rows)
     tokens = np.stack(tensors)
     with atomic_path(tokens_path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            h5.create_dataset("tokens", data=tokens, compression="gzip",
-                              chunks=(min(len(tokens), 256), max_length, 3), track_times=False)
-            h5.create_dataset("ids", data=np.array(chat["id"].tolist(), dtype=h5py.string_dtype()), track_times=False)
-            h5.attrs["tokenizer_hash"] = tokenizer_hash(tokenizer)
-            h5.attrs["max_length"] = max_length
-            h5.attrs["layout"] = "input_ids,attention_mask,loss_mask"
+        write_tokens(str(tmp), tokens, chat["id"].tolist(), tokenizer_hash=tokenizer_hash(tokenizer),
+                     max_length=max_length)
     write_parquet(chat, chat_path)
     report = {
         "n_rows": len(chat),
@@ -112,16 +97,3 @@ def convert(
                     overlength[:5])
     write_json(report, report_path)
     return report
-
-
-def read_token_rows(tokens_path: str, *row_lists: list[int]) -> list[list[dict[str, list[int]]]]:
-    """Trainer-ready examples (`input_ids`, `completion_mask`), padding removed, for each list of rows;
-    the file is read once."""
-    with h5py.File(tokens_path, "r") as h5:
-        tokens = h5["tokens"][:]
-
-    def example(r: int) -> dict[str, list[int]]:
-        length = int(tokens[r, :, 1].sum())
-        return {"input_ids": tokens[r, :length, 0].tolist(), "completion_mask": tokens[r, :length, 2].tolist()}
-
-    return [[example(r) for r in rows] for rows in row_lists]

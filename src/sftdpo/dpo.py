@@ -13,10 +13,9 @@ import copy
 import logging
 from typing import Any
 
-from sftdpo.io import read_parquet
+from sftdpo.io import file_digest, read_parquet
 from sftdpo.modeling import load_model, load_tokenizer
-from sftdpo.sft import lora_config
-from sftdpo.training import checkpoint_dir, file_digest, run_training, trainer_kwargs, write_metrics
+from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_kwargs, write_metrics
 
 log = logging.getLogger(__name__)
 

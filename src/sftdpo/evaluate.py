@@ -9,6 +9,7 @@ import pandas as pd
 
 from sftdpo.generation import generate, load_for_inference
 from sftdpo.io import read_parquet, write_parquet
+from sftdpo.tables import EVAL_COLUMNS
 from sftdpo.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def evaluate(
                 "n_tokens": sample["n_tokens"],
             }
         )
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=EVAL_COLUMNS)
     log.info("%s: accuracy %.3f on %d items", stage, frame["correct"].mean(), len(frame))
     write_parquet(frame, out_path)
     return frame

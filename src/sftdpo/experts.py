@@ -8,10 +8,11 @@
   Face id/path), `attempts` samples a problem, the first verified one kept.
 - `files`: demonstrations imported from JSONL/JSON/CSV/parquet files (sftdpo.importers).
 
-An expert has `name` and `demonstrate(problem) -> (completion, meta)`; it may also have
-`run(problems)` (yielding `(problem, completion, meta)` in any order: concurrency, batching),
-`shard_problems(shard, n_shards)` (its own problems instead of the task's), `keep_failures` (False:
-rows the verifier rejects are counted, not written) and `summary(rows)` (for the shard summary).
+Every expert subclasses `Expert`: it has a `name` and `demonstrate(problem) -> (completion, meta)`;
+it may override `run(problems)` (yielding `(problem, completion, meta)` in any order: concurrency,
+batching), `shard_problems(shard, n_shards)` (its own problems instead of the task's), `keep_failures`
+(False: rows the verifier rejects are counted, not written), `cache_token` (what its answers depend on
+besides the prompt) and `summary(rows)` (for the shard summary).
 
 The modules of the non-program experts are imported by name (`EXPERT_MODULES`), so the collect
 rule's code fingerprint covers only the configured expert's code (rules/common.smk: collect_code).
@@ -25,7 +26,7 @@ import random
 import re
 import zlib
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 from sftdpo.tasks import Problem, Task
 
@@ -39,14 +40,31 @@ EXPERT_MODULES: dict[str, tuple[str, ...]] = {
 STEP_RESULT = re.compile(r"^(.*)=(-?\d+)$")
 
 
-class Expert(Protocol):
+class Expert:
     name: str
+    keep_failures: bool = True
+    cache_token: str = ""
 
     def demonstrate(self, problem: Problem) -> tuple[str, dict[str, Any]]:
         """Return (completion, meta) for one problem."""
+        raise NotImplementedError
+
+    def run(self, problems: list[Problem]) -> Iterator[tuple[Problem, str, dict[str, Any]]]:
+        """(problem, completion, meta) for each problem; one at a time unless an expert batches."""
+        for problem in problems:
+            completion, meta = self.demonstrate(problem)
+            yield problem, completion, meta
+
+    def shard_problems(self, shard: int, n_shards: int) -> list[Problem] | None:
+        """This expert's own problems of a shard, or None: the task's problems."""
+        return None
+
+    def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Extra entries of the shard summary."""
+        return {}
 
 
-class ProgramExpert:
+class ProgramExpert(Expert):
     name = "program"
 
     def __init__(self, task: Task, error_rate: float = 0.0, seed: int = 0):
@@ -86,7 +104,7 @@ def _corrupt(completion: str, rng: random.Random) -> tuple[str, str]:
     return "\n".join(lines), "wrong_answer"
 
 
-class PolicyExpert:
+class PolicyExpert(Expert):
     """Samples from a model directory; with `require_success` only verified trajectories are written."""
 
     name = "policy"

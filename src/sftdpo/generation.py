@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sftdpo.convert import chat_messages, prompt_ids
+from sftdpo.chat import chat_messages, prompt_ids
 from sftdpo.modeling import device, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)

@@ -25,21 +25,20 @@ array cannot be parsed stops the import at the line of the syntax error.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from sftdpo.tasks import Problem, Task, solution_difficulty
-from sftdpo.tasks.gsm8k import ANSWER_LINE, extract_answer, format_solution, normalise_number
+from sftdpo.experts import Expert
+from sftdpo.records import BadRow, ImportFailure, Record, bad_row_message, read_records, text_field
+from sftdpo.tasks import Problem, Task
+from sftdpo.tasks.gsm8k import extract_answer, format_solution, gsm8k_fields, normalise_number
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("gsm8k", "alpaca", "chat", "columns")
-SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 FIELDS = {
     "gsm8k": ("question", "answer"),
     "alpaca": ("instruction", "input", "output"),
@@ -48,32 +47,6 @@ FIELDS = {
 }
 OPTIONAL = ("id", "answer", "difficulty")
 MAX_REPORTED = 10_000
-
-
-class ImportFailure(ValueError):
-    """A file cannot be read at all, or a shard has too many bad rows."""
-
-
-class BadRow(ValueError):
-    def __init__(self, field: str | None, reason: str):
-        super().__init__(reason)
-        self.field, self.reason = field, reason
-
-
-@dataclass
-class Record:
-    """One raw row of a file: its data, or the error that made it unreadable."""
-
-    file: str
-    unit: str  # "line" or "row"
-    number: int  # 1-based line (JSONL, JSON, CSV) or row (parquet)
-    index: int  # 0-based position among the file's rows
-    data: dict[str, Any] | None
-    error: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}, {self.unit} {self.number}"
 
 
 @dataclass
@@ -86,122 +59,7 @@ class ImportedRow:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-# -- reading files --------------------------------------------------------------------------------
-def read_records(path: str) -> Iterator[Record]:
-    """The rows of one file, by suffix; unreadable rows come back with `error` set."""
-    suffix = Path(path).suffix.lower()
-    if not Path(path).is_file():
-        raise ImportFailure(f"collect.files.paths: {path} does not exist (working directory {Path.cwd()})")
-    if suffix in (".jsonl", ".ndjson"):
-        yield from _jsonl(path)
-    elif suffix == ".json":
-        yield from _json_array(path)
-    elif suffix == ".csv":
-        yield from _csv(path)
-    elif suffix == ".parquet":
-        yield from _parquet(path)
-    else:
-        raise ImportFailure(f"collect.files.paths: {path}: unknown file type {suffix!r}; use one of {list(SUFFIXES)}")
-
-
-def _object(value: Any) -> tuple[dict | None, str | None]:
-    if isinstance(value, dict):
-        return value, None
-    return None, f"expected a JSON object, got {type(value).__name__}"
-
-
-def _jsonl(path: str) -> Iterator[Record]:
-    index = 0
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                data, error = _object(json.loads(line))
-            except json.JSONDecodeError as err:
-                data, error = None, f"not valid JSON ({err.msg}, column {err.colno})"
-            yield Record(path, "line", number, index, data, error)
-            index += 1
-
-
-def _json_array(path: str) -> Iterator[Record]:
-    """A top-level JSON array of objects, each with the line it starts on."""
-    text = Path(path).read_text(encoding="utf-8")
-    decoder = json.JSONDecoder()
-
-    def skip(pos: int) -> int:
-        while pos < len(text) and text[pos] in " \t\r\n":
-            pos += 1
-        return pos
-
-    pos = skip(0)
-    if not text[pos:pos + 1] == "[":
-        raise ImportFailure(f"{path}: expected a JSON array of objects at line 1; convert the file to JSONL "
-                            "(one object a line) or to an array")
-    pos, line, counted, index = skip(pos + 1), 1, 0, 0
-    if text[pos:pos + 1] == "]":
-        return
-    while True:
-        line += text.count("\n", counted, pos)
-        counted = pos
-        try:
-            value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as err:
-            raise ImportFailure(f"{path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
-                                f"{index} rows before it were read, the rest of the array cannot be") from None
-        data, error = _object(value)
-        yield Record(path, "line", line, index, data, error)
-        index += 1
-        pos = skip(end)
-        if text[pos:pos + 1] == ",":
-            pos = skip(pos + 1)
-        elif text[pos:pos + 1] == "]":
-            return
-        else:
-            line += text.count("\n", counted, pos)
-            raise ImportFailure(f"{path}, line {line}: expected ',' or ']' after the array item that starts "
-                                f"at line {line}; the rest of the array cannot be read")
-
-
-def _csv(path: str) -> Iterator[Record]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        for index, row in enumerate(reader):
-            error = None
-            if None in row:
-                error = f"{len(header) + len(row[None])} fields, the header has {len(header)}"
-            elif any(v is None for v in row.values()):
-                error = f"{sum(v is not None for v in row.values())} fields, the header has {len(header)}"
-            yield Record(path, "line", reader.line_num, index, None if error else dict(row), error)
-
-
-def _parquet(path: str) -> Iterator[Record]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    for index, row in enumerate(table.to_pylist()):
-        yield Record(path, "row", index + 1, index, row)
-
-
 # -- one record to one demonstration ---------------------------------------------------------------
-def _text(data: dict[str, Any], name: str, columns: dict[str, str], *, required: bool = True) -> str | None:
-    column = columns.get(name, name)
-    if column not in data or data[column] is None:
-        if not required:
-            return None
-        raise BadRow(name, f"missing (columns present: {sorted(data)[:20]})" if column == name
-                     else f"missing column {column!r} (mapped by columns.{name}; present: {sorted(data)[:20]})")
-    value = data[column]
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and name in ("answer", "id", "difficulty"):
-        value = str(value)
-    if not isinstance(value, str):
-        raise BadRow(name, f"expected a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise BadRow(name, "empty")
-    return value
-
-
 def _chat(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
     column = columns.get("messages", "messages")
     messages = data.get(column)
@@ -228,44 +86,28 @@ def _chat(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str, dict
     return prompt, completion, extra
 
 
-def gsm8k_fields(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str]:
-    """(question, worked solution) of a GSM8K row, or BadRow naming the field."""
-    question = _text(data, "question", columns)
-    solution = _text(data, "answer", columns)
-    if not ANSWER_LINE.search(solution):
-        raise BadRow("answer", "no '#### <number>' answer line")
-    if extract_answer(solution)[1] != "answer_line":
-        raise BadRow("answer", "the '####' line holds no number")
-    return question, solution
-
-
-def bad_row_message(record: Record, err: BadRow) -> str:
-    return record.where + (f", field {err.field!r}" if err.field else "") + f": {err.reason}"
-
-
 def convert_record(record: Record, *, fmt: str, columns: dict[str, str], task: Task, strip: bool,
                    id_prefix: str) -> ImportedRow:
     """The demonstration in one record, or BadRow naming the field."""
     if record.error:
         raise BadRow(None, record.error)
     data = record.data or {}
-    answer = _text(data, "answer", columns, required=False) if fmt != "gsm8k" else None
+    answer = text_field(data, "answer", columns, required=False) if fmt != "gsm8k" else None
     extra: dict[str, Any] = {}
     if fmt == "gsm8k":
         question, solution = gsm8k_fields(data, columns)
         answer = extract_answer(solution)[0]
         completion = format_solution(solution, strip=strip)
-        make_prompt = getattr(task, "make_prompt", None)
-        prompt = make_prompt(question) if callable(make_prompt) else question.strip()
+        prompt = task.make_prompt(question)
     elif fmt == "alpaca":
-        instruction = _text(data, "instruction", columns)
-        extra_input = _text(data, "input", columns, required=False) or ""
-        completion = _text(data, "output", columns)
+        instruction = text_field(data, "instruction", columns)
+        extra_input = text_field(data, "input", columns, required=False) or ""
+        completion = text_field(data, "output", columns)
         prompt = instruction.strip() + (f"\n\n{extra_input.strip()}" if extra_input.strip() else "")
     elif fmt == "chat":
         prompt, completion, extra = _chat(data, columns)
     else:
-        prompt, completion = _text(data, "prompt", columns), _text(data, "completion", columns)
+        prompt, completion = text_field(data, "prompt", columns), text_field(data, "completion", columns)
     if answer is None:
         answer = task.extract_answer(completion)
         if answer is None:
@@ -273,20 +115,20 @@ def convert_record(record: Record, *, fmt: str, columns: dict[str, str], task: T
                                    "'#### <answer>' or map an answer column with columns.answer)")
     elif normalise_number(answer) is not None and task.name == "gsm8k":
         answer = normalise_number(answer)
-    row_id = _text(data, "id", columns, required=False) if "id" in columns or "id" in data else None
-    difficulty = _text(data, "difficulty", columns, required=False) if "difficulty" in columns else None
+    row_id = text_field(data, "id", columns, required=False) if "id" in columns or "id" in data else None
+    difficulty = text_field(data, "difficulty", columns, required=False) if "difficulty" in columns else None
     return ImportedRow(
         id=row_id.strip() if row_id and row_id.strip() else f"{id_prefix}-{record.index:06d}",
         prompt=prompt.strip(),
         completion=completion.strip(),
         answer=str(answer).strip(),
-        difficulty=difficulty.strip() if difficulty and difficulty.strip() else solution_difficulty(task, completion),
+        difficulty=difficulty.strip() if difficulty and difficulty.strip() else task.difficulty(completion),
         source={"file": record.file, record.unit: record.number, "format": fmt, **extra},
     )
 
 
 # -- the expert -------------------------------------------------------------------------------------
-class FilesExpert:
+class FilesExpert(Expert):
     """Demonstrations read from files; `shard_problems` replaces the task's problem generator."""
 
     name = "files"
@@ -322,7 +164,7 @@ class FilesExpert:
         """(row number across files, record), the first `limit` rows only."""
         number = 0
         for path in self.paths:
-            for record in read_records(path):
+            for record in read_records(path, "collect.files.paths"):
                 if self.limit is not None and number >= self.limit:
                     return
                 yield number, record

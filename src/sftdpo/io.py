@@ -46,9 +46,33 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def file_digest(path: str) -> str:
+    """Content digest of a file or a directory's files (inputs key the checkpoint directory)."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    for file in files:
+        digest.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def params_hash(params: dict[str, Any]) -> str:
     """Short digest of a stage's parameters: keys work directories, so stale progress is never reused."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def resume_dir(work_dir: str | os.PathLike, params: dict[str, Any]) -> Path:
+    """`<work_dir>/<hash of params>/`: where a resumable stage keeps its progress or checkpoints.
+
+    Every resumable stage (collect, rollouts, sft, dpo) passes what decides its result (arguments,
+    input digests, code fingerprint), so only an identical rerun resumes and any change starts afresh.
+    The params are written beside the progress as params.json, for people.
+    """
+    path = Path(work_dir) / params_hash(params)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(params, path / "params.json")
+    return path
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

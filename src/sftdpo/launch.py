@@ -1,11 +1,11 @@
 """Run SFT or DPO in-process, or across GPUs with `accelerate launch` (DeepSpeed ZeRO-2 by default).
 
-The sft and dpo rules' scripts call `run_stage`. With `resources.gpu` > 1 and more than one GPU
-visible it writes the stage's arguments to a JSON file and runs
+The sft and dpo rules' scripts call `run_stage(train_sft, kwargs, ...)` with the stage's function.
+With `resources.gpu` > 1 and more than one GPU visible it writes the arguments to a JSON file and runs
 
     accelerate launch --config_file config/deepspeed/accelerate.yaml --use_deepspeed \
         --deepspeed_config_file config/deepspeed/zero2.json --num_processes N --num_machines 1 \
-        --main_process_port P --mixed_precision bf16 -m sftdpo.launch sft work/sft/launch/sft.json
+        --main_process_port P --mixed_precision bf16 -m sftdpo.launch sftdpo.sft:train_sft work/sft/launch/train_sft.json
 
 one process a GPU (`deepspeed_config: null` gives plain DDP with `--multi_gpu`). Every rank trains;
 rank 0 writes the declared outputs, the other ranks write theirs under `<work_dir>/rank<r>/`, so no
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ACCELERATE_CONFIG = "config/deepspeed/accelerate.yaml"
 DEFAULT_DEEPSPEED_CONFIG = "config/deepspeed/zero2.json"
-STAGES = {"sft": ("sftdpo.sft", "train_sft"), "dpo": ("sftdpo.dpo", "train_dpo")}
 # Per-rank outputs: the arguments a non-zero rank redirects into its own directory.
 OUTPUT_ARGS = ("out_dir", "metrics_path", "curve_path")
 
@@ -89,12 +88,24 @@ def processes(configured_gpus: int, visible_gpus: int) -> int:
     return n if n > 1 else 0
 
 
-def accelerate_command(stage: str, args_path: str, *, num_processes: int, launch: dict[str, Any],
+def function_name(function: Callable[..., Any]) -> str:
+    """`module:function`, how the launched processes find the stage's function."""
+    return f"{function.__module__}:{function.__qualname__}"
+
+
+def import_function(name: str) -> Callable[..., Any]:
+    import importlib
+
+    module, _, attr = name.partition(":")
+    if not module.startswith("sftdpo.") or not attr:
+        raise ValueError(f"expected an sftdpo function as module:function, got {name!r}")
+    return getattr(importlib.import_module(module), attr)
+
+
+def accelerate_command(function: str, args_path: str, *, num_processes: int, launch: dict[str, Any],
                        mixed_precision: str = "bf16", port: int | None = None,
                        accelerate: str | None = None) -> list[str]:
-    """The `accelerate launch` command line for one stage (paths resolved, nothing run)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
+    """The `accelerate launch` command line running `function` (module:function; nothing run)."""
     if num_processes < 2:
         raise ValueError(f"accelerate launch needs >= 2 processes here, got {num_processes}")
     exe = accelerate or str(Path(sys.executable).with_name("accelerate"))
@@ -111,21 +122,15 @@ def accelerate_command(stage: str, args_path: str, *, num_processes: int, launch
         "--num_machines", "1",
         "--main_process_port", str(port or launch.get("main_process_port") or free_port()),
         "--mixed_precision", mixed_precision,
-        "-m", "sftdpo.launch", stage, str(args_path),
+        "-m", "sftdpo.launch", function, str(args_path),
     ]
     return cmd
 
 
-def _stage_function(stage: str) -> Callable[..., Any]:
-    import importlib
-
-    module, name = STAGES[stage]
-    return getattr(importlib.import_module(module), name)
-
-
-def run_stage(stage: str, kwargs: dict[str, Any], *, gpus: int, launch: dict[str, Any] | None, precision: str,
-              log_stream: Any = None) -> Any:
-    """Train `stage` in-process, or with `accelerate launch` when more than one GPU is configured and visible."""
+def run_stage(function: Callable[..., Any], kwargs: dict[str, Any], *, gpus: int, launch: dict[str, Any] | None,
+              precision: str, log_stream: Any = None) -> Any:
+    """`function(**kwargs)` in-process, or under `accelerate launch` when more than one GPU is configured
+    and visible (then the processes import `function` by name and rank 0 returns its metrics)."""
     launch = dict(launch or {})
     try:
         import torch
@@ -135,13 +140,14 @@ def run_stage(stage: str, kwargs: dict[str, Any], *, gpus: int, launch: dict[str
         visible = 0
     n = processes(gpus, visible)
     if not n:
-        return _stage_function(stage)(**kwargs)
+        return function(**kwargs)
     from sftdpo.modeling import use_bf16
 
-    args_path = Path(kwargs["work_dir"]) / "launch" / f"{stage}.json"
+    name = function_name(function)
+    args_path = Path(kwargs["work_dir"]) / "launch" / f"{function.__name__}.json"
     args_path.parent.mkdir(parents=True, exist_ok=True)
     args_path.write_text(json.dumps(kwargs, indent=2, sort_keys=True, default=str) + "\n")
-    cmd = accelerate_command(stage, str(args_path), num_processes=n, launch=launch,
+    cmd = accelerate_command(name, str(args_path), num_processes=n, launch=launch,
                              mixed_precision="bf16" if use_bf16(precision) else "no")
     log.info("launching %d processes: %s", n, " ".join(cmd))
     stream = log_stream or sys.stderr
@@ -149,18 +155,9 @@ def run_stage(stage: str, kwargs: dict[str, Any], *, gpus: int, launch: dict[str
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, stdout=stream, stderr=stream, env=env, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{stage}: `accelerate launch` with {n} processes exited with {proc.returncode}; "
+        raise RuntimeError(f"{name}: `accelerate launch` with {n} processes exited with {proc.returncode}; "
                            "the ranks' output is in this rule's log above")
     return json.loads(Path(kwargs["metrics_path"]).read_text())
-
-
-def run_rule(snakemake: Any, stage: str, kwargs: dict[str, Any]) -> Any:
-    """Body of the sft and dpo rule scripts: the rule's GPUs and `<stage>.launch` decide how to train."""
-    from sftdpo.runner import run
-
-    params = snakemake.params
-    return run(snakemake, lambda: run_stage(stage, kwargs, gpus=snakemake.resources.get("gpu", 1),
-                                            launch=params.get("launch"), precision=params.train["precision"]))
 
 
 def rank_kwargs(kwargs: dict[str, Any], rank: int) -> dict[str, Any]:
@@ -173,14 +170,15 @@ def rank_kwargs(kwargs: dict[str, Any], rank: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> Any:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in STAGES:
-        raise SystemExit(f"usage: python -m sftdpo.launch {{{','.join(STAGES)}}} ARGS.json")
-    stage, args_path = argv
+    if len(argv) != 2:
+        raise SystemExit("usage: python -m sftdpo.launch sftdpo.<module>:<function> ARGS.json")
+    name, args_path = argv
+    function = import_function(name)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     kwargs = rank_kwargs(json.loads(Path(args_path).read_text()), rank)
-    log.info("%s on rank %d of %s", stage, rank, os.environ.get("WORLD_SIZE", "1"))
-    return _stage_function(stage)(**kwargs)
+    log.info("%s on rank %d of %s", name, rank, os.environ.get("WORLD_SIZE", "1"))
+    return function(**kwargs)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sftdpo.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -67,6 +65,8 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 def build_scratch_model(tokenizer, *, layers: int, hidden_size: int, heads: int, intermediate_size: int,
                         max_positions: int, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    import torch
 
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -152,8 +152,8 @@ def _trust(model_dir: str) -> bool:
     return bool(ref.exists() and json.loads(ref.read_text()).get("trust_remote_code"))
 
 
-def load_model(model_dir: str, *, dtype: torch.dtype = torch.float32, trainable_adapter: bool = False):
-    """Load any model directory this pipeline writes (see the module docstring)."""
+def load_model(model_dir: str, *, dtype: str = "float32", trainable_adapter: bool = False):
+    """Load any model directory this pipeline writes (see the module docstring); `dtype` as torch names it."""
     from transformers import AutoModelForCausalLM
 
     path = Path(model_dir)
@@ -173,6 +173,8 @@ def load_model(model_dir: str, *, dtype: torch.dtype = torch.float32, trainable_
 
 
 def device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -182,4 +184,6 @@ def use_bf16(precision: str) -> bool:
         return True
     if precision == "fp32":
         return False
+    import torch
+
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

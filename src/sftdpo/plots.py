@@ -5,9 +5,9 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from sftdpo.io import atomic_path  # noqa: E402
+from sftdpo.io import atomic_path
 
 
 def save_figure(fig: "plt.Figure", path: str) -> None:

@@ -12,12 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from sftdpo.convert import chat_messages
+from sftdpo.chat import chat_messages
 from sftdpo.io import read_parquet, write_json, write_parquet
-
-PAIR_COLUMNS = ["id", "prompt_id", "task", "difficulty", "prompt", "chosen", "rejected", "kind",
-                "chosen_score", "rejected_score"]
-
+from sftdpo.tables import PAIR_COLUMNS
 
 def _distinct(samples: pd.DataFrame, best_first: bool) -> list[tuple[str, float]]:
     ordered = samples.sort_values(["score", "completion"], ascending=[not best_first, True], kind="stable")

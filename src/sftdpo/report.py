@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from sftdpo.io import atomic_path, read_json, read_parquet, write_json
+from sftdpo.tables import EVAL_STAGES
 
 log = logging.getLogger(__name__)
 
-STAGES = ("base", "sft", "dpo")
 DELTAS = (("sft", "base"), ("dpo", "sft"))
 
 
@@ -131,7 +131,7 @@ def make_report(
     n_samples: int,
     seed: int,
 ) -> dict[str, Any]:
-    evals = {stage: read_parquet(eval_paths[stage]) for stage in STAGES if stage in eval_paths}
+    evals = {stage: read_parquet(eval_paths[stage]) for stage in EVAL_STAGES if stage in eval_paths}
     summary = summarise(evals, n_samples=n_samples, seed=seed)
     extras = {}
     for name, path in extra_paths.items():

@@ -14,14 +14,12 @@ from typing import Any
 import pandas as pd
 
 from sftdpo.generation import generate, generate_vllm, load_for_inference, vllm_available
-from sftdpo.io import ShardProgress, read_parquet, write_parquet
+from sftdpo.fingerprint import code_fingerprint
+from sftdpo.io import ShardProgress, file_digest, read_parquet, resume_dir, write_parquet
+from sftdpo.tables import ROLLOUT_COLUMNS
 from sftdpo.tasks import get_task
 
 log = logging.getLogger(__name__)
-
-ROLLOUT_COLUMNS = ["id", "prompt_id", "variant", "sample", "task", "difficulty", "prompt", "completion",
-                   "answer", "prediction", "correct", "reason", "n_tokens", "score", "model", "seed", "temperature"]
-
 
 def score(correct: bool, reason: str | None, n_tokens: int, max_new_tokens: int) -> float:
     well_formed = reason not in ("no_answer_line", "malformed_step")
@@ -39,7 +37,7 @@ def rollout_shard(
     model_dir: str,
     train_path: str,
     out_path: str,
-    progress_path: str,
+    work_dir: str,
     shard: int,
     n_shards: int,
     n_prompts: int,
@@ -53,6 +51,17 @@ def rollout_shard(
     task_options: dict[str, dict[str, Any]],
     seed: int,
 ) -> pd.DataFrame:
+    """Write shard `shard` of `n_shards` of the rollouts to `out_path`.
+
+    Samples are recorded batch by batch in `<work_dir>/<hash of arguments, inputs, code>/<shard>.jsonl`;
+    each batch is seeded by its position, so a resumed shard equals an uninterrupted one.
+    """
+    progress_path = resume_dir(work_dir, {
+        "n_shards": n_shards, "n_prompts": n_prompts, "k": k, "temperature": temperature, "top_p": top_p,
+        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "variants": variants, "backend": backend,
+        "task_options": task_options, "seed": seed, "code": code_fingerprint("sftdpo.rollouts"),
+        "inputs": [file_digest(model_dir), file_digest(train_path)],
+    }) / f"{shard}.jsonl"
     prompts = select_prompts(read_parquet(train_path), n_prompts, seed).iloc[shard::n_shards]
     items = [
         (row, v, template.format(prompt=row.prompt[0]["content"]))

@@ -1,7 +1,11 @@
-"""What every workflow script does before calling its library function.
+"""What every workflow script does around its one library call: `run(snakemake, lambda: stage(...))`.
 
-- stderr (progress bars, warnings, tracebacks) and logging go to the rule's log file;
-- torch uses the rule's `threads`;
+- stderr (progress bars, warnings, tracebacks) and logging go to the rule's log file, and stderr is
+  restored afterwards;
+- a rule that computes with torch passes a `threads` param (`<stage>.resources.threads` from the
+  config): torch uses exactly that many intra-op threads, whatever `--cores` gives the job, so the
+  floating-point reduction order, hence the model's result, is fixed by the config (Snakemake's own
+  `threads` only schedules). Rules without it never import torch here;
 - test-only fault injection via environment variables (never config, so it cannot change results):
   SFTDPO_FAIL_ONCE=<rule>:<marker file> fails <rule> on its first attempt only;
   SFTDPO_FAIL_ALWAYS=<rule> fails it every time.
@@ -33,25 +37,37 @@ def inject_faults(rule: str) -> None:
         raise InjectedFailure(f"injected failure in rule {rule}")
 
 
+def compute_threads(snakemake: Any) -> int | None:
+    """The torch thread count a rule asks for in its params (None: the rule does not use torch)."""
+    threads = snakemake.params.get("threads")
+    return None if threads is None else max(1, int(threads))
+
+
 def run(snakemake: Any, stage: Callable[[], Any]) -> Any:
+    """Run `stage()` with the rule's log as stderr and logging stream; re-raise its error after logging it."""
     log_path = snakemake.log[0]
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    threads = compute_threads(snakemake)
     with open(log_path, "w", buffering=1) as log_file:
         sys.stderr = log_file
-        logging.basicConfig(
-            level=logging.INFO, stream=log_file, force=True,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        logging.getLogger("sftdpo").info("rule %s, wildcards %s, threads %d", snakemake.rule,
-                                         dict(snakemake.wildcards), snakemake.threads)
         try:
-            import torch
+            logging.basicConfig(
+                level=logging.INFO, stream=log_file, force=True,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            )
+            logging.getLogger("sftdpo").info(
+                "rule %s, wildcards %s, scheduled threads %d, compute threads %s", snakemake.rule,
+                dict(snakemake.wildcards), snakemake.threads, threads if threads else "-")
+            if threads:
+                import torch
 
-            torch.set_num_threads(max(1, int(snakemake.threads)))
+                torch.set_num_threads(threads)
             inject_faults(snakemake.rule)
             return stage()
         except Exception:
             traceback.print_exc(file=log_file)
-            # Keep the last line short and clear for Snakemake's own error output.
-            sys.stderr = sys.__stderr__
             raise
+        finally:
+            # Snakemake's own error output (and anything after the job) must not go to a closed file.
+            sys.stderr = sys.__stderr__
+            logging.basicConfig(level=logging.INFO, stream=sys.__stderr__, force=True)

@@ -5,24 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sftdpo.convert import read_token_rows
-from sftdpo.io import read_parquet
+from sftdpo.io import file_digest, read_parquet
 from sftdpo.modeling import load_model, load_tokenizer
-from sftdpo.training import checkpoint_dir, file_digest, run_training, trainer_kwargs, write_metrics
+from sftdpo.tables import read_token_rows
+from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_kwargs, write_metrics
 
 log = logging.getLogger(__name__)
-
-
-def lora_config(lora: dict[str, Any]):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=lora["r"],
-        lora_alpha=lora["alpha"],
-        lora_dropout=lora["dropout"],
-        target_modules=lora["target_modules"],
-        task_type="CAUSAL_LM",
-    )
 
 
 def train_sft(

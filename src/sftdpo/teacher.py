@@ -31,6 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from sftdpo.experts import Expert
 from sftdpo.tasks import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class TeacherClient:
             sent = time.monotonic()
             try:
                 text, usage, finish, served_by = self._request(prompt, seed)
-            except Exception as err:  # noqa: BLE001 - classified below; unknown errors are fatal
+            except Exception as err:
                 reason, retry_after = self._classify(err)
                 detail = _describe(err)
                 if reason is None or attempt > self.max_retries:
@@ -242,7 +243,7 @@ def problem_seed(seed: int, problem_id: str) -> int:
     return zlib.crc32(f"{seed}:{problem_id}".encode()) & 0x7FFFFFFF
 
 
-class TeacherExpert:
+class TeacherExpert(Expert):
     """Answers the task's problems with a teacher LLM, `workers` requests at a time."""
 
     name = "teacher"

@@ -8,8 +8,6 @@ final model is saved, so `--forcerun` retrains.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -17,31 +15,29 @@ from pathlib import Path
 from typing import Any
 
 from sftdpo.fingerprint import code_fingerprint
-from sftdpo.io import atomic_path, params_hash, write_json
+from sftdpo.io import atomic_path, resume_dir, write_json
 from sftdpo.modeling import device, use_bf16
 from sftdpo.plots import plot_curve
 
 log = logging.getLogger(__name__)
 
 
-def file_digest(path: str) -> str:
-    """Content digest of a file or a directory's files (inputs key the checkpoint directory)."""
-    digest = hashlib.sha256()
-    root = Path(path)
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    for file in files:
-        digest.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
+def lora_config(lora: dict[str, Any]):
+    """peft's LoraConfig from a stage's `lora` config block (SFT's adapter, DPO's adapter on a full model)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
 
 
 def checkpoint_dir(work_dir: str, params: dict[str, Any], code_module: str) -> Path:
     """`work_dir/<hash of params, inputs and the stage's code>`: resumable only by an identical rerun."""
-    params = {**params, "code": code_fingerprint(code_module)}
-    path = Path(work_dir) / params_hash(params)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
-    return path
+    return resume_dir(work_dir, {**params, "code": code_fingerprint(code_module)})
 
 
 def last_checkpoint(path: Path) -> str | None:
@@ -83,6 +79,8 @@ def trainer_kwargs(train: dict[str, Any], output_dir: Path, seed: int) -> dict[s
 
 def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer) -> dict[str, Any]:
     """Train (resuming if a checkpoint exists), then save model + tokenizer atomically."""
+    import torch
+
     resume = last_checkpoint(ckpt_dir)
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
@@ -99,6 +97,8 @@ def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer) -> dict[str, 
         "train_loss": result.training_loss,
         "train_seconds_this_run": elapsed,
         "num_input_tokens_seen": int(state.num_input_tokens_seen or 0),
+        # The numerics depend on it (reduction order); sftdpo.runner sets it from <stage>.resources.threads.
+        "torch_threads": torch.get_num_threads(),
         "log_history": state.log_history,
     }
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sftdpo.collect import DEMO_COLUMNS
 from sftdpo.io import read_parquet, write_json, write_parquet
+from sftdpo.tables import DEMO_COLUMNS
 from sftdpo.tasks import get_task
 
 log = logging.getLogger(__name__)

@@ -4,12 +4,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run  # noqa: E402
-from sftdpo.collect import collect_shard, progress_key  # noqa: E402
+from sftdpo.runner import run
+from sftdpo.collect import collect_shard
 
 sm = snakemake  # noqa: F821
 p = sm.params
-progress = f"work/collect/{progress_key(dict(p.items()))}/{sm.wildcards.shard}.jsonl"
 
 run(
     sm,
@@ -22,7 +21,7 @@ run(
         seed=p.seed,
         shard=int(sm.wildcards.shard),
         n_shards=p.n_shards,
-        progress_path=progress,
+        work_dir=p.work_dir,
         out_path=sm.output.demos,
         summary_path=sm.output.summary,
         flush_every=p.flush_every,

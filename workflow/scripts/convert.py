@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run  # noqa: E402
-from sftdpo.convert import convert  # noqa: E402
+from sftdpo.runner import run
+from sftdpo.convert import convert
 
 sm = snakemake  # noqa: F821
 run(

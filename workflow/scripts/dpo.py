@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.launch import run_rule  # noqa: E402
+from sftdpo.runner import run
+from sftdpo.launch import run_stage
+from sftdpo.dpo import train_dpo
 
 sm = snakemake  # noqa: F821
 i, o, p = sm.input, sm.output, sm.params
@@ -25,4 +27,7 @@ kwargs = dict(
     lora=p.lora,
     seed=p.seed,
 )
-run_rule(sm, "dpo", kwargs)
+run(
+    sm,
+    lambda: run_stage(train_dpo, kwargs, gpus=sm.resources.gpu, launch=p.launch, precision=p.train["precision"]),
+)

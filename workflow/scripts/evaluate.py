@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run  # noqa: E402
-from sftdpo.evaluate import evaluate  # noqa: E402
+from sftdpo.runner import run
+from sftdpo.evaluate import evaluate
 
 sm = snakemake  # noqa: F821
 p = sm.params

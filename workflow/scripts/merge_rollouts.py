@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run  # noqa: E402
-from sftdpo.io import concat_parquet  # noqa: E402
+from sftdpo.runner import run
+from sftdpo.io import concat_parquet
 
 sm = snakemake  # noqa: F821
 run(sm, lambda: concat_parquet(list(sm.input), sm.output[0], sort_by="id"))

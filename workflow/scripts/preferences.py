@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run  # noqa: E402
-from sftdpo.preferences import build_preferences  # noqa: E402
+from sftdpo.runner import run
+from sftdpo.preferences import build_preferences
 
 sm = snakemake  # noqa: F821
 run(

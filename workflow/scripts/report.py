@@ -4,15 +4,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run  # noqa: E402
-from sftdpo.report import STAGES, make_report  # noqa: E402
+from sftdpo.runner import run
+from sftdpo.report import make_report
+from sftdpo.tables import EVAL_STAGES
 
 sm = snakemake  # noqa: F821
 i, o = sm.input, sm.output
 run(
     sm,
     lambda: make_report(
-        eval_paths=dict(zip(STAGES, i.evals)),
+        eval_paths=dict(zip(EVAL_STAGES, i.evals)),
         extra_paths={
             "validation": i.validation,
             "split": i.split,

@@ -4,21 +4,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run  # noqa: E402
-from sftdpo.io import params_hash  # noqa: E402
-from sftdpo.rollouts import rollout_shard  # noqa: E402
-from sftdpo.training import file_digest  # noqa: E402
+from sftdpo.runner import run
+from sftdpo.rollouts import rollout_shard
 
 sm = snakemake  # noqa: F821
 i, p = sm.input, sm.params
-key = params_hash({**dict(p.items()), "model": file_digest(i.model), "train": file_digest(i.train)})
 run(
     sm,
     lambda: rollout_shard(
         model_dir=i.model,
         train_path=i.train,
         out_path=sm.output[0],
-        progress_path=f"{p.work_dir}/{key}/{sm.wildcards.shard}.jsonl",
+        work_dir=p.work_dir,
         shard=int(sm.wildcards.shard),
         n_shards=p.n_shards,
         n_prompts=p.n_prompts,

@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run  # noqa: E402
-from sftdpo.split import split  # noqa: E402
+from sftdpo.runner import run
+from sftdpo.split import split
 
 sm = snakemake  # noqa: F821
 o = sm.output

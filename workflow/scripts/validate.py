@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run  # noqa: E402
-from sftdpo.validate import validate  # noqa: E402
+from sftdpo.runner import run
+from sftdpo.validate import validate
 
 sm = snakemake  # noqa: F821
 o, p = sm.output, sm.params

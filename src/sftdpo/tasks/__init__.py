@@ -9,7 +9,7 @@ Constructing a task reads no data: validation and evaluation build tasks only to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -28,31 +28,38 @@ class Verdict:
     reason: str | None  # why it is wrong; None when correct
 
 
-class Task(Protocol):
+class Task:
+    """A problem source, a prompt format, a verifier and a difficulty rule; subclasses fill in the rest."""
+
     name: str
 
     def problems(self, n: int, seed: int) -> list[Problem]:
         """`n` distinct problems, the same list for the same (n, seed)."""
+        raise NotImplementedError
+
+    def max_problems(self) -> int | None:
+        """How many distinct problems `problems` can give (None: as many as asked)."""
+        return None
 
     def solve(self, problem: Problem) -> str:
         """A correct step-by-step completion ending in the task's answer line."""
+        raise NotImplementedError
 
-    def extract_answer(self, completion: str) -> str | None: ...
+    def extract_answer(self, completion: str) -> str | None:
+        raise NotImplementedError
 
-    def verify(self, completion: str, answer: str) -> Verdict: ...
+    def verify(self, completion: str, answer: str) -> Verdict:
+        raise NotImplementedError
 
-    # Optional: `difficulty(completion) -> str`, the difficulty of a worked solution (for imported rows);
-    # without it, `solution_difficulty` counts the solution's steps.
+    def make_prompt(self, question: str) -> str:
+        """The user message for a question of an imported row."""
+        return question.strip()
 
-
-def solution_difficulty(task: Task, completion: str) -> str:
-    """Difficulty of an imported demonstration: the task's own rule, else its number of step lines."""
-    rule = getattr(task, "difficulty", None)
-    if callable(rule):
-        return rule(completion)
-    lines = [line for line in completion.strip().splitlines() if line.strip()]
-    steps = [line for line in lines if not line.lstrip().startswith("####")]
-    return str(max(len(steps), 1))
+    def difficulty(self, completion: str) -> str:
+        """Difficulty of a worked solution (imported rows): its number of step lines."""
+        lines = [line for line in completion.strip().splitlines() if line.strip()]
+        steps = [line for line in lines if not line.lstrip().startswith("####")]
+        return str(max(len(steps), 1))
 
 
 TASKS = ("arithmetic", "gsm8k")

@@ -14,14 +14,14 @@ from __future__ import annotations
 import random
 import re
 
-from sftdpo.tasks import Problem, Verdict
+from sftdpo.tasks import Problem, Task, Verdict
 
 STEP = re.compile(r"^(\d+)([+\-*])(\d+)=(-?\d+)$")
 ANSWER = re.compile(r"^####\s*(-?\d+)\s*$")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
-class ArithmeticTask:
+class ArithmeticTask(Task):
     name = "arithmetic"
 
     def __init__(self, min_ops: int = 1, max_ops: int = 3, max_operand: int = 9, ops: str = "+-"):

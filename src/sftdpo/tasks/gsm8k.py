@@ -28,7 +28,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sftdpo.tasks import Problem, Verdict
+from sftdpo.records import BadRow, bad_row_message, read_records, text_field
+from sftdpo.tasks import Problem, Task, Verdict
 
 ANSWER_LINE = re.compile(r"^\s*####\s*(.*?)\s*$", re.M)
 NUMBER = re.compile(r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
@@ -136,13 +137,22 @@ def check_annotations(completion: str, rel_tol: float = 1e-2) -> str | None:
     return None
 
 
+def gsm8k_fields(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str]:
+    """(question, worked solution) of a GSM8K row, or BadRow naming the field."""
+    question = text_field(data, "question", columns)
+    solution = text_field(data, "answer", columns)
+    if not ANSWER_LINE.search(solution):
+        raise BadRow("answer", "no '#### <number>' answer line")
+    if extract_answer(solution)[1] != "answer_line":
+        raise BadRow("answer", "the '####' line holds no number")
+    return question, solution
+
+
 @lru_cache(maxsize=8)
 def load_gsm8k(path: str, mtime_ns: int) -> tuple[dict[str, Any], ...]:
     """Rows of a GSM8K file (read like `expert: files` reads one); a bad row stops with file, line and field."""
-    from sftdpo.importers import BadRow, bad_row_message, gsm8k_fields, read_records  # importers imports this
-
     rows = []
-    for record in read_records(path):
+    for record in read_records(path, "task.gsm8k.path"):
         try:
             if record.error:
                 raise BadRow(None, record.error)
@@ -155,7 +165,7 @@ def load_gsm8k(path: str, mtime_ns: int) -> tuple[dict[str, Any], ...]:
     return tuple(rows)
 
 
-class GSM8KTask:
+class GSM8KTask(Task):
     name = "gsm8k"
 
     def __init__(self, path: str | None = None, prompt_template: str = "{question}", buckets: list[int] | None = None,
@@ -176,6 +186,9 @@ class GSM8KTask:
         if not path.is_file():
             raise FileNotFoundError(f"task.gsm8k.path: {self.path} does not exist (working directory {Path.cwd()})")
         return load_gsm8k(str(path), path.stat().st_mtime_ns)
+
+    def max_problems(self) -> int:
+        return len(self.rows())
 
     def make_prompt(self, question: str) -> str:
         return self.prompt_template.format(question=question.strip())

@@ -1,0 +1,59 @@
+"""The column contracts of the pipeline's tables and the layout of tokens.h5, in one place.
+
+Stages write and read these artifacts; keeping their shape here (not in the stage that writes them)
+lets a stage read another stage's output without importing it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# results/demos/*.parquet: one expert demonstration a row.
+DEMO_COLUMNS = ["id", "task", "difficulty", "prompt", "completion", "answer", "expert", "correct", "meta"]
+
+# results/rollouts/*.parquet: one sampled completion a row, scored by the task's verifier.
+ROLLOUT_COLUMNS = ["id", "prompt_id", "variant", "sample", "task", "difficulty", "prompt", "completion",
+                   "answer", "prediction", "correct", "reason", "n_tokens", "score", "model", "seed", "temperature"]
+
+# results/prefs/pairs.parquet: TRL's conversational preference format plus lineage and scores.
+PAIR_COLUMNS = ["id", "prompt_id", "task", "difficulty", "prompt", "chosen", "rejected", "kind",
+                "chosen_score", "rejected_score"]
+
+# results/eval/{stage}.parquet: one test item a row.
+EVAL_COLUMNS = ["id", "stage", "task", "difficulty", "completion", "prediction", "gold", "correct", "n_tokens"]
+
+# The models the report compares, in order (results/eval/{stage}.parquet).
+EVAL_STAGES = ("base", "sft", "dpo")
+
+# results/data/tokens.h5: `tokens` int32 [N, L, 3], right-padded, with these three channels.
+TOKEN_LAYOUT = "input_ids,attention_mask,loss_mask"
+
+
+def write_tokens(path: str, tokens: np.ndarray, ids: list[str], *, tokenizer_hash: str, max_length: int) -> None:
+    """Write tokens.h5 (deterministic bytes: no timestamps) to `path`; the caller makes it atomic."""
+    import h5py
+
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("tokens", data=tokens, compression="gzip",
+                          chunks=(min(len(tokens), 256), max_length, 3), track_times=False)
+        h5.create_dataset("ids", data=np.array(ids, dtype=h5py.string_dtype()), track_times=False)
+        h5.attrs["tokenizer_hash"] = tokenizer_hash
+        h5.attrs["max_length"] = max_length
+        h5.attrs["layout"] = TOKEN_LAYOUT
+
+
+def read_token_rows(tokens_path: str, *row_lists: list[int]) -> list[list[dict[str, list[int]]]]:
+    """Trainer-ready examples (`input_ids`, `completion_mask`), padding removed, for each list of rows;
+    the file is read once."""
+    import h5py
+
+    with h5py.File(tokens_path, "r") as h5:
+        tokens = h5["tokens"][:]
+
+    def example(r: int) -> dict[str, Any]:
+        length = int(tokens[r, :, 1].sum())
+        return {"input_ids": tokens[r, :length, 0].tolist(), "completion_mask": tokens[r, :length, 2].tolist()}
+
+    return [[example(r) for r in rows] for rows in row_lists]

@@ -1,0 +1,60 @@
+"""One home per default (config/schema.yaml, filled in by Snakemake's validate) and the cross-field checks."""
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from sftdpo.config_checks import check_config, config_problems
+
+SCHEMA = str(ROOT / "config" / "schema.yaml")
+TRAIN = {"max_steps": 10, "batch_size": 2, "learning_rate": 1e-3}
+# Only what the schema requires: everything else comes from its defaults.
+MINIMAL = {
+    "seed": 0, "task": {"name": "arithmetic", "n_problems": 10}, "model": {"name_or_path": "scratch"},
+    "collect": {"expert": "program", "shards": 1}, "validate": {"gates": {}}, "convert": {}, "split": {},
+    "sft": {"train": dict(TRAIN)}, "rollouts": {}, "preferences": {}, "dpo": {"train": dict(TRAIN)},
+    "evaluate": {}, "report": {},
+}
+
+
+def filled(config):
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(config)
+    validate(config, SCHEMA)
+    return config
+
+
+def test_the_schema_fills_every_default_the_rules_read():
+    config = filled(MINIMAL)
+    assert config["sft"]["resources"] == {"runtime": 120, "gpu": 1, "threads": 2, "mem_mb": 8000}
+    assert config["dpo"]["resources"]["runtime"] == 120
+    assert config["rollouts"]["resources"] == config["evaluate"]["resources"] == {
+        "runtime": 60, "gpu": 1, "threads": 2, "mem_mb": 8000}
+    assert config["sft"]["launch"]["deepspeed_config"] == "config/deepspeed/zero2.json"
+    assert config["sft"]["lora"] is None and config["dpo"]["lora"] is None
+    assert config["collect"]["flush_every"] == 100 and config["collect"]["program"] == {"error_rate": 0.05}
+    assert config["split"]["fractions"] == {"train": 0.7, "val": 0.2, "test": 0.1}
+    assert config["sft"]["train"]["max_length"] == 256 and config["convert"]["max_length"] == 256
+    assert config["task"]["arithmetic"]["max_ops"] == 3 and config["task"]["gsm8k"]["path"] is None
+    assert config_problems(config) == []
+    # A LoRA block gets its optional keys too (inside oneOf).
+    lora = filled({**MINIMAL, "dpo": {"train": TRAIN, "lora": {"r": 4, "alpha": 8}}})["dpo"]["lora"]
+    assert lora == {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def test_the_embedded_default_is_consistent():
+    assert config_problems(filled(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"collect": {"expert": "teacher", "shards": 1}}, "collect.expert is 'teacher' but collect.teacher is not set"),
+    ({"task": {"name": "gsm8k", "n_problems": 5}}, "task.gsm8k.path is not set"),
+    ({"convert": {"max_length": 300}}, r"sft.train.max_length \(256\) < convert.max_length \(300\)"),
+])
+def test_cross_field_problems_stop_with_the_keys_to_change(change, message):
+    config = filled({**MINIMAL, **change})
+    with pytest.raises(ValueError, match=message):
+        check_config(config)

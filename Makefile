@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: venv run test lint dag clean
+.PHONY: venv run test test-fast lint dag clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,17 @@ run: venv
 	$(BIN)/snakemake -c2
 
 lint: venv
+	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
 
+# The whole suite: unit tests, workflow runs through the snakemake CLI, kill/resume, the Slurm cluster.
 test: lint
-	$(BIN)/python -m pytest -v
+	$(BIN)/python -m pytest -v --durations=20
+
+# A quick check (about 2 minutes on 2 cores): unit tests and dry runs, no full pipeline run, no cluster.
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not e2e and not slurm"
 
 dag: venv
 	$(BIN)/snakemake --dag | dot -Tsvg > dag.svg

@@ -53,24 +53,45 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t, problems = timed(lambda: FilesExpert(get_task("gsm8k"), **options).shard_problems(0, 1))
             times["parse"].append(t)
-            t, frame = timed(lambda: collect_shard(
-                task="gsm8k", task_options={}, n_problems=0, expert="files", expert_options=options, seed=0,
-                shard=0, n_shards=1, progress_path=f"{tmp}/progress.jsonl", out_path=f"{tmp}/demos.parquet",
-                summary_path=f"{tmp}/summary.json", flush_every=1000))
+            t, frame = timed(
+                lambda: collect_shard(
+                    task="gsm8k",
+                    task_options={},
+                    n_problems=0,
+                    expert="files",
+                    expert_options=options,
+                    seed=0,
+                    shard=0,
+                    n_shards=1,
+                    progress_path=f"{tmp}/progress.jsonl",
+                    out_path=f"{tmp}/demos.parquet",
+                    summary_path=f"{tmp}/summary.json",
+                    flush_every=1000,
+                )
+            )
             times["import"].append(t)
             rows = len(frame)
             assert rows == len(problems) and frame["correct"].all()
-            t, stats = timed(lambda: validate(
-                demos_path=f"{tmp}/demos.parquet", validated_path=f"{tmp}/validated.parquet",
-                rejected_path=f"{tmp}/rejected.parquet", report_path=f"{tmp}/validation.json",
-                plot_paths={k: f"{tmp}/{k}.png" for k in ("difficulty", "lengths", "rejections")},
-                task_options={}, max_prompt_chars=1500, max_completion_chars=3000,
-                gates={"max_rejected_fraction": 0.0, "min_rows": 1, "min_rows_per_difficulty": 1}))
+            t, stats = timed(
+                lambda: validate(
+                    demos_path=f"{tmp}/demos.parquet",
+                    validated_path=f"{tmp}/validated.parquet",
+                    rejected_path=f"{tmp}/rejected.parquet",
+                    report_path=f"{tmp}/validation.json",
+                    plot_paths={k: f"{tmp}/{k}.png" for k in ("difficulty", "lengths", "rejections")},
+                    task_options={},
+                    max_prompt_chars=1500,
+                    max_completion_chars=3000,
+                    gates={"max_rejected_fraction": 0.0, "min_rows": 1, "min_rows_per_difficulty": 1},
+                )
+            )
             times["validate"].append(t)
             assert stats["n_kept"] == rows
     print(f"GSM8K import/validate throughput: {rows:,} rows of {path}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"median of {args.repeats} runs")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"median of {args.repeats} runs"
+    )
     print("| stage | seconds | rows/s |\n|---|---|---|")
     for stage, values in times.items():
         median = statistics.median(values)

@@ -24,15 +24,25 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 def snakemake(workdir: Path, *args: str) -> float:
     started = time.time()
-    subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-c2", *args], cwd=workdir, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-c2", *args],
+        cwd=workdir,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.time() - started
 
 
 def killed_and_resumed(workdir: Path, extra: list[str], checkpoint: str) -> tuple[float, float]:
     started = time.time()
-    proc = subprocess.Popen([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-c2", *extra], cwd=workdir,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-c2", *extra],
+        cwd=workdir,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while not list((workdir / "work/sft").glob(f"*/{checkpoint}/trainer_state.json")):
         if proc.poll() is not None:
             sys.exit("the run ended before the SFT checkpoint appeared")
@@ -66,8 +76,10 @@ def main() -> None:
     print(f"| full run | {full:.1f} | 1.00 | |")
     print(f"| rerun after `dpo.beta` change | {beta:.1f} | {beta / full:.2f} | <= 0.3 |")
     print(f"| no-op run (everything up to date) | {noop:.1f} | | <= 3 s |")
-    print(f"| killed after SFT {args.checkpoint} ({until_kill:.1f} s) + resumed ({resumed:.1f} s) | "
-          f"{until_kill + resumed:.1f} | {(until_kill + resumed) / full:.2f} | <= 1.2 |")
+    print(
+        f"| killed after SFT {args.checkpoint} ({until_kill:.1f} s) + resumed ({resumed:.1f} s) | "
+        f"{until_kill + resumed:.1f} | {(until_kill + resumed) / full:.2f} | <= 1.2 |"
+    )
     print(f"\nwork directories: {root}")
 
 

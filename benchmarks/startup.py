@@ -54,8 +54,11 @@ print(json.dumps({{"torch": "torch" in sys.modules}}))
 def script_imports(script: Path) -> str:
     """The script's `from sftdpo... import ...` statements, as source."""
     tree = ast.parse(script.read_text())
-    lines = [ast.unparse(node) for node in tree.body
-             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sftdpo")]
+    lines = [
+        ast.unparse(node)
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sftdpo")
+    ]
     return "\n".join(lines)
 
 
@@ -64,8 +67,13 @@ def measure(repo: Path, script: Path, repeats: int) -> tuple[float, bool]:
     params = {"threads": 1} if rule in TORCH_RULES else {}
     times, torch = [], False
     with tempfile.TemporaryDirectory() as tmp:
-        code = PROBE.format(src=str(repo / "src"), imports=script_imports(script), rule=rule,
-                            log=str(Path(tmp) / "job.log"), params=params)
+        code = PROBE.format(
+            src=str(repo / "src"),
+            imports=script_imports(script),
+            rule=rule,
+            log=str(Path(tmp) / "job.log"),
+            params=params,
+        )
         for _ in range(repeats):
             started = time.perf_counter()
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

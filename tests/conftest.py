@@ -1,5 +1,6 @@
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,13 @@ TINY = ROOT / "tests" / "config" / "tiny.yaml"
 def snakemake(*args, cwd, check=True, timeout=1800, env=None):
     """Run the snakemake CLI on this repo's Snakefile in `cwd`; returns the CompletedProcess."""
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 
@@ -35,3 +39,11 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny_run")
     proc = snakemake("-c2", "--configfile", TINY, cwd=workdir)
     return workdir, proc
+
+
+@pytest.fixture
+def finished(tiny_run, tmp_path):
+    """A private copy of the finished tiny run (outputs, mtimes and Snakemake's metadata)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], workdir, symlinks=True)
+    return workdir

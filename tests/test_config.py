@@ -12,10 +12,19 @@ SCHEMA = str(ROOT / "config" / "schema.yaml")
 TRAIN = {"max_steps": 10, "batch_size": 2, "learning_rate": 1e-3}
 # Only what the schema requires: everything else comes from its defaults.
 MINIMAL = {
-    "seed": 0, "task": {"name": "arithmetic", "n_problems": 10}, "model": {"name_or_path": "scratch"},
-    "collect": {"expert": "program", "shards": 1}, "validate": {"gates": {}}, "convert": {}, "split": {},
-    "sft": {"train": dict(TRAIN)}, "rollouts": {}, "preferences": {}, "dpo": {"train": dict(TRAIN)},
-    "evaluate": {}, "report": {},
+    "seed": 0,
+    "task": {"name": "arithmetic", "n_problems": 10},
+    "model": {"name_or_path": "scratch"},
+    "collect": {"expert": "program", "shards": 1},
+    "validate": {"gates": {}},
+    "convert": {},
+    "split": {},
+    "sft": {"train": dict(TRAIN)},
+    "rollouts": {},
+    "preferences": {},
+    "dpo": {"train": dict(TRAIN)},
+    "evaluate": {},
+    "report": {},
 }
 
 
@@ -31,8 +40,11 @@ def test_the_schema_fills_every_default_the_rules_read():
     config = filled(MINIMAL)
     assert config["sft"]["resources"] == {"runtime": 120, "gpu": 1, "threads": 2, "mem_mb": 8000}
     assert config["dpo"]["resources"]["runtime"] == 120
-    assert config["rollouts"]["resources"] == config["evaluate"]["resources"] == {
-        "runtime": 60, "gpu": 1, "threads": 2, "mem_mb": 8000}
+    assert (
+        config["rollouts"]["resources"]
+        == config["evaluate"]["resources"]
+        == {"runtime": 60, "gpu": 1, "threads": 2, "mem_mb": 8000}
+    )
     assert config["sft"]["launch"]["deepspeed_config"] == "config/deepspeed/zero2.json"
     assert config["sft"]["lora"] is None and config["dpo"]["lora"] is None
     assert config["collect"]["flush_every"] == 100 and config["collect"]["program"] == {"error_rate": 0.05}
@@ -49,11 +61,14 @@ def test_the_embedded_default_is_consistent():
     assert config_problems(filled(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))) == []
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"collect": {"expert": "teacher", "shards": 1}}, "collect.expert is 'teacher' but collect.teacher is not set"),
-    ({"task": {"name": "gsm8k", "n_problems": 5}}, "task.gsm8k.path is not set"),
-    ({"convert": {"max_length": 300}}, r"sft.train.max_length \(256\) < convert.max_length \(300\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"collect": {"expert": "teacher", "shards": 1}}, "collect.expert is 'teacher' but collect.teacher is not set"),
+        ({"task": {"name": "gsm8k", "n_problems": 5}}, "task.gsm8k.path is not set"),
+        ({"convert": {"max_length": 300}}, r"sft.train.max_length \(256\) < convert.max_length \(300\)"),
+    ],
+)
 def test_cross_field_problems_stop_with_the_keys_to_change(change, message):
     config = filled({**MINIMAL, **change})
     with pytest.raises(ValueError, match=message):

@@ -9,13 +9,23 @@ from sftdpo.io import read_parquet, write_parquet
 from sftdpo.modeling import load_tokenizer, make_base_model
 from sftdpo.tasks import get_task
 
-COMMON = dict(task="arithmetic", task_options={}, n_problems=90, expert="program",
-              expert_options={"error_rate": 0.2}, seed=5, n_shards=3, flush_every=7)
+COMMON = dict(
+    task="arithmetic",
+    task_options={},
+    n_problems=90,
+    expert="program",
+    expert_options={"error_rate": 0.2},
+    seed=5,
+    n_shards=3,
+    flush_every=7,
+)
 
 
 def test_shards_partition_the_problems_and_resume_without_repeats(tmp_path):
-    frames = [collect_shard(**COMMON, shard=s, work_dir=str(tmp_path / "work"),
-                            out_path=str(tmp_path / f"{s}.parquet")) for s in range(3)]
+    frames = [
+        collect_shard(**COMMON, shard=s, work_dir=str(tmp_path / "work"), out_path=str(tmp_path / f"{s}.parquet"))
+        for s in range(3)
+    ]
     ids = [i for f in frames for i in f["id"]]
     assert len(ids) == len(set(ids)) == 90
     assert (frames[0]["correct"] == ~frames[0]["meta"].str.contains("injected_error")).all()
@@ -32,17 +42,37 @@ def test_convert_writes_ids_attention_and_loss_masks(tmp_path):
     task = get_task("arithmetic")
     problems = task.problems(60, seed=0)
     model_dir = tmp_path / "base"
-    make_base_model(name_or_path="scratch", out_dir=str(model_dir),
-                    scratch=dict(layers=1, hidden_size=16, heads=2, intermediate_size=32, max_positions=64,
-                                 tokenizer_vocab_size=280),
-                    tokenizer_texts=[p.prompt + "\n" + task.solve(p) for p in problems],
-                    trust_remote_code=False, seed=0)
-    demos = [{"id": p.id, "task": "arithmetic", "difficulty": p.difficulty, "prompt": p.prompt,
-              "completion": task.solve(p), "answer": p.answer, "expert": "program"} for p in problems[:20]]
+    make_base_model(
+        name_or_path="scratch",
+        out_dir=str(model_dir),
+        scratch=dict(
+            layers=1, hidden_size=16, heads=2, intermediate_size=32, max_positions=64, tokenizer_vocab_size=280
+        ),
+        tokenizer_texts=[p.prompt + "\n" + task.solve(p) for p in problems],
+        trust_remote_code=False,
+        seed=0,
+    )
+    demos = [
+        {
+            "id": p.id,
+            "task": "arithmetic",
+            "difficulty": p.difficulty,
+            "prompt": p.prompt,
+            "completion": task.solve(p),
+            "answer": p.answer,
+            "expert": "program",
+        }
+        for p in problems[:20]
+    ]
     write_parquet(__import__("pandas").DataFrame(demos), tmp_path / "v.parquet")
-    report = convert(validated_path=str(tmp_path / "v.parquet"), model_dir=str(model_dir),
-                     chat_path=str(tmp_path / "chat.parquet"), tokens_path=str(tmp_path / "t.h5"),
-                     report_path=str(tmp_path / "c.json"), max_length=40)
+    report = convert(
+        validated_path=str(tmp_path / "v.parquet"),
+        model_dir=str(model_dir),
+        chat_path=str(tmp_path / "chat.parquet"),
+        tokens_path=str(tmp_path / "t.h5"),
+        report_path=str(tmp_path / "c.json"),
+        max_length=40,
+    )
     chat = read_parquet(tmp_path / "chat.parquet")
     tokenizer = load_tokenizer(str(model_dir))
     with h5py.File(tmp_path / "t.h5") as h5:

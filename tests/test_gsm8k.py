@@ -19,42 +19,63 @@ from sftdpo.tasks.gsm8k import bucket, check_annotations, extract_answer, normal
 
 DATA = ROOT.parent / "shared" / "datasets" / "gsm8k"
 OVERLAY = ROOT / "tests" / "config" / "gsm8k.yaml"
-needs_data = pytest.mark.skipif(not (DATA / "train.jsonl").exists(),
-                                reason=f"GSM8K not found at {DATA} (the repository's ../shared/datasets/gsm8k)")
+needs_data = pytest.mark.skipif(
+    not (DATA / "train.jsonl").exists(), reason=f"GSM8K not found at {DATA} (the repository's ../shared/datasets/gsm8k)"
+)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("72", "72"), ("1,080", "1080"), ("$18", "18"), ("$18.00", "18"), ("18.0", "18"), ("0.50", "0.5"),
-    ("-3", "-3"), ("2,520,000", "2520000"), ("7.", "7"), ("25%", "25"), ("about 12 apples", "12"), ("none", None),
-    ("", None), (None, None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("72", "72"),
+        ("1,080", "1080"),
+        ("$18", "18"),
+        ("$18.00", "18"),
+        ("18.0", "18"),
+        ("0.50", "0.5"),
+        ("-3", "-3"),
+        ("2,520,000", "2520000"),
+        ("7.", "7"),
+        ("25%", "25"),
+        ("about 12 apples", "12"),
+        ("none", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_normalise_number(text, expected):
     assert normalise_number(text) == expected
 
 
-@pytest.mark.parametrize("completion, expected", [
-    ("step\n#### 72", ("72", "answer_line")),
-    ("#### $1,080.00", ("1080", "answer_line")),
-    ("#### 5\nmore text\n#### 6", ("6", "answer_line")),
-    ("She pays 3*4 = 12 dollars.\nThe answer is 12.", ("12", "last_number")),
-    ("48/2 = <<48/2=24>>24 clips", ("24", "last_number")),
-    ("no numbers at all", (None, "none")),
-    ("", (None, "none")),
-])
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("step\n#### 72", ("72", "answer_line")),
+        ("#### $1,080.00", ("1080", "answer_line")),
+        ("#### 5\nmore text\n#### 6", ("6", "answer_line")),
+        ("She pays 3*4 = 12 dollars.\nThe answer is 12.", ("12", "last_number")),
+        ("48/2 = <<48/2=24>>24 clips", ("24", "last_number")),
+        ("no numbers at all", (None, "none")),
+        ("", (None, "none")),
+    ],
+)
 def test_extract_answer(completion, expected):
     assert extract_answer(completion) == expected
 
 
-@pytest.mark.parametrize("completion, answer, correct, reason", [
-    ("3+4 = 7\n#### 7", "7", True, None),
-    ("#### 7.0", "7", True, None),
-    ("It costs $1,200.", "1200", True, None),  # last-number fallback
-    ("3+4 = 8\n#### 8", "7", False, "wrong_answer"),
-    ("I do not know.", "7", False, "no_answer_line"),
-    ("3+4 = <<3+4=8>>8, minus 1 = <<8-1=7>>7\n#### 7", "7", False, "invalid_step"),
-    ("3+4 = <<3+4=7>>7\n#### 7", "7", True, None),
-    ("a third = <<1/3=0.33>>0.33\n#### 2", "2", True, None),  # rounded annotations pass (1% tolerance)
-])
+@pytest.mark.parametrize(
+    "completion, answer, correct, reason",
+    [
+        ("3+4 = 7\n#### 7", "7", True, None),
+        ("#### 7.0", "7", True, None),
+        ("It costs $1,200.", "1200", True, None),  # last-number fallback
+        ("3+4 = 8\n#### 8", "7", False, "wrong_answer"),
+        ("I do not know.", "7", False, "no_answer_line"),
+        ("3+4 = <<3+4=8>>8, minus 1 = <<8-1=7>>7\n#### 7", "7", False, "invalid_step"),
+        ("3+4 = <<3+4=7>>7\n#### 7", "7", True, None),
+        ("a third = <<1/3=0.33>>0.33\n#### 2", "2", True, None),  # rounded annotations pass (1% tolerance)
+    ],
+)
 def test_verifier(completion, answer, correct, reason):
     verdict = get_task("gsm8k").verify(completion, answer)
     assert (verdict.correct, verdict.reason) == (correct, reason)
@@ -72,10 +93,16 @@ def test_strata_buckets():
 
 
 def write_gsm8k(path, n):
-    rows = [{"question": f"Ann has {i} pens and buys {i + 1} more. How many pens?",
-             "answer": "\n".join([f"Step {j}." for j in range(i % 6)] + [f"{i}+{i + 1} = <<{i}+{i + 1}={2 * i + 1}>>"
-                                                                         f"{2 * i + 1}", f"#### {2 * i + 1:,}"])}
-            for i in range(n)]
+    rows = [
+        {
+            "question": f"Ann has {i} pens and buys {i + 1} more. How many pens?",
+            "answer": "\n".join(
+                [f"Step {j}." for j in range(i % 6)]
+                + [f"{i}+{i + 1} = <<{i}+{i + 1}={2 * i + 1}>>{2 * i + 1}", f"#### {2 * i + 1:,}"]
+            ),
+        }
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -190,9 +217,22 @@ def test_gsm8k_qwen_example_plans_every_rule(tmp_path):
     os.symlink(DATA.parents[1], tmp_path / "shared")  # the example's ../shared/datasets/gsm8k
     out = snakemake("-n", "--configfile", ROOT / "config/examples/gsm8k-qwen.yaml", cwd=work).stdout
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("total")[0], re.M))
-    assert counts == {"base_model": "1", "collect": "4", "merge_demos": "1", "validate": "1", "convert": "1",
-                      "split": "1", "sft": "1", "rollouts": "4", "merge_rollouts": "1", "preferences": "1",
-                      "dpo": "1", "evaluate": "3", "report": "1", "all": "1"}
+    assert counts == {
+        "base_model": "1",
+        "collect": "4",
+        "merge_demos": "1",
+        "validate": "1",
+        "convert": "1",
+        "split": "1",
+        "sft": "1",
+        "rollouts": "4",
+        "merge_rollouts": "1",
+        "preferences": "1",
+        "dpo": "1",
+        "evaluate": "3",
+        "report": "1",
+        "all": "1",
+    }
     example = yaml.safe_load((ROOT / "config/examples/gsm8k-qwen.yaml").read_text())
     assert example["sft"]["resources"]["gpu"] > 1 and example["sft"]["train"]["precision"] == "bf16"
     assert example["sft"]["train"]["activation_checkpointing"] and example["rollouts"]["backend"] == "vllm"

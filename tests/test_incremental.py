@@ -11,8 +11,22 @@ from sftdpo.io import read_parquet
 
 pytestmark = pytest.mark.e2e
 
-DOWNSTREAM = ["base_model", "collect", "merge_demos", "validate", "convert", "split", "sft", "rollouts",
-              "merge_rollouts", "preferences", "dpo", "evaluate", "report", "all"]
+DOWNSTREAM = [
+    "base_model",
+    "collect",
+    "merge_demos",
+    "validate",
+    "convert",
+    "split",
+    "sft",
+    "rollouts",
+    "merge_rollouts",
+    "preferences",
+    "dpo",
+    "evaluate",
+    "report",
+    "all",
+]
 SHARDED = {"collect": 2, "rollouts": 2}
 
 
@@ -21,21 +35,13 @@ def jobs(*rules, evaluate=3):
 
 
 def from_(rule, evaluate=3):
-    return jobs(*DOWNSTREAM[DOWNSTREAM.index(rule):], evaluate=evaluate)
+    return jobs(*DOWNSTREAM[DOWNSTREAM.index(rule) :], evaluate=evaluate)
 
 
 AFTER_SFT = jobs("sft", "rollouts", "merge_rollouts", "preferences", "dpo", "evaluate", "report", "all", evaluate=2)
 AFTER_ROLLOUTS = jobs("rollouts", "merge_rollouts", "preferences", "dpo", "evaluate", "report", "all", evaluate=1)
 AFTER_PREFS = jobs("preferences", "dpo", "evaluate", "report", "all", evaluate=1)
 AFTER_DPO = jobs("dpo", "evaluate", "report", "all", evaluate=1)
-
-
-@pytest.fixture
-def finished(tiny_run, tmp_path):
-    """A private copy of the finished tiny run (outputs, mtimes and Snakemake's metadata)."""
-    workdir = tmp_path / "run"
-    shutil.copytree(tiny_run[0], workdir, symlinks=True)
-    return workdir
 
 
 def dry_run(workdir, *args, snakefile=None):
@@ -83,9 +89,13 @@ def repo_copy(tmp_path):
 
 @pytest.mark.parametrize(
     "module, expected",
-    [("report.py", jobs("report", "all")), ("preferences.py", AFTER_PREFS),
-     # Only the `files` expert (and a tokenizer learnt from an import) runs the importer: nothing on the default.
-     ("importers.py", {}), ("teacher.py", {})],
+    [
+        ("report.py", jobs("report", "all")),
+        ("preferences.py", AFTER_PREFS),
+        # Only the `files` expert (and a tokenizer learnt from an import) runs the importer: nothing on the default.
+        ("importers.py", {}),
+        ("teacher.py", {}),
+    ],
 )
 def test_library_code_change_reruns_its_stage(finished, repo_copy, module, expected):
     snakefile = repo_copy / "Snakefile"
@@ -115,10 +125,21 @@ def test_deleted_rollout_shard_is_rebuilt_with_its_dependants(finished):
     assert job_counts(dry_run(finished)) == {}
 
 
-DATA_ARTIFACTS = ["demos/demos.parquet", "demos/validated.parquet", "demos/rejected.parquet", "data/chat.parquet",
-                  "data/tokens.h5", "data/train.parquet", "data/val.parquet", "data/test.parquet",
-                  "rollouts/rollouts.parquet", "prefs/pairs.parquet",
-                  "eval/base.parquet", "eval/sft.parquet", "eval/dpo.parquet"]
+DATA_ARTIFACTS = [
+    "demos/demos.parquet",
+    "demos/validated.parquet",
+    "demos/rejected.parquet",
+    "data/chat.parquet",
+    "data/tokens.h5",
+    "data/train.parquet",
+    "data/val.parquet",
+    "data/test.parquet",
+    "rollouts/rollouts.parquet",
+    "prefs/pairs.parquet",
+    "eval/base.parquet",
+    "eval/sft.parquet",
+    "eval/dpo.parquet",
+]
 
 
 def test_same_config_and_seed_give_identical_artifacts(tiny_run, tmp_path):

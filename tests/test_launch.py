@@ -13,17 +13,37 @@ import pytest
 
 from sftdpo.convert import convert
 from sftdpo.io import write_parquet
-from sftdpo.launch import (REPO, accelerate_command, deepspeed_zero2_config, function_name, import_function,
-                           processes, rank_kwargs, resolve, run_stage)
+from sftdpo.launch import (
+    REPO,
+    accelerate_command,
+    deepspeed_zero2_config,
+    function_name,
+    import_function,
+    processes,
+    rank_kwargs,
+    resolve,
+    run_stage,
+)
 from sftdpo.modeling import make_base_model
 from sftdpo.sft import train_sft
 from sftdpo.split import split
 from sftdpo.tasks import get_task
 
 
-@pytest.mark.parametrize("configured, visible, expected", [
-    (1, 0, 0), (1, 1, 0), (1, 8, 0), (4, 0, 0), (2, 1, 0), (4, 4, 4), (4, 2, 2), (8, 4, 4), (0, 2, 0),
-])
+@pytest.mark.parametrize(
+    "configured, visible, expected",
+    [
+        (1, 0, 0),
+        (1, 1, 0),
+        (1, 8, 0),
+        (4, 0, 0),
+        (2, 1, 0),
+        (4, 4, 4),
+        (4, 2, 2),
+        (8, 4, 4),
+        (0, 2, 0),
+    ],
+)
 def test_processes_launch_only_for_more_than_one_gpu(configured, visible, expected):
     assert processes(configured, visible) == expected
 
@@ -44,17 +64,36 @@ def test_shipped_deepspeed_and_accelerate_configs():
 def test_accelerate_command_is_accepted_by_accelerate(tmp_path, monkeypatch):
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-    cmd = accelerate_command("sftdpo.sft:train_sft", "work/sft/launch/train_sft.json", num_processes=4, launch={}, port=29555)
+    cmd = accelerate_command(
+        "sftdpo.sft:train_sft", "work/sft/launch/train_sft.json", num_processes=4, launch={}, port=29555
+    )
     assert cmd[1:] == [
-        "launch", "--config_file", str(REPO / "config/deepspeed/accelerate.yaml"),
-        "--use_deepspeed", "--deepspeed_config_file", str(REPO / "config/deepspeed/zero2.json"),
-        "--num_processes", "4", "--num_machines", "1", "--main_process_port", "29555", "--mixed_precision", "bf16",
-        "-m", "sftdpo.launch", "sftdpo.sft:train_sft", "work/sft/launch/train_sft.json",
+        "launch",
+        "--config_file",
+        str(REPO / "config/deepspeed/accelerate.yaml"),
+        "--use_deepspeed",
+        "--deepspeed_config_file",
+        str(REPO / "config/deepspeed/zero2.json"),
+        "--num_processes",
+        "4",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        "29555",
+        "--mixed_precision",
+        "bf16",
+        "-m",
+        "sftdpo.launch",
+        "sftdpo.sft:train_sft",
+        "work/sft/launch/train_sft.json",
     ]
     assert Path(cmd[0]).name == "accelerate"
     args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[2:]))
     assert args.use_deepspeed and args.num_processes == 4 and args.module
-    assert args.training_script == "sftdpo.launch" and args.training_script_args == ["sftdpo.sft:train_sft", "work/sft/launch/train_sft.json"]
+    assert args.training_script == "sftdpo.launch" and args.training_script_args == [
+        "sftdpo.sft:train_sft",
+        "work/sft/launch/train_sft.json",
+    ]
     assert args.deepspeed_config_file == str(REPO / "config/deepspeed/zero2.json")  # the CLI wins over the file
     # The environment accelerate gives each rank makes a valid ZeRO-2 plugin (no GPU or deepspeed needed).
     from accelerate.utils import DeepSpeedPlugin
@@ -63,18 +102,30 @@ def test_accelerate_command_is_accepted_by_accelerate(tmp_path, monkeypatch):
     args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
     _, env = prepare_deepspeed_cmd_env(args)
     assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
-    for key in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_CONFIG_DS_FIELDS",
-                "ACCELERATE_MIXED_PRECISION"):
+    for key in (
+        "ACCELERATE_USE_DEEPSPEED",
+        "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+        "ACCELERATE_CONFIG_DS_FIELDS",
+        "ACCELERATE_MIXED_PRECISION",
+    ):
         monkeypatch.setenv(key, env[key])
     assert DeepSpeedPlugin().zero_stage == 2
 
-    ddp = accelerate_command("sftdpo.dpo:train_dpo", "a.json", num_processes=2, launch={"deepspeed_config": None}, port=1,
-                             mixed_precision="no")
+    ddp = accelerate_command(
+        "sftdpo.dpo:train_dpo",
+        "a.json",
+        num_processes=2,
+        launch={"deepspeed_config": None},
+        port=1,
+        mixed_precision="no",
+    )
     assert "--multi_gpu" in ddp and "--use_deepspeed" not in ddp and ddp[-2:] == ["sftdpo.dpo:train_dpo", "a.json"]
     args, _, _ = _validate_launch_command(launch_command_parser().parse_args(ddp[2:]))
     assert args.multi_gpu and not args.use_deepspeed and args.num_processes == 2
     with pytest.raises(FileNotFoundError, match="launch config nowhere.json not found"):
-        accelerate_command("sftdpo.sft:train_sft", "a.json", num_processes=2, launch={"deepspeed_config": "nowhere.json"})
+        accelerate_command(
+            "sftdpo.sft:train_sft", "a.json", num_processes=2, launch={"deepspeed_config": "nowhere.json"}
+        )
     with pytest.raises(ValueError, match="needs >= 2 processes"):
         accelerate_command("sftdpo.sft:train_sft", "a.json", num_processes=1, launch={})
     monkeypatch.chdir(tmp_path)
@@ -84,16 +135,37 @@ def test_accelerate_command_is_accepted_by_accelerate(tmp_path, monkeypatch):
 
 
 def test_rank_kwargs_keep_ranks_apart():
-    kwargs = {"out_dir": "results/sft/adapter", "metrics_path": "results/sft/metrics.json",
-              "curve_path": "results/sft/loss.png", "work_dir": "work/sft", "seed": 0}
+    kwargs = {
+        "out_dir": "results/sft/adapter",
+        "metrics_path": "results/sft/metrics.json",
+        "curve_path": "results/sft/loss.png",
+        "work_dir": "work/sft",
+        "seed": 0,
+    }
     assert rank_kwargs(kwargs, 0) == kwargs
-    assert rank_kwargs(kwargs, 2) == {**kwargs, "out_dir": "work/sft/rank2/adapter",
-                                      "metrics_path": "work/sft/rank2/metrics.json", "curve_path": "work/sft/rank2/loss.png"}
+    assert rank_kwargs(kwargs, 2) == {
+        **kwargs,
+        "out_dir": "work/sft/rank2/adapter",
+        "metrics_path": "work/sft/rank2/metrics.json",
+        "curve_path": "work/sft/rank2/loss.png",
+    }
 
 
-TRAIN = dict(max_steps=2, batch_size=4, grad_accum=1, learning_rate=1e-3, lr_scheduler="constant", warmup_steps=0,
-             weight_decay=0.0, logging_steps=1, save_steps=2, eval_steps=2, precision="auto",
-             activation_checkpointing=False, max_length=48)
+TRAIN = dict(
+    max_steps=2,
+    batch_size=4,
+    grad_accum=1,
+    learning_rate=1e-3,
+    lr_scheduler="constant",
+    warmup_steps=0,
+    weight_decay=0.0,
+    logging_steps=1,
+    save_steps=2,
+    eval_steps=2,
+    precision="auto",
+    activation_checkpointing=False,
+    max_length=48,
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,28 +173,68 @@ def sft_inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("launch")
     task = get_task("arithmetic")
     problems = task.problems(40, seed=0)
-    make_base_model(name_or_path="scratch", out_dir=str(root / "base"),
-                    scratch=dict(layers=1, hidden_size=16, heads=2, intermediate_size=32, max_positions=64,
-                                 tokenizer_vocab_size=280),
-                    tokenizer_texts=[p.prompt + "\n" + task.solve(p) for p in problems], trust_remote_code=False,
-                    seed=0)
-    demos = pd.DataFrame([{"id": p.id, "task": "arithmetic", "difficulty": p.difficulty, "prompt": p.prompt,
-                           "completion": task.solve(p), "answer": p.answer, "expert": "program"} for p in problems])
+    make_base_model(
+        name_or_path="scratch",
+        out_dir=str(root / "base"),
+        scratch=dict(
+            layers=1, hidden_size=16, heads=2, intermediate_size=32, max_positions=64, tokenizer_vocab_size=280
+        ),
+        tokenizer_texts=[p.prompt + "\n" + task.solve(p) for p in problems],
+        trust_remote_code=False,
+        seed=0,
+    )
+    demos = pd.DataFrame(
+        [
+            {
+                "id": p.id,
+                "task": "arithmetic",
+                "difficulty": p.difficulty,
+                "prompt": p.prompt,
+                "completion": task.solve(p),
+                "answer": p.answer,
+                "expert": "program",
+            }
+            for p in problems
+        ]
+    )
     write_parquet(demos, root / "validated.parquet")
-    convert(validated_path=str(root / "validated.parquet"), model_dir=str(root / "base"),
-            chat_path=str(root / "chat.parquet"), tokens_path=str(root / "tokens.h5"),
-            report_path=str(root / "convert.json"), max_length=48)
+    convert(
+        validated_path=str(root / "validated.parquet"),
+        model_dir=str(root / "base"),
+        chat_path=str(root / "chat.parquet"),
+        tokens_path=str(root / "tokens.h5"),
+        report_path=str(root / "convert.json"),
+        max_length=48,
+    )
     paths = {s: str(root / f"{s}.parquet") for s in ("train", "val", "test")}
-    split(chat_path=str(root / "chat.parquet"), out_paths=paths, report_path=str(root / "split.json"),
-          strata=["difficulty"], fractions={"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
-    return dict(base_dir=str(root / "base"), train_path=paths["train"], val_path=paths["val"],
-                tokens_path=str(root / "tokens.h5"), train=TRAIN, lora=None, eval_rows=2, seed=0)
+    split(
+        chat_path=str(root / "chat.parquet"),
+        out_paths=paths,
+        report_path=str(root / "split.json"),
+        strata=["difficulty"],
+        fractions={"train": 0.8, "val": 0.1, "test": 0.1},
+        seed=0,
+    )
+    return dict(
+        base_dir=str(root / "base"),
+        train_path=paths["train"],
+        val_path=paths["val"],
+        tokens_path=str(root / "tokens.h5"),
+        train=TRAIN,
+        lora=None,
+        eval_rows=2,
+        seed=0,
+    )
 
 
 def outputs(tmp_path, name):
     d = tmp_path / name
-    return dict(out_dir=str(d / "adapter"), metrics_path=str(d / "metrics.json"), curve_path=str(d / "loss.png"),
-                work_dir=str(d / "work"))
+    return dict(
+        out_dir=str(d / "adapter"),
+        metrics_path=str(d / "metrics.json"),
+        curve_path=str(d / "loss.png"),
+        work_dir=str(d / "work"),
+    )
 
 
 def test_several_gpus_configured_but_none_visible_trains_in_process(tmp_path, sft_inputs):
@@ -139,16 +251,41 @@ def test_module_entry_point_and_accelerate_cli_on_cpu(tmp_path, sft_inputs):
     args.write_text(json.dumps(kwargs))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "RANK": "1"}
     # Rank 1 (RANK alone: its paths without a process group): trains, but writes only under work_dir/rank1.
-    subprocess.run([sys.executable, "-m", "sftdpo.launch", "sftdpo.sft:train_sft", str(args)], env=env, check=True, cwd=tmp_path,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "sftdpo.launch", "sftdpo.sft:train_sft", str(args)],
+        env=env,
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+    )
     assert json.loads((tmp_path / "ranks/work/rank1/metrics.json").read_text())["global_step"] == 2
     assert not (tmp_path / "ranks/adapter").exists() and not (tmp_path / "ranks/metrics.json").exists()
     # The real accelerate CLI with one CPU process: rank 0 writes the declared outputs.
     env = {k: v for k, v in env.items() if k != "RANK"}
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    proc = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-                           "--mixed_precision", "no", "-m", "sftdpo.launch", "sftdpo.sft:train_sft", str(args)],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "-m",
+            "sftdpo.launch",
+            "sftdpo.sft:train_sft",
+            str(args),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ranks/metrics.json").read_text())
     assert metrics["global_step"] == 2 and (tmp_path / "ranks/adapter/model.safetensors").exists()

@@ -13,8 +13,19 @@ LAYERS = {
     "plumbing": {"io", "records", "tables", "chat", "fingerprint", "runner", "plots", "config_checks"},
     "domain": {"tasks", "tasks.arithmetic", "tasks.gsm8k", "modeling"},
     "services": {"generation", "training", "launch", "experts", "teacher", "importers"},
-    "stages": {"base_model", "collect", "validate", "convert", "split", "sft", "rollouts", "preferences", "dpo",
-               "evaluate", "report"},
+    "stages": {
+        "base_model",
+        "collect",
+        "validate",
+        "convert",
+        "split",
+        "sft",
+        "rollouts",
+        "preferences",
+        "dpo",
+        "evaluate",
+        "report",
+    },
 }
 ORDER = list(LAYERS)
 LAYER_OF = {f"sftdpo.{m}": layer for layer, modules in LAYERS.items() for m in modules}
@@ -39,8 +50,9 @@ def test_imports_point_down_and_stages_are_siblings(module):
     for imported in _imports(module):
         if imported == module or imported == "sftdpo":
             continue
-        assert ORDER.index(LAYER_OF[imported]) <= rank, f"{module} ({LAYER_OF[module]}) imports {imported} " \
-                                                        f"({LAYER_OF[imported]})"
+        assert ORDER.index(LAYER_OF[imported]) <= rank, (
+            f"{module} ({LAYER_OF[module]}) imports {imported} ({LAYER_OF[imported]})"
+        )
         assert not (module in STAGES and imported in STAGES), f"stage {module} imports stage {imported}"
 
 

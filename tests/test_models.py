@@ -15,9 +15,21 @@ from sftdpo.sft import train_sft
 from sftdpo.split import split
 from sftdpo.tasks import get_task
 
-TRAIN = dict(max_steps=4, batch_size=4, grad_accum=1, learning_rate=1e-3, lr_scheduler="constant", warmup_steps=0,
-             weight_decay=0.0, logging_steps=1, save_steps=2, eval_steps=2, precision="auto",
-             activation_checkpointing=False, max_length=64)
+TRAIN = dict(
+    max_steps=4,
+    batch_size=4,
+    grad_accum=1,
+    learning_rate=1e-3,
+    lr_scheduler="constant",
+    warmup_steps=0,
+    weight_decay=0.0,
+    logging_steps=1,
+    save_steps=2,
+    eval_steps=2,
+    precision="auto",
+    activation_checkpointing=False,
+    max_length=64,
+)
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
 
 
@@ -27,8 +39,9 @@ def hf_dir(tmp_path_factory):
     task = get_task("arithmetic")
     texts = [p.prompt + "\n" + task.solve(p) for p in task.problems(200, seed=0)]
     tokenizer = train_tokenizer(texts, 280)
-    model = build_scratch_model(tokenizer, layers=1, hidden_size=16, heads=2, intermediate_size=32,
-                                max_positions=128, seed=0)
+    model = build_scratch_model(
+        tokenizer, layers=1, hidden_size=16, heads=2, intermediate_size=32, max_positions=128, seed=0
+    )
     path = tmp_path_factory.mktemp("hub") / "tiny-llama"
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -37,50 +50,108 @@ def hf_dir(tmp_path_factory):
 
 def test_hf_model_lora_sft_dpo_and_evaluation(hf_dir, tmp_path):
     base = tmp_path / "base"
-    info = make_base_model(name_or_path=str(hf_dir), out_dir=str(base), scratch={}, tokenizer_texts=None,
-                           trust_remote_code=False, seed=0)
+    info = make_base_model(
+        name_or_path=str(hf_dir), out_dir=str(base), scratch={}, tokenizer_texts=None, trust_remote_code=False, seed=0
+    )
     assert info["kind"] == "reference"
     assert json.loads((base / REFERENCE_FILE).read_text())["name_or_path"] == str(hf_dir)
     assert not list(base.glob("*.safetensors"))  # weights are not copied, only referenced
 
     task = get_task("arithmetic")
     problems = task.problems(40, seed=1)
-    demos = pd.DataFrame([{"id": p.id, "task": "arithmetic", "difficulty": p.difficulty, "prompt": p.prompt,
-                           "completion": task.solve(p), "answer": p.answer, "expert": "program"} for p in problems])
+    demos = pd.DataFrame(
+        [
+            {
+                "id": p.id,
+                "task": "arithmetic",
+                "difficulty": p.difficulty,
+                "prompt": p.prompt,
+                "completion": task.solve(p),
+                "answer": p.answer,
+                "expert": "program",
+            }
+            for p in problems
+        ]
+    )
     write_parquet(demos, tmp_path / "validated.parquet")
-    convert(validated_path=str(tmp_path / "validated.parquet"), model_dir=str(base),
-            chat_path=str(tmp_path / "chat.parquet"), tokens_path=str(tmp_path / "tokens.h5"),
-            report_path=str(tmp_path / "convert.json"), max_length=64)
+    convert(
+        validated_path=str(tmp_path / "validated.parquet"),
+        model_dir=str(base),
+        chat_path=str(tmp_path / "chat.parquet"),
+        tokens_path=str(tmp_path / "tokens.h5"),
+        report_path=str(tmp_path / "convert.json"),
+        max_length=64,
+    )
     paths = {s: str(tmp_path / f"{s}.parquet") for s in ("train", "val", "test")}
-    split(chat_path=str(tmp_path / "chat.parquet"), out_paths=paths, report_path=str(tmp_path / "split.json"),
-          strata=["difficulty"], fractions={"train": 0.6, "val": 0.2, "test": 0.2}, seed=0)
+    split(
+        chat_path=str(tmp_path / "chat.parquet"),
+        out_paths=paths,
+        report_path=str(tmp_path / "split.json"),
+        strata=["difficulty"],
+        fractions={"train": 0.6, "val": 0.2, "test": 0.2},
+        seed=0,
+    )
 
     sft_dir = tmp_path / "sft"
-    metrics = train_sft(base_dir=str(base), train_path=paths["train"], val_path=paths["val"],
-                        tokens_path=str(tmp_path / "tokens.h5"), out_dir=str(sft_dir),
-                        metrics_path=str(tmp_path / "sft.json"), curve_path=str(tmp_path / "sft.png"),
-                        work_dir=str(tmp_path / "work_sft"), train=TRAIN, lora=LORA, eval_rows=4, seed=0)
+    metrics = train_sft(
+        base_dir=str(base),
+        train_path=paths["train"],
+        val_path=paths["val"],
+        tokens_path=str(tmp_path / "tokens.h5"),
+        out_dir=str(sft_dir),
+        metrics_path=str(tmp_path / "sft.json"),
+        curve_path=str(tmp_path / "sft.png"),
+        work_dir=str(tmp_path / "work_sft"),
+        train=TRAIN,
+        lora=LORA,
+        eval_rows=4,
+        seed=0,
+    )
     assert metrics["global_step"] == 4
     adapter = json.loads((sft_dir / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and adapter["base_model_name_or_path"] == str(hf_dir)
     assert (sft_dir / "tokenizer_config.json").exists()
 
-    pairs = pd.DataFrame([{"prompt": [{"role": "user", "content": p.prompt}],
-                           "chosen": [{"role": "assistant", "content": task.solve(p)}],
-                           "rejected": [{"role": "assistant", "content": "#### 0"}]} for p in problems[:8]])
+    pairs = pd.DataFrame(
+        [
+            {
+                "prompt": [{"role": "user", "content": p.prompt}],
+                "chosen": [{"role": "assistant", "content": task.solve(p)}],
+                "rejected": [{"role": "assistant", "content": "#### 0"}],
+            }
+            for p in problems[:8]
+        ]
+    )
     write_parquet(pairs, tmp_path / "pairs.parquet")
     dpo_dir = tmp_path / "dpo"
-    dpo = train_dpo(sft_dir=str(sft_dir), pairs_path=str(tmp_path / "pairs.parquet"), out_dir=str(dpo_dir),
-                    metrics_path=str(tmp_path / "dpo.json"), curve_path=str(tmp_path / "dpo.png"),
-                    work_dir=str(tmp_path / "work_dpo"), train=TRAIN, beta=0.1, loss_type=["sigmoid"],
-                    lora=None, seed=0)
+    dpo = train_dpo(
+        sft_dir=str(sft_dir),
+        pairs_path=str(tmp_path / "pairs.parquet"),
+        out_dir=str(dpo_dir),
+        metrics_path=str(tmp_path / "dpo.json"),
+        curve_path=str(tmp_path / "dpo.png"),
+        work_dir=str(tmp_path / "work_dpo"),
+        train=TRAIN,
+        beta=0.1,
+        loss_type=["sigmoid"],
+        lora=None,
+        seed=0,
+    )
     assert dpo["global_step"] == 4 and dpo["final_rewards_accuracies"] is not None
     # The SFT adapter was trained further; the frozen "ref" copy served as the reference.
     assert json.loads((dpo_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(hf_dir)
     model = load_model(str(dpo_dir))
     assert "default" in model.peft_config
 
-    rows = evaluate(stage="dpo", model_dir=str(dpo_dir), test_path=paths["test"],
-                    out_path=str(tmp_path / "eval.parquet"), task_options={}, max_new_tokens=8, batch_size=4, seed=0)
+    rows = evaluate(
+        stage="dpo",
+        model_dir=str(dpo_dir),
+        test_path=paths["test"],
+        out_path=str(tmp_path / "eval.parquet"),
+        task_options={},
+        max_new_tokens=8,
+        batch_size=4,
+        seed=0,
+    )
     assert len(rows) == len(pd.read_parquet(paths["test"])) and set(rows["stage"]) == {"dpo"}
     assert read_json(tmp_path / "split.json")["counts"]["test"] == len(rows)

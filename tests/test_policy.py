@@ -26,8 +26,15 @@ class StubTask:
         self.answers = answers or {}
 
     def problems(self, n, seed):
-        return [Problem(id=f"stub-{i:03d}", prompt=f"What is {i}+{i % 3}?", answer=self.answers.get(f"stub-{i:03d}", "never"),
-                        difficulty="even" if i % 2 == 0 else "odd") for i in range(n)]
+        return [
+            Problem(
+                id=f"stub-{i:03d}",
+                prompt=f"What is {i}+{i % 3}?",
+                answer=self.answers.get(f"stub-{i:03d}", "never"),
+                difficulty="even" if i % 2 == 0 else "odd",
+            )
+            for i in range(n)
+        ]
 
     def extract_answer(self, completion):
         return completion.strip()
@@ -42,34 +49,65 @@ def model_dir(tmp_path_factory):
     task = get_task("arithmetic")
     problems = task.problems(200, seed=0)
     path = tmp_path_factory.mktemp("policy") / "base"
-    make_base_model(name_or_path="scratch", out_dir=str(path),
-                    scratch=dict(layers=1, hidden_size=32, heads=2, intermediate_size=64, max_positions=64,
-                                 tokenizer_vocab_size=280),
-                    tokenizer_texts=[p.prompt + "\n" + task.solve(p) for p in problems], trust_remote_code=False,
-                    seed=0)
+    make_base_model(
+        name_or_path="scratch",
+        out_dir=str(path),
+        scratch=dict(
+            layers=1, hidden_size=32, heads=2, intermediate_size=64, max_positions=64, tokenizer_vocab_size=280
+        ),
+        tokenizer_texts=[p.prompt + "\n" + task.solve(p) for p in problems],
+        trust_remote_code=False,
+        seed=0,
+    )
     return str(path)
 
 
 def run(tmp_path, monkeypatch, model_dir, stub, tag, **options):
     monkeypatch.setattr(sftdpo.collect, "get_task", lambda name, **kw: stub)
-    opts = {"model": model_dir, "attempts": 2, "temperature": 1.0, "max_new_tokens": 6, "batch_size": 5,
-            "backend": "transformers", **options}
-    frame = collect_shard(task="stub", task_options={}, n_problems=N, expert="policy", expert_options=opts, seed=3,
-                          shard=0, n_shards=1, work_dir=str(tmp_path / tag / "work"), flush_every=10,
-                          out_path=str(tmp_path / tag / "0.parquet"), summary_path=str(tmp_path / tag / "0.json"))
+    opts = {
+        "model": model_dir,
+        "attempts": 2,
+        "temperature": 1.0,
+        "max_new_tokens": 6,
+        "batch_size": 5,
+        "backend": "transformers",
+        **options,
+    }
+    frame = collect_shard(
+        task="stub",
+        task_options={},
+        n_problems=N,
+        expert="policy",
+        expert_options=opts,
+        seed=3,
+        shard=0,
+        n_shards=1,
+        work_dir=str(tmp_path / tag / "work"),
+        flush_every=10,
+        out_path=str(tmp_path / tag / "0.parquet"),
+        summary_path=str(tmp_path / tag / "0.json"),
+    )
     return frame, read_json(tmp_path / tag / "0.json")
 
 
 def test_policy_keeps_only_verified_trajectories(tmp_path, monkeypatch, model_dir):
     first, summary = run(tmp_path, monkeypatch, model_dir, StubTask(), "all", require_success=False)
     assert len(first) == N and not first["correct"].any()
-    assert summary["success_by_difficulty"] == {"even": {"n": 8, "correct": 0, "rate": 0.0},
-                                                "odd": {"n": 8, "correct": 0, "rate": 0.0}}
+    assert summary["success_by_difficulty"] == {
+        "even": {"n": 8, "correct": 0, "rate": 0.0},
+        "odd": {"n": 8, "correct": 0, "rate": 0.0},
+    }
     samples = dict(zip(first["id"], first["completion"]))
     assert len(set(samples.values())) > 1  # sampled, not one constant string
     meta = json.loads(first["meta"].iloc[0])
-    assert meta["policy"] == {"model": model_dir, "seed": 3, "attempts": 2, "temperature": 1.0, "top_p": 1.0,
-                              "max_new_tokens": 6}
+    assert meta["policy"] == {
+        "model": model_dir,
+        "seed": 3,
+        "attempts": 2,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_new_tokens": 6,
+    }
     assert meta["sample_index"] == 0 and meta["samples_correct"] == 0 and meta["backend"] == "transformers"
 
     # Every fourth problem's answer is what the model sampled: the same seed must reproduce it.
@@ -79,16 +117,24 @@ def test_policy_keeps_only_verified_trajectories(tmp_path, monkeypatch, model_di
     assert dict(zip(kept["id"], kept["completion"])) == chosen
     assert summary["n_written"] == 4 and summary["n_dropped_incorrect"] == N - 4
     assert summary["dropped_ids"] == sorted(set(samples) - set(chosen))
-    assert summary["success_by_difficulty"] == {"even": {"n": 8, "correct": 4, "rate": 0.5},
-                                                "odd": {"n": 8, "correct": 0, "rate": 0.0}}
+    assert summary["success_by_difficulty"] == {
+        "even": {"n": 8, "correct": 4, "rate": 0.5},
+        "odd": {"n": 8, "correct": 0, "rate": 0.0},
+    }
     assert summary["policy"]["samples"] == 2 * N and summary["policy"]["require_success"] is True
     assert summary["policy"]["samples_correct"] >= 4
 
 
 def test_policy_reads_a_reference_directory_and_greedy_rules(tmp_path, model_dir):
     reference = tmp_path / "reference"
-    make_base_model(name_or_path=model_dir, out_dir=str(reference), scratch={}, tokenizer_texts=None,
-                    trust_remote_code=False, seed=0)
+    make_base_model(
+        name_or_path=model_dir,
+        out_dir=str(reference),
+        scratch={},
+        tokenizer_texts=None,
+        trust_remote_code=False,
+        seed=0,
+    )
     stub = StubTask()
     problems = stub.problems(6, 0)
     greedy = dict(attempts=1, temperature=0.0, max_new_tokens=5, batch_size=4, backend="transformers", seed=1)

@@ -34,12 +34,28 @@ def test_build_preferences_writes_trl_format(tmp_path):
     rows = []
     for pid, outcomes in [("p1", [True, False, False, True]), ("p2", [True] * 4), ("p3", [False] * 4)]:
         for j, ok in enumerate(outcomes):
-            rows.append({"id": f"{pid}:0:{j}", "prompt_id": pid, "variant": 0, "sample": j, "task": "arithmetic",
-                         "difficulty": "2", "prompt": f"What is {pid}?", "completion": f"{pid}-{j}",
-                         "correct": ok, "score": float(ok)})
+            rows.append(
+                {
+                    "id": f"{pid}:0:{j}",
+                    "prompt_id": pid,
+                    "variant": 0,
+                    "sample": j,
+                    "task": "arithmetic",
+                    "difficulty": "2",
+                    "prompt": f"What is {pid}?",
+                    "completion": f"{pid}-{j}",
+                    "correct": ok,
+                    "score": float(ok),
+                }
+            )
     write_parquet(pd.DataFrame(rows), tmp_path / "r.parquet")
-    report = build_preferences(rollouts_path=str(tmp_path / "r.parquet"), pairs_path=str(tmp_path / "p.parquet"),
-                               report_path=str(tmp_path / "p.json"), max_pairs_per_prompt=3, quality_margin=0.5)
+    report = build_preferences(
+        rollouts_path=str(tmp_path / "r.parquet"),
+        pairs_path=str(tmp_path / "p.parquet"),
+        report_path=str(tmp_path / "p.json"),
+        max_pairs_per_prompt=3,
+        quality_margin=0.5,
+    )
     pairs = read_parquet(tmp_path / "p.parquet")
     assert len(pairs) == 3 and set(pairs["prompt_id"]) == {"p1"}
     first = pairs.iloc[0]
@@ -51,9 +67,27 @@ def test_build_preferences_writes_trl_format(tmp_path):
 
 
 def test_no_pairs_is_a_clear_error(tmp_path):
-    rows = [{"id": f"p:0:{j}", "prompt_id": "p", "variant": 0, "sample": j, "task": "t", "difficulty": "1",
-             "prompt": "q", "completion": "c", "correct": False, "score": 0.0} for j in range(2)]
+    rows = [
+        {
+            "id": f"p:0:{j}",
+            "prompt_id": "p",
+            "variant": 0,
+            "sample": j,
+            "task": "t",
+            "difficulty": "1",
+            "prompt": "q",
+            "completion": "c",
+            "correct": False,
+            "score": 0.0,
+        }
+        for j in range(2)
+    ]
     write_parquet(pd.DataFrame(rows), tmp_path / "r.parquet")
     with pytest.raises(ValueError, match="no preference pairs"):
-        build_preferences(rollouts_path=str(tmp_path / "r.parquet"), pairs_path=str(tmp_path / "p.parquet"),
-                          report_path=str(tmp_path / "p.json"), max_pairs_per_prompt=3, quality_margin=0.5)
+        build_preferences(
+            rollouts_path=str(tmp_path / "r.parquet"),
+            pairs_path=str(tmp_path / "p.parquet"),
+            report_path=str(tmp_path / "p.json"),
+            max_pairs_per_prompt=3,
+            quality_margin=0.5,
+        )

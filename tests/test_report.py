@@ -22,15 +22,25 @@ def test_degenerate_cases():
     ones, zeros = np.ones(50), np.zeros(50)
     assert paired_bootstrap(ones, zeros, n_samples=500, seed=0)["ci95"] == [1.0, 1.0]
     assert paired_bootstrap(ones, ones, n_samples=500, seed=0) | {} == {
-        "mean": 0.0, "ci95": [0.0, 0.0], "n": 50, "n_samples": 500}
+        "mean": 0.0,
+        "ci95": [0.0, 0.0],
+        "n": 50,
+        "n_samples": 500,
+    }
     lo, hi = bootstrap_ci(np.array([1, 0] * 100, dtype=np.float32), n_samples=2000, seed=0)
     assert 0.4 < lo < 0.5 < hi < 0.6
 
 
 def test_summary_shape_and_pairing_by_id():
     def table(correct):
-        return pd.DataFrame({"id": [f"i{k}" for k in range(6)], "difficulty": ["1", "1", "2", "2", "3", "3"],
-                             "correct": correct, "n_tokens": [5] * 6})
+        return pd.DataFrame(
+            {
+                "id": [f"i{k}" for k in range(6)],
+                "difficulty": ["1", "1", "2", "2", "3", "3"],
+                "correct": correct,
+                "n_tokens": [5] * 6,
+            }
+        )
 
     evals = {"base": table([0, 0, 0, 0, 0, 0]), "sft": table([1, 1, 1, 0, 1, 0]), "dpo": table([1, 1, 1, 1, 1, 0])}
     evals["dpo"] = evals["dpo"].iloc[::-1]  # order must not matter: items are paired by id

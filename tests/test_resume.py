@@ -12,7 +12,6 @@ import yaml
 
 from conftest import ROOT, SNAKEMAKE, TINY, snakemake
 from sftdpo.io import read_parquet
-from test_incremental import finished  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -20,8 +19,14 @@ pytestmark = pytest.mark.e2e
 def start(workdir, target, *configfiles, env=None):
     """Start snakemake for one target in its own process group."""
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-c1", target, "--configfile", str(TINY), *map(str, configfiles)]
-    return subprocess.Popen(cmd, cwd=workdir, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def kill_when(proc, condition, timeout=300):
@@ -40,8 +45,7 @@ def kill_when(proc, condition, timeout=300):
 
 def progress_lines(workdir, stage, shard):
     files = list((workdir / "work" / stage).glob(f"*/{shard}.jsonl"))
-    return [json.loads(line) for f in files for line in f.read_text().splitlines(keepends=True)
-            if line.endswith("\n")]
+    return [json.loads(line) for f in files for line in f.read_text().splitlines(keepends=True) if line.endswith("\n")]
 
 
 def resume(workdir, target, *configfiles):
@@ -67,7 +71,7 @@ def test_collect_killed_mid_shard_keeps_rows_and_repeats_none(tmp_path):
     assert f"200 problems, {len(before)} already done" in log
 
 
-def test_rollouts_killed_mid_shard_keeps_samples_and_repeats_none(finished):  # noqa: F811
+def test_rollouts_killed_mid_shard_keeps_samples_and_repeats_none(finished):
     target = "results/rollouts/shards/0.parquet"
     complete = read_parquet(finished / target)
     (finished / target).unlink()
@@ -88,12 +92,20 @@ def test_rollouts_killed_mid_shard_keeps_samples_and_repeats_none(finished):  # 
     assert "to do" in (finished / "logs/rollouts/0.log").read_text()
 
 
-@pytest.mark.parametrize("stage, overlay, save_steps, max_steps", [
-    ("sft", {}, 50, 200),
-    ("dpo", {"dpo": {"train": {"max_steps": 40, "save_steps": 10}}}, 10, 40),
-])
-def test_training_killed_after_a_checkpoint_resumes_from_it(finished, stage, overlay, save_steps,  # noqa: F811
-                                                            max_steps):
+@pytest.mark.parametrize(
+    "stage, overlay, save_steps, max_steps",
+    [
+        ("sft", {}, 50, 200),
+        ("dpo", {"dpo": {"train": {"max_steps": 40, "save_steps": 10}}}, 10, 40),
+    ],
+)
+def test_training_killed_after_a_checkpoint_resumes_from_it(
+    finished,
+    stage,
+    overlay,
+    save_steps,
+    max_steps,
+):
     (finished / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     target = f"results/{stage}/adapter"
     proc = start(finished, target, "overlay.yaml", "--forcerun", stage)

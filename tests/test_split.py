@@ -7,8 +7,15 @@ from sftdpo.split import SPLITS, allocate, assign_splits, normalise_prompt
 def make_frame(n=600):
     rows = []
     for i in range(n):
-        rows.append({"id": f"x{i:04d}", "prompt": [{"role": "user", "content": f"What is {i}+1?"}],
-                     "difficulty": str(1 + i % 3), "task": "arithmetic", "expert": "program" if i % 5 else "teacher"})
+        rows.append(
+            {
+                "id": f"x{i:04d}",
+                "prompt": [{"role": "user", "content": f"What is {i}+1?"}],
+                "difficulty": str(1 + i % 3),
+                "task": "arithmetic",
+                "expert": "program" if i % 5 else "teacher",
+            }
+        )
     # Near-duplicates of x0000 (case and spacing differ): must share a split.
     rows.append({**rows[0], "id": "dup1", "prompt": [{"role": "user", "content": "what  is 0+1?"}]})
     rows.append({**rows[0], "id": "dup2", "prompt": [{"role": "user", "content": "WHAT IS 0+1? "}]})

@@ -87,8 +87,16 @@ class FakeOpenAI:
         with self.lock:
             queue = self.script.get(prompt)
             mode = self.always or (queue.pop(0) if queue else "ok")
-            self.requests.append({"prompt": prompt, "mode": mode, "time": time.monotonic(), "body": body,
-                                  "auth": h.headers.get("Authorization"), "path": h.path})
+            self.requests.append(
+                {
+                    "prompt": prompt,
+                    "mode": mode,
+                    "time": time.monotonic(),
+                    "body": body,
+                    "auth": h.headers.get("Authorization"),
+                    "path": h.path,
+                }
+            )
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
         try:
@@ -103,17 +111,29 @@ class FakeOpenAI:
             if mode == "malformed":
                 return self.send(h, 200, b'{"id": "chatcmpl-1", "choices": [{"message": ')
             if mode == "empty":
-                return self.send(h, 200, json.dumps({"id": "chatcmpl-1", "object": "chat.completion",
-                                                     "created": 0, "model": "fake", "choices": []}).encode())
+                return self.send(
+                    h,
+                    200,
+                    json.dumps(
+                        {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "fake", "choices": []}
+                    ).encode(),
+                )
             steps, value = solve(prompt)
             answer = value + 1 if wrong(value) else value
             text = f"{steps}\n#### {answer}"
-            usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                     "total_tokens": len(prompt.split()) + len(text.split())}
-            reply = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                     "choices": [{"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": text}}],
-                     "usage": usage}
+            usage = {
+                "prompt_tokens": len(prompt.split()),
+                "completion_tokens": len(text.split()),
+                "total_tokens": len(prompt.split()) + len(text.split()),
+            }
+            reply = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "usage": usage,
+            }
             self.send(h, 200, json.dumps(reply).encode())
         finally:
             with self.lock:
@@ -137,15 +157,34 @@ def key_env(monkeypatch):
 
 
 def options(server, key_env, **extra):
-    return {"base_url": server.base_url, "model": "fake-teacher", "api_key_env": key_env, "workers": 4,
-            "timeout": 0.5, "max_retries": 3, "backoff_base": 0.01, "backoff_max": 0.05, **extra}
+    return {
+        "base_url": server.base_url,
+        "model": "fake-teacher",
+        "api_key_env": key_env,
+        "workers": 4,
+        "timeout": 0.5,
+        "max_retries": 3,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        **extra,
+    }
 
 
 def collect(tmp_path, opts, *, shard=0, n_shards=1, n=40, tag="run", flush_every=5):
-    return collect_shard(task="arithmetic", task_options={}, n_problems=n, expert="teacher", expert_options=opts,
-                         seed=0, shard=shard, n_shards=n_shards, work_dir=str(tmp_path / tag / "work"),
-                         out_path=str(tmp_path / tag / f"{shard}.parquet"),
-                         summary_path=str(tmp_path / tag / f"{shard}.json"), flush_every=flush_every)
+    return collect_shard(
+        task="arithmetic",
+        task_options={},
+        n_problems=n,
+        expert="teacher",
+        expert_options=opts,
+        seed=0,
+        shard=shard,
+        n_shards=n_shards,
+        work_dir=str(tmp_path / tag / "work"),
+        out_path=str(tmp_path / tag / f"{shard}.parquet"),
+        summary_path=str(tmp_path / tag / f"{shard}.json"),
+        flush_every=flush_every,
+    )
 
 
 def progress_file(run_dir, shard=0):
@@ -155,8 +194,13 @@ def progress_file(run_dir, shard=0):
 
 def test_faults_are_retried_and_no_id_is_lost_or_duplicated(tmp_path, key_env, caplog):
     problems = get_task("arithmetic").problems(40, seed=0)
-    faults = {problems[0].prompt: ["429", "429"], problems[1].prompt: ["500"], problems[2].prompt: ["slow"],
-              problems[3].prompt: ["malformed"], problems[5].prompt: ["empty", "503"]}
+    faults = {
+        problems[0].prompt: ["429", "429"],
+        problems[1].prompt: ["500"],
+        problems[2].prompt: ["slow"],
+        problems[3].prompt: ["malformed"],
+        problems[5].prompt: ["empty", "503"],
+    }
     expected_retries = {"429": 2, "500": 1, "timeout": 1, "malformed": 2, "503": 1}
     caplog.set_level("DEBUG")
     with FakeOpenAI() as server:
@@ -194,7 +238,8 @@ def test_faults_are_retried_and_no_id_is_lost_or_duplicated(tmp_path, key_env, c
     assert 0 < n_wrong < 40
     assert sum(s["n_incorrect"] for s in summaries) == n_wrong
     assert sum(s["teacher"]["usage"]["total_tokens"] for s in summaries) == sum(
-        json.loads(r.meta)["usage"]["total_tokens"] for r in rows.values())
+        json.loads(r.meta)["usage"]["total_tokens"] for r in rows.values()
+    )
     # The key was sent but never written anywhere.
     files = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
     assert any(path.name == "params.json" for path in files)  # the progress's key, for people
@@ -216,7 +261,9 @@ def test_keep_failures_false_counts_but_does_not_write_failures(tmp_path, key_en
     summary = read_json(tmp_path / "run" / "0.json")
     assert frame["correct"].all() and len(frame) == 30 - len(expected_wrong)
     assert summary["dropped_ids"] == expected_wrong and summary["n_dropped_incorrect"] == len(expected_wrong)
-    assert summary["n_written"] == len(frame) and summary["incorrect_by_reason"] == {"wrong_answer": len(expected_wrong)}
+    assert summary["n_written"] == len(frame) and summary["incorrect_by_reason"] == {
+        "wrong_answer": len(expected_wrong)
+    }
     rates = summary["success_by_difficulty"]
     assert sum(v["n"] for v in rates.values()) == 30
     for level, v in rates.items():
@@ -232,11 +279,16 @@ def test_kill_and_resume_keeps_written_rows_and_asks_only_for_the_rest(tmp_path,
         code = (
             "import sys, json; from sftdpo.collect import collect_shard; "
             f"collect_shard(task='arithmetic', task_options={{}}, n_problems={n}, expert='teacher', "
-            f"expert_options=json.loads(sys.argv[1]), seed=0, shard=0, n_shards=1, work_dir={str(tmp_path / 'run' / 'work')!r}, "
+            f"expert_options=json.loads(sys.argv[1]), seed=0, shard=0, n_shards=1, "
+            f"work_dir={str(tmp_path / 'run' / 'work')!r}, "
             f"out_path={str(tmp_path / 'run' / '0.parquet')!r}, flush_every=1)"
         )
-        proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(opts)], env={**os.environ},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(opts)],
+            env={**os.environ},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             progress = progress_file(tmp_path / "run")
@@ -271,8 +323,14 @@ def test_unreachable_endpoint_names_the_base_url(tmp_path, key_env):
         port = sock.getsockname()[1]
     base_url = f"http://127.0.0.1:{port}/v1"
     started = time.monotonic()
-    opts = {"base_url": base_url, "model": "m", "api_key_env": key_env, "max_retries": 2, "backoff_base": 0.01,
-            "timeout": 2}
+    opts = {
+        "base_url": base_url,
+        "model": "m",
+        "api_key_env": key_env,
+        "max_retries": 2,
+        "backoff_base": 0.01,
+        "timeout": 2,
+    }
     with pytest.raises(TeacherError) as err:
         collect(tmp_path, opts, n=6)
     message = str(err.value)
@@ -338,10 +396,15 @@ def test_backoff_and_limiter_units():
 
 
 def test_progress_key_ignores_code_and_transport_for_a_teacher():
-    base = {"code": "a", "task": "arithmetic", "expert": "teacher",
-            "expert_options": {"model": "m", "base_url": "u", "workers": 4, "rate_limit": 2}}
-    assert progress_key(base) == progress_key({**base, "code": "b",
-                                               "expert_options": {**base["expert_options"], "workers": 16}})
+    base = {
+        "code": "a",
+        "task": "arithmetic",
+        "expert": "teacher",
+        "expert_options": {"model": "m", "base_url": "u", "workers": 4, "rate_limit": 2},
+    }
+    assert progress_key(base) == progress_key(
+        {**base, "code": "b", "expert_options": {**base["expert_options"], "workers": 16}}
+    )
     assert progress_key(base) != progress_key({**base, "expert_options": {**base["expert_options"], "model": "n"}})
     program = {**base, "expert": "program"}
     assert progress_key(program) != progress_key({**program, "code": "b"})

@@ -28,8 +28,7 @@ def frame():
 
 
 def checked():
-    return check_rows(frame(), source="demos.parquet", task_options={}, max_prompt_chars=100,
-                      max_completion_chars=200)
+    return check_rows(frame(), source="demos.parquet", task_options={}, max_prompt_chars=100, max_completion_chars=200)
 
 
 def test_each_rule_rejects_with_reason_and_field():
@@ -45,15 +44,22 @@ def test_each_rule_rejects_with_reason_and_field():
         ("too_long:>200", "completion"),
         (None, None),
     ]
-    got = [(r if isinstance(r, str) else None, f if isinstance(f, str) else None)
-           for r, f in zip(result["reason"], result["field"])]
+    got = [
+        (r if isinstance(r, str) else None, f if isinstance(f, str) else None)
+        for r, f in zip(result["reason"], result["field"])
+    ]
     assert got == expected
 
 
 def test_missing_column_names_file_and_column():
     with pytest.raises(ValueError, match=r"demos.parquet: missing required column\(s\) \['answer'\]"):
-        check_rows(frame().drop(columns=["answer"]), source="demos.parquet", task_options={},
-                   max_prompt_chars=100, max_completion_chars=200)
+        check_rows(
+            frame().drop(columns=["answer"]),
+            source="demos.parquet",
+            task_options={},
+            max_prompt_chars=100,
+            max_completion_chars=200,
+        )
 
 
 def test_gates_name_the_gate_and_numbers():
@@ -70,9 +76,16 @@ def test_validate_writes_kept_rejected_report_and_plots(tmp_path):
     demos = tmp_path / "demos.parquet"
     write_parquet(frame().drop(index=6), demos)  # parquet columns have one type: no wrong-type row here
     plots = {k: str(tmp_path / f"{k}.png") for k in ("difficulty", "lengths", "rejections")}
-    kwargs = dict(demos_path=str(demos), validated_path=str(tmp_path / "ok.parquet"),
-                  rejected_path=str(tmp_path / "rej.parquet"), report_path=str(tmp_path / "v.json"),
-                  plot_paths=plots, task_options={}, max_prompt_chars=100, max_completion_chars=200)
+    kwargs = dict(
+        demos_path=str(demos),
+        validated_path=str(tmp_path / "ok.parquet"),
+        rejected_path=str(tmp_path / "rej.parquet"),
+        report_path=str(tmp_path / "v.json"),
+        plot_paths=plots,
+        task_options={},
+        max_prompt_chars=100,
+        max_completion_chars=200,
+    )
     validate(**kwargs, gates={"max_rejected_fraction": 0.9, "min_rows": 1, "min_rows_per_difficulty": 1})
     assert read_parquet(tmp_path / "ok.parquet")["id"].tolist() == ["r0", "r8"]
     rejected = read_parquet(tmp_path / "rej.parquet")

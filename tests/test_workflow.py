@@ -11,20 +11,54 @@ from conftest import TINY, job_counts, snakemake
 from sftdpo.io import read_parquet
 
 EDGES = {
-    ("base_model", "convert"), ("collect", "merge_demos"), ("merge_demos", "validate"), ("validate", "convert"),
-    ("validate", "report"), ("convert", "split"), ("convert", "sft"), ("base_model", "sft"), ("split", "sft"),
-    ("split", "rollouts"), ("split", "evaluate"), ("split", "report"), ("sft", "rollouts"), ("sft", "dpo"),
-    ("sft", "evaluate"), ("sft", "report"), ("base_model", "evaluate"), ("rollouts", "merge_rollouts"),
-    ("merge_rollouts", "preferences"), ("preferences", "dpo"), ("preferences", "report"), ("dpo", "evaluate"),
-    ("dpo", "report"), ("evaluate", "report"), ("report", "all"), ("collect", "all"), ("rollouts", "all"),
+    ("base_model", "convert"),
+    ("collect", "merge_demos"),
+    ("merge_demos", "validate"),
+    ("validate", "convert"),
+    ("validate", "report"),
+    ("convert", "split"),
+    ("convert", "sft"),
+    ("base_model", "sft"),
+    ("split", "sft"),
+    ("split", "rollouts"),
+    ("split", "evaluate"),
+    ("split", "report"),
+    ("sft", "rollouts"),
+    ("sft", "dpo"),
+    ("sft", "evaluate"),
+    ("sft", "report"),
+    ("base_model", "evaluate"),
+    ("rollouts", "merge_rollouts"),
+    ("merge_rollouts", "preferences"),
+    ("preferences", "dpo"),
+    ("preferences", "report"),
+    ("dpo", "evaluate"),
+    ("dpo", "report"),
+    ("evaluate", "report"),
+    ("report", "all"),
+    ("collect", "all"),
+    ("rollouts", "all"),
 }
 
 
 def test_dry_run_lists_every_rule(tmp_path):
     out = snakemake("-n", cwd=tmp_path).stdout
-    assert job_counts(out) == {"base_model": 1, "collect": 2, "merge_demos": 1, "validate": 1, "convert": 1,
-                               "split": 1, "sft": 1, "rollouts": 2, "merge_rollouts": 1, "preferences": 1,
-                               "dpo": 1, "evaluate": 3, "report": 1, "all": 1}
+    assert job_counts(out) == {
+        "base_model": 1,
+        "collect": 2,
+        "merge_demos": 1,
+        "validate": 1,
+        "convert": 1,
+        "split": 1,
+        "sft": 1,
+        "rollouts": 2,
+        "merge_rollouts": 1,
+        "preferences": 1,
+        "dpo": 1,
+        "evaluate": 3,
+        "report": 1,
+        "all": 1,
+    }
 
 
 def test_rulegraph_has_the_pipeline_order(tmp_path):
@@ -36,8 +70,7 @@ def test_rulegraph_has_the_pipeline_order(tmp_path):
 
 def test_targeted_data_artifact_needs_only_data_stages(tmp_path):
     out = snakemake("-n", "results/data/train.parquet", cwd=tmp_path).stdout
-    assert job_counts(out) == {"base_model": 1, "collect": 2, "merge_demos": 1, "validate": 1, "convert": 1,
-                               "split": 1}
+    assert job_counts(out) == {"base_model": 1, "collect": 2, "merge_demos": 1, "validate": 1, "convert": 1, "split": 1}
 
 
 @pytest.mark.parametrize(
@@ -56,10 +89,12 @@ def test_config_errors_name_the_key(tmp_path, overlay, message):
 
 
 def test_quality_gate_stops_the_dag_with_the_numbers(tmp_path):
-    (tmp_path / "noisy.yaml").write_text(yaml.safe_dump({"task": {"n_problems": 300},
-                                                         "collect": {"program": {"error_rate": 0.5}}}))
-    proc = snakemake("results/data/train.parquet", "-c2", "--configfile", TINY, tmp_path / "noisy.yaml",
-                     cwd=tmp_path, check=False)
+    (tmp_path / "noisy.yaml").write_text(
+        yaml.safe_dump({"task": {"n_problems": 300}, "collect": {"program": {"error_rate": 0.5}}})
+    )
+    proc = snakemake(
+        "results/data/train.parquet", "-c2", "--configfile", TINY, tmp_path / "noisy.yaml", cwd=tmp_path, check=False
+    )
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     assert "Error in rule validate" in text
@@ -79,8 +114,17 @@ def test_end_to_end_report(tiny_run):
         assert set(s["by_difficulty"]) == set(test["difficulty"])
         rows = read_parquet(workdir / f"results/eval/{stage}.parquet")
         assert abs(rows["correct"].mean() - s["accuracy"]) < 1e-6
-        assert list(rows.columns[:9]) == ["id", "stage", "task", "difficulty", "completion", "prediction", "gold",
-                                          "correct", "n_tokens"]
+        assert list(rows.columns[:9]) == [
+            "id",
+            "stage",
+            "task",
+            "difficulty",
+            "completion",
+            "prediction",
+            "gold",
+            "correct",
+            "n_tokens",
+        ]
     for name in ("sft-base", "dpo-sft"):
         d = summary["deltas"][name]
         assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
@@ -114,16 +158,21 @@ def test_end_to_end_artifacts(tiny_run):
     dpo = json.loads(r("dpo/metrics.json").read_text())
     assert sft["global_step"] == 200 and dpo["global_step"] == 10
     assert (r("dpo/adapter") / "adapter_config.json").exists()  # LoRA over the full SFT model
-    assert json.loads((r("dpo/adapter") / "adapter_config.json").read_text())["base_model_name_or_path"] == \
-        "results/sft/adapter"
+    assert (
+        json.loads((r("dpo/adapter") / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == "results/sft/adapter"
+    )
     assert len(list((workdir / "results/benchmarks").rglob("*.tsv"))) == 17
 
 
 @pytest.mark.e2e
 def test_html_report_and_noop_rerun(tiny_run):
     workdir, _ = tiny_run
-    assert "Nothing to be done" in snakemake("-c2", "--configfile", TINY, cwd=workdir).stdout + \
-        snakemake("-n", "--configfile", TINY, cwd=workdir).stdout
+    assert (
+        "Nothing to be done"
+        in snakemake("-c2", "--configfile", TINY, cwd=workdir).stdout
+        + snakemake("-n", "--configfile", TINY, cwd=workdir).stdout
+    )
     snakemake("--configfile", TINY, "--report", "report.html", cwd=workdir)
     html = (workdir / "report.html").read_text()
     for name in ("comparison.png", "loss.png", "curves.png", "rejections.png"):

@@ -39,7 +39,14 @@ def build_base_model(
     """Write the base model directory (see sftdpo.modeling.make_base_model); returns its info."""
     texts = None
     if name_or_path == "scratch":
-        texts = tokenizer_texts(get_task(task, **task_options), n=scratch["tokenizer_texts"], seed=seed,
-                                tokenizer_files=tokenizer_files)
-    return make_base_model(name_or_path=name_or_path, out_dir=out_dir, scratch=scratch, tokenizer_texts=texts,
-                           trust_remote_code=trust_remote_code, seed=seed)
+        texts = tokenizer_texts(
+            get_task(task, **task_options), n=scratch["tokenizer_texts"], seed=seed, tokenizer_files=tokenizer_files
+        )
+    return make_base_model(
+        name_or_path=name_or_path,
+        out_dir=out_dir,
+        scratch=scratch,
+        tokenizer_texts=texts,
+        trust_remote_code=trust_remote_code,
+        seed=seed,
+    )

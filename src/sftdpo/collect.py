@@ -29,8 +29,16 @@ from sftdpo.tasks import get_task
 log = logging.getLogger(__name__)
 
 # Options that change how a teacher's answers are fetched, not which answers (see progress_key).
-TEACHER_TRANSPORT = ("workers", "rate_limit", "timeout", "max_retries", "backoff_base", "backoff_max",
-                     "keep_failures", "api_key_env")
+TEACHER_TRANSPORT = (
+    "workers",
+    "rate_limit",
+    "timeout",
+    "max_retries",
+    "backoff_base",
+    "backoff_max",
+    "keep_failures",
+    "api_key_env",
+)
 
 
 def input_signature(paths: list[str]) -> list[tuple[str, int, int]]:
@@ -53,8 +61,9 @@ def progress_key(params: dict[str, Any]) -> str:
 def progress_params(params: dict[str, Any]) -> dict[str, Any]:
     """What decides a shard's answers, hashed into the directory key of its progress.
 
-    That is the shard's arguments and the code of collect and its expert (`code`), plus the signature (size, mtime) of the data they read: the task's file,
-    imported files, a local policy model, so new data is never answered from stale progress.
+    That is the shard's arguments and the code of collect and its expert (`code`), plus the signature
+    (size, mtime) of the data they read: the task's file, imported files, a local policy model, so new
+    data is never answered from stale progress.
     For a teacher, whose answers cost money, the code fingerprint, the transport options and the data
     signature are left out, so an edit of the library or the data file, or a new rate limit, reuses
     the answers already bought: rows are rebuilt and re-verified at the end, and a problem whose
@@ -102,11 +111,24 @@ def collect_shard(
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard {shard} out of range for collect.shards={n_shards}")
     started = time.time()
-    progress_path = resume_dir(work_dir, progress_params({
-        "task": task, "task_options": task_options, "n_problems": n_problems, "expert": expert,
-        "expert_options": expert_options, "n_shards": n_shards, "seed": seed,
-        "code": code_fingerprint("sftdpo.collect", *EXPERT_MODULES.get(expert, ())),
-    })) / f"{shard}.jsonl"
+    progress_path = (
+        resume_dir(
+            work_dir,
+            progress_params(
+                {
+                    "task": task,
+                    "task_options": task_options,
+                    "n_problems": n_problems,
+                    "expert": expert,
+                    "expert_options": expert_options,
+                    "n_shards": n_shards,
+                    "seed": seed,
+                    "code": code_fingerprint("sftdpo.collect", *EXPERT_MODULES.get(expert, ())),
+                }
+            ),
+        )
+        / f"{shard}.jsonl"
+    )
     task_obj = get_task(task, **task_options)
     expert_obj = get_expert(expert, task_obj, seed=seed, **expert_options)
     problems = expert_obj.shard_problems(shard, n_shards)
@@ -121,10 +143,18 @@ def collect_shard(
     last_flush = time.monotonic()
     try:
         answers = expert_obj.run(todo)
-        for problem, completion, meta in tqdm(answers, total=len(todo), desc=f"collect shard {shard}", unit="demo",
-                                              mininterval=2):
-            batch.append({"key": keys[problem.id], "id": problem.id, "prompt": problem.prompt,
-                          "completion": completion, "meta": json.dumps(meta, sort_keys=True, default=str)})
+        for problem, completion, meta in tqdm(
+            answers, total=len(todo), desc=f"collect shard {shard}", unit="demo", mininterval=2
+        ):
+            batch.append(
+                {
+                    "key": keys[problem.id],
+                    "id": problem.id,
+                    "prompt": problem.prompt,
+                    "completion": completion,
+                    "meta": json.dumps(meta, sort_keys=True, default=str),
+                }
+            )
             if len(batch) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
                 progress.append(batch)
                 batch, last_flush = [], time.monotonic()
@@ -142,17 +172,19 @@ def collect_shard(
         by_difficulty[problem.difficulty]["correct"] += verdict.correct
         if not verdict.correct:
             failures[verdict.reason] += 1
-        rows.append({
-            "id": problem.id,
-            "task": task_obj.name,
-            "difficulty": problem.difficulty,
-            "prompt": problem.prompt,
-            "completion": done["completion"],
-            "answer": problem.answer,
-            "expert": expert_obj.name,
-            "correct": verdict.correct,
-            "meta": json.dumps({**json.loads(done["meta"]), "problem": problem.meta}, sort_keys=True, default=str),
-        })
+        rows.append(
+            {
+                "id": problem.id,
+                "task": task_obj.name,
+                "difficulty": problem.difficulty,
+                "prompt": problem.prompt,
+                "completion": done["completion"],
+                "answer": problem.answer,
+                "expert": expert_obj.name,
+                "correct": verdict.correct,
+                "meta": json.dumps({**json.loads(done["meta"]), "problem": problem.meta}, sort_keys=True, default=str),
+            }
+        )
     keep_failures = expert_obj.keep_failures
     written = rows if keep_failures else [r for r in rows if r["correct"]]
     frame = pd.DataFrame(written, columns=DEMO_COLUMNS)

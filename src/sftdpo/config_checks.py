@@ -16,18 +16,24 @@ def config_problems(config: dict[str, Any]) -> list[str]:
     problems = []
     expert = config["collect"]["expert"]
     if expert in NEEDS_OPTIONS and not config["collect"].get(expert):
-        problems.append(f"collect.expert is {expert!r} but collect.{expert} is not set "
-                        "(see config/schema.yaml and docs/real-data.md)")
+        problems.append(
+            f"collect.expert is {expert!r} but collect.{expert} is not set "
+            "(see config/schema.yaml and docs/real-data.md)"
+        )
     task = config["task"]["name"]
     if task == "gsm8k" and expert != "files" and not config["task"]["gsm8k"]["path"]:
-        problems.append("task.name is 'gsm8k' but task.gsm8k.path is not set: point it to a GSM8K JSONL file "
-                        "(or import demonstrations with collect.expert: files)")
+        problems.append(
+            "task.name is 'gsm8k' but task.gsm8k.path is not set: point it to a GSM8K JSONL file "
+            "(or import demonstrations with collect.expert: files)"
+        )
     rows, trained = config["convert"]["max_length"], config["sft"]["train"]["max_length"]
     if trained < rows:
         # SFT trains on tokens.h5, whose rows are up to convert.max_length tokens long.
-        problems.append(f"sft.train.max_length ({trained}) < convert.max_length ({rows}): rows of tokens.h5 up "
-                        f"to {rows} tokens would be cut during training; raise sft.train.max_length or lower "
-                        "convert.max_length")
+        problems.append(
+            f"sft.train.max_length ({trained}) < convert.max_length ({rows}): rows of tokens.h5 up "
+            f"to {rows} tokens would be cut during training; raise sft.train.max_length or lower "
+            "convert.max_length"
+        )
     return problems
 
 

@@ -81,8 +81,9 @@ def convert(
     chat = pd.DataFrame(rows)
     tokens = np.stack(tensors)
     with atomic_path(tokens_path) as tmp:
-        write_tokens(str(tmp), tokens, chat["id"].tolist(), tokenizer_hash=tokenizer_hash(tokenizer),
-                     max_length=max_length)
+        write_tokens(
+            str(tmp), tokens, chat["id"].tolist(), tokenizer_hash=tokenizer_hash(tokenizer), max_length=max_length
+        )
     write_parquet(chat, chat_path)
     report = {
         "n_rows": len(chat),
@@ -93,7 +94,8 @@ def convert(
         "tokenizer_hash": tokenizer_hash(tokenizer),
     }
     if overlength:
-        log.warning("%d rows exceed convert.max_length=%d and were left out: %s", len(overlength), max_length,
-                    overlength[:5])
+        log.warning(
+            "%d rows exceed convert.max_length=%d and were left out: %s", len(overlength), max_length, overlength[:5]
+        )
     write_json(report, report_path)
     return report

@@ -43,8 +43,14 @@ def train_dpo(
     dataset = Dataset.from_dict({c: [list(v) for v in pairs[c]] for c in ("prompt", "chosen", "rejected")})
     ckpt = checkpoint_dir(
         work_dir,
-        {"train": train, "beta": beta, "loss_type": loss_type, "lora": lora, "seed": seed,
-         "inputs": [file_digest(p) for p in (sft_dir, pairs_path)]},
+        {
+            "train": train,
+            "beta": beta,
+            "loss_type": loss_type,
+            "lora": lora,
+            "seed": seed,
+            "inputs": [file_digest(p) for p in (sft_dir, pairs_path)],
+        },
         "sftdpo.dpo",
     )
     args = DPOConfig(**trainer_kwargs(train, ckpt, seed), beta=beta, loss_type=loss_type)
@@ -55,8 +61,11 @@ def train_dpo(
     elif not is_adapter:
         kwargs["ref_model"] = copy.deepcopy(model).eval()
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, **kwargs)
-    log.info("DPO: %d pairs, reference = %s", len(dataset),
-             "SFT adapter copy" if is_adapter else "SFT model, adapters disabled" if lora else "frozen SFT copy")
+    log.info(
+        "DPO: %d pairs, reference = %s",
+        len(dataset),
+        "SFT adapter copy" if is_adapter else "SFT model, adapters disabled" if lora else "frozen SFT copy",
+    )
     metrics = run_training(trainer, ckpt, out_dir, tokenizer)
     metrics.update(n_pairs=len(dataset), beta=beta, loss_type=loss_type)
     history = metrics["log_history"]

@@ -29,8 +29,15 @@ def evaluate(
     test = read_parquet(test_path)
     model, tokenizer = load_for_inference(model_dir)
     prompts = [messages[0]["content"] for messages in test["prompt"]]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                       desc=f"evaluate {stage}")
+    outputs = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        desc=f"evaluate {stage}",
+    )
     rows = []
     tasks = {name: get_task(name, **task_options.get(name, {})) for name in test["task"].unique()}
     for item, (sample,) in zip(test.itertuples(index=False), outputs):

@@ -109,17 +109,31 @@ class PolicyExpert(Expert):
 
     name = "policy"
 
-    def __init__(self, task: Task, *, model: str, require_success: bool = True, attempts: int = 1,
-                 temperature: float = 0.7, top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 16,
-                 backend: str = "auto", seed: int = 0):
+    def __init__(
+        self,
+        task: Task,
+        *,
+        model: str,
+        require_success: bool = True,
+        attempts: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        batch_size: int = 16,
+        backend: str = "auto",
+        seed: int = 0,
+    ):
         if not model:
-            raise ValueError("collect.policy.model is not set: a model directory this pipeline wrote, or a "
-                             "Hugging Face id/path")
+            raise ValueError(
+                "collect.policy.model is not set: a model directory this pipeline wrote, or a Hugging Face id/path"
+            )
         if attempts < 1:
             raise ValueError(f"collect.policy.attempts must be >= 1, got {attempts}")
         if temperature == 0 and attempts > 1:
-            raise ValueError("collect.policy: greedy decoding (temperature 0) gives the same sample every "
-                             f"attempt; set attempts: 1 or a temperature > 0 (got attempts: {attempts})")
+            raise ValueError(
+                "collect.policy: greedy decoding (temperature 0) gives the same sample every "
+                f"attempt; set attempts: 1 or a temperature > 0 (got attempts: {attempts})"
+            )
         if backend not in ("auto", "transformers", "vllm"):
             raise ValueError(f"collect.policy.backend: unknown backend {backend!r}; use auto, transformers or vllm")
         self.task, self.model_dir, self.keep_failures = task, model, not require_success
@@ -127,11 +141,17 @@ class PolicyExpert(Expert):
         self.max_new_tokens, self.batch_size, self.backend, self.seed = max_new_tokens, batch_size, backend, seed
 
     def lineage(self) -> dict[str, Any]:
-        return {"model": self.model_dir, "seed": self.seed, "attempts": self.attempts, "temperature": self.temperature,
-                "top_p": self.top_p, "max_new_tokens": self.max_new_tokens}
+        return {
+            "model": self.model_dir,
+            "seed": self.seed,
+            "attempts": self.attempts,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     def demonstrate(self, problem: Problem) -> tuple[str, dict[str, Any]]:
-        (_, completion, meta), = self.run([problem])
+        ((_, completion, meta),) = self.run([problem])
         return completion, meta
 
     def run(self, problems: list[Problem]) -> Iterator[tuple[Problem, str, dict[str, Any]]]:
@@ -145,32 +165,58 @@ class PolicyExpert(Expert):
         # vLLM schedules its own batches: one call. transformers: fixed chunks, each seeded by its first id.
         size = len(problems) if use_vllm else self.batch_size
         for start in range(0, len(problems), size):
-            chunk = problems[start:start + size]
+            chunk = problems[start : start + size]
             chunk_seed = (self.seed * 1_000_003 + zlib.crc32(chunk[0].id.encode())) & 0x7FFFFFFF
             prompts = [p.prompt for p in chunk]
             if use_vllm:
-                outputs = generation.generate_vllm(self.model_dir, prompts, k=self.attempts,
-                                                   temperature=self.temperature, top_p=self.top_p,
-                                                   max_new_tokens=self.max_new_tokens, seed=chunk_seed)
+                outputs = generation.generate_vllm(
+                    self.model_dir,
+                    prompts,
+                    k=self.attempts,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    max_new_tokens=self.max_new_tokens,
+                    seed=chunk_seed,
+                )
             else:
-                outputs = generation.generate(model, tokenizer, prompts, k=self.attempts,
-                                              temperature=self.temperature, top_p=self.top_p,
-                                              max_new_tokens=self.max_new_tokens, batch_size=len(chunk),
-                                              seed=chunk_seed, desc=f"policy [{start}/{len(problems)}]")
+                outputs = generation.generate(
+                    model,
+                    tokenizer,
+                    prompts,
+                    k=self.attempts,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    max_new_tokens=self.max_new_tokens,
+                    batch_size=len(chunk),
+                    seed=chunk_seed,
+                    desc=f"policy [{start}/{len(problems)}]",
+                )
             for problem, samples in zip(chunk, outputs):
                 verdicts = [self.task.verify(s["text"], problem.answer) for s in samples]
                 pick = next((i for i, v in enumerate(verdicts) if v.correct), 0)
-                meta = {"policy": self.lineage(), "generation_seed": chunk_seed, "sample_index": pick,
-                        "samples_correct": sum(v.correct for v in verdicts), "n_tokens": samples[pick]["n_tokens"],
-                        "backend": "vllm" if use_vllm else "transformers"}
+                meta = {
+                    "policy": self.lineage(),
+                    "generation_seed": chunk_seed,
+                    "sample_index": pick,
+                    "samples_correct": sum(v.correct for v in verdicts),
+                    "n_tokens": samples[pick]["n_tokens"],
+                    "backend": "vllm" if use_vllm else "transformers",
+                }
                 yield problem, samples[pick]["text"], meta
 
     def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         metas = [json.loads(r["meta"]) if isinstance(r["meta"], str) else r["meta"] for r in rows]
         samples = len(metas) * self.attempts
         correct = sum(m.get("samples_correct", 0) for m in metas)
-        return {"policy": {**self.lineage(), "require_success": not self.keep_failures, "samples": samples,
-                           "samples_correct": correct, "sample_success_rate": correct / samples if samples else None}}
+        return {
+            "policy": {
+                **self.lineage(),
+                "require_success": not self.keep_failures,
+                "samples": samples,
+                "samples_correct": correct,
+                "sample_success_rate": correct / samples if samples else None,
+            }
+        }
 
 
 def get_expert(name: str, task: Task, **options: Any) -> Expert:

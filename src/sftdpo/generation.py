@@ -84,8 +84,9 @@ def vllm_available() -> bool:
     return torch.cuda.is_available()
 
 
-def generate_vllm(model_dir: str, prompts: list[str], *, k: int, temperature: float, top_p: float,
-                  max_new_tokens: int, seed: int) -> list[list[dict[str, Any]]]:  # pragma: no cover - GPU only
+def generate_vllm(
+    model_dir: str, prompts: list[str], *, k: int, temperature: float, top_p: float, max_new_tokens: int, seed: int
+) -> list[list[dict[str, Any]]]:  # pragma: no cover - GPU only
     """vLLM backend (GPU only). LoRA adapters are served with a LoRARequest, not merged."""
     import json
     from pathlib import Path
@@ -101,8 +102,10 @@ def generate_vllm(model_dir: str, prompts: list[str], *, k: int, temperature: fl
         base = json.loads(ref.read_text())["name_or_path"]
     llm = LLM(model=base, tokenizer=model_dir, enable_lora=adapter.exists(), seed=seed)
     params = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
-    texts = [tokenizer.apply_chat_template(chat_messages(p)["prompt"], add_generation_prompt=True, tokenize=False)
-             for p in prompts]
+    texts = [
+        tokenizer.apply_chat_template(chat_messages(p)["prompt"], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
     lora = LoRARequest("policy", 1, model_dir) if adapter.exists() else None
     results = llm.generate(texts, params, lora_request=lora)
     return [[{"text": o.text.strip(), "n_tokens": len(o.token_ids)} for o in r.outputs] for r in results]

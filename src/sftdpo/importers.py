@@ -68,8 +68,11 @@ def _chat(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str, dict
     if not isinstance(messages, list) or not messages:
         raise BadRow("messages", "missing or not a non-empty list of {role, content}")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
-                or not isinstance(message.get("content"), str):
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
+        ):
             raise BadRow("messages", f"message {i} is not a {{role, content}} object with string values")
     roles = [m["role"] for m in messages]
     extra: dict[str, Any] = {}
@@ -77,8 +80,11 @@ def _chat(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str, dict
         extra["system"] = messages[0]["content"]
         messages, roles = messages[1:], roles[1:]
     if roles != ["user", "assistant"]:
-        raise BadRow("messages", f"roles {roles}: expected an optional system message, one user and one assistant "
-                                 "message (multi-turn conversations are not supported)")
+        raise BadRow(
+            "messages",
+            f"roles {roles}: expected an optional system message, one user and one assistant "
+            "message (multi-turn conversations are not supported)",
+        )
     prompt, completion = messages[0]["content"], messages[1]["content"]
     for name, value in (("messages[user]", prompt), ("messages[assistant]", completion)):
         if not value.strip():
@@ -86,8 +92,9 @@ def _chat(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str, dict
     return prompt, completion, extra
 
 
-def convert_record(record: Record, *, fmt: str, columns: dict[str, str], task: Task, strip: bool,
-                   id_prefix: str) -> ImportedRow:
+def convert_record(
+    record: Record, *, fmt: str, columns: dict[str, str], task: Task, strip: bool, id_prefix: str
+) -> ImportedRow:
     """The demonstration in one record, or BadRow naming the field."""
     if record.error:
         raise BadRow(None, record.error)
@@ -111,8 +118,11 @@ def convert_record(record: Record, *, fmt: str, columns: dict[str, str], task: T
     if answer is None:
         answer = task.extract_answer(completion)
         if answer is None:
-            raise BadRow("answer", f"no answer the {task.name} task can read in the completion (end it with "
-                                   "'#### <answer>' or map an answer column with columns.answer)")
+            raise BadRow(
+                "answer",
+                f"no answer the {task.name} task can read in the completion (end it with "
+                "'#### <answer>' or map an answer column with columns.answer)",
+            )
     elif normalise_number(answer) is not None and task.name == "gsm8k":
         answer = normalise_number(answer)
     row_id = text_field(data, "id", columns, required=False) if "id" in columns or "id" in data else None
@@ -134,9 +144,18 @@ class FilesExpert(Expert):
     name = "files"
     keep_failures = True
 
-    def __init__(self, task: Task, *, paths: list[str], format: str = "gsm8k", columns: dict[str, str] | None = None,
-                 limit: int | None = None, strip_annotations: bool = True, max_bad_fraction: float = 0.1,
-                 seed: int = 0):
+    def __init__(
+        self,
+        task: Task,
+        *,
+        paths: list[str],
+        format: str = "gsm8k",
+        columns: dict[str, str] | None = None,
+        limit: int | None = None,
+        strip_annotations: bool = True,
+        max_bad_fraction: float = 0.1,
+        seed: int = 0,
+    ):
         if isinstance(paths, str):
             paths = [paths]
         if not paths:
@@ -147,13 +166,16 @@ class FilesExpert(Expert):
         known = set(FIELDS[format]) | set(OPTIONAL)
         unknown = sorted(set(columns) - known)
         if unknown:
-            raise ValueError(f"collect.files.columns: {unknown} are not fields of format {format!r}; "
-                             f"map some of {sorted(known)}")
+            raise ValueError(
+                f"collect.files.columns: {unknown} are not fields of format {format!r}; map some of {sorted(known)}"
+            )
         stems = [Path(p).stem for p in paths]
         dupes = sorted({s for s in stems if stems.count(s) > 1})
         if dupes:
-            raise ValueError(f"collect.files.paths: several files are named {dupes}; row ids (<file stem>-<row>) "
-                             "would collide: rename them or map an id column")
+            raise ValueError(
+                f"collect.files.paths: several files are named {dupes}; row ids (<file stem>-<row>) "
+                "would collide: rename them or map an id column"
+            )
         self.task, self.paths, self.format, self.columns = task, list(paths), format, columns
         self.limit, self.strip, self.max_bad_fraction, self.seed = limit, strip_annotations, max_bad_fraction, seed
         self.completions: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -177,11 +199,24 @@ class FilesExpert(Expert):
                 continue
             seen += 1
             try:
-                row = convert_record(record, fmt=self.format, columns=self.columns, task=self.task, strip=self.strip,
-                                     id_prefix=Path(record.file).stem)
+                row = convert_record(
+                    record,
+                    fmt=self.format,
+                    columns=self.columns,
+                    task=self.task,
+                    strip=self.strip,
+                    id_prefix=Path(record.file).stem,
+                )
             except BadRow as err:
-                bad.append({"file": record.file, record.unit: record.number, "field": err.field,
-                            "reason": err.reason, "message": bad_row_message(record, err)})
+                bad.append(
+                    {
+                        "file": record.file,
+                        record.unit: record.number,
+                        "field": err.field,
+                        "reason": err.reason,
+                        "message": bad_row_message(record, err),
+                    }
+                )
                 continue
             self.completions[row.id] = (row.completion, {"source": row.source})
             problems.append(Problem(id=row.id, prompt=row.prompt, answer=row.answer, difficulty=row.difficulty))
@@ -195,7 +230,8 @@ class FilesExpert(Expert):
             raise ImportFailure(
                 f"collect.files: {len(bad)} of {seen} rows of shard {shard} are bad "
                 f"({len(bad) / seen:.1%} > max_bad_fraction {self.max_bad_fraction:.1%}); check collect.files.format "
-                f"({self.format!r}) and collect.files.columns. First bad rows:\n  {first}")
+                f"({self.format!r}) and collect.files.columns. First bad rows:\n  {first}"
+            )
         return problems
 
     def demonstrate(self, problem: Problem) -> tuple[str, dict[str, Any]]:
@@ -208,8 +244,9 @@ class FilesExpert(Expert):
                 "format": self.format,
                 "rows_read": self.n_rows,
                 "bad_rows": len(self.bad),
-                "bad_by_reason": dict(sorted(Counter(f"{b['field']}: {b['reason'].split(' (')[0]}"
-                                                     for b in self.bad).items())),
+                "bad_by_reason": dict(
+                    sorted(Counter(f"{b['field']}: {b['reason'].split(' (')[0]}" for b in self.bad).items())
+                ),
                 "bad": [b["message"] for b in self.bad[:MAX_REPORTED]],
             }
         }

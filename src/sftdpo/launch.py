@@ -5,7 +5,8 @@ With `resources.gpu` > 1 and more than one GPU visible it writes the arguments t
 
     accelerate launch --config_file config/deepspeed/accelerate.yaml --use_deepspeed \
         --deepspeed_config_file config/deepspeed/zero2.json --num_processes N --num_machines 1 \
-        --main_process_port P --mixed_precision bf16 -m sftdpo.launch sftdpo.sft:train_sft work/sft/launch/train_sft.json
+        --main_process_port P --mixed_precision bf16 \
+        -m sftdpo.launch sftdpo.sft:train_sft work/sft/launch/train_sft.json
 
 one process a GPU (`deepspeed_config: null` gives plain DDP with `--multi_gpu`). Every rank trains;
 rank 0 writes the declared outputs, the other ranks write theirs under `<work_dir>/rank<r>/`, so no
@@ -83,8 +84,12 @@ def processes(configured_gpus: int, visible_gpus: int) -> int:
     """Processes to launch: 0 means in-process (one GPU, or the CPU when none is visible)."""
     n = min(int(configured_gpus or 0), visible_gpus)
     if configured_gpus and configured_gpus > 1 and visible_gpus < configured_gpus:
-        log.warning("resources.gpu is %d but %d GPU(s) are visible: %s", configured_gpus, visible_gpus,
-                    f"launching {n} processes" if n > 1 else "training in-process")
+        log.warning(
+            "resources.gpu is %d but %d GPU(s) are visible: %s",
+            configured_gpus,
+            visible_gpus,
+            f"launching {n} processes" if n > 1 else "training in-process",
+        )
     return n if n > 1 else 0
 
 
@@ -102,9 +107,16 @@ def import_function(name: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)
 
 
-def accelerate_command(function: str, args_path: str, *, num_processes: int, launch: dict[str, Any],
-                       mixed_precision: str = "bf16", port: int | None = None,
-                       accelerate: str | None = None) -> list[str]:
+def accelerate_command(
+    function: str,
+    args_path: str,
+    *,
+    num_processes: int,
+    launch: dict[str, Any],
+    mixed_precision: str = "bf16",
+    port: int | None = None,
+    accelerate: str | None = None,
+) -> list[str]:
     """The `accelerate launch` command line running `function` (module:function; nothing run)."""
     if num_processes < 2:
         raise ValueError(f"accelerate launch needs >= 2 processes here, got {num_processes}")
@@ -118,17 +130,31 @@ def accelerate_command(function: str, args_path: str, *, num_processes: int, lau
     else:
         cmd += ["--multi_gpu"]
     cmd += [
-        "--num_processes", str(num_processes),
-        "--num_machines", "1",
-        "--main_process_port", str(port or launch.get("main_process_port") or free_port()),
-        "--mixed_precision", mixed_precision,
-        "-m", "sftdpo.launch", function, str(args_path),
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(port or launch.get("main_process_port") or free_port()),
+        "--mixed_precision",
+        mixed_precision,
+        "-m",
+        "sftdpo.launch",
+        function,
+        str(args_path),
     ]
     return cmd
 
 
-def run_stage(function: Callable[..., Any], kwargs: dict[str, Any], *, gpus: int, launch: dict[str, Any] | None,
-              precision: str, log_stream: Any = None) -> Any:
+def run_stage(
+    function: Callable[..., Any],
+    kwargs: dict[str, Any],
+    *,
+    gpus: int,
+    launch: dict[str, Any] | None,
+    precision: str,
+    log_stream: Any = None,
+) -> Any:
     """`function(**kwargs)` in-process, or under `accelerate launch` when more than one GPU is configured
     and visible (then the processes import `function` by name and rank 0 returns its metrics)."""
     launch = dict(launch or {})
@@ -147,16 +173,19 @@ def run_stage(function: Callable[..., Any], kwargs: dict[str, Any], *, gpus: int
     args_path = Path(kwargs["work_dir"]) / "launch" / f"{function.__name__}.json"
     args_path.parent.mkdir(parents=True, exist_ok=True)
     args_path.write_text(json.dumps(kwargs, indent=2, sort_keys=True, default=str) + "\n")
-    cmd = accelerate_command(name, str(args_path), num_processes=n, launch=launch,
-                             mixed_precision="bf16" if use_bf16(precision) else "no")
+    cmd = accelerate_command(
+        name, str(args_path), num_processes=n, launch=launch, mixed_precision="bf16" if use_bf16(precision) else "no"
+    )
     log.info("launching %d processes: %s", n, " ".join(cmd))
     stream = log_stream or sys.stderr
     stream.flush()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, stdout=stream, stderr=stream, env=env, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{name}: `accelerate launch` with {n} processes exited with {proc.returncode}; "
-                           "the ranks' output is in this rule's log above")
+        raise RuntimeError(
+            f"{name}: `accelerate launch` with {n} processes exited with {proc.returncode}; "
+            "the ranks' output is in this rule's log above"
+        )
     return json.loads(Path(kwargs["metrics_path"]).read_text())
 
 

@@ -62,8 +62,9 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
-def build_scratch_model(tokenizer, *, layers: int, hidden_size: int, heads: int, intermediate_size: int,
-                        max_positions: int, seed: int):
+def build_scratch_model(
+    tokenizer, *, layers: int, hidden_size: int, heads: int, intermediate_size: int, max_positions: int, seed: int
+):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import torch

@@ -16,6 +16,7 @@ from sftdpo.chat import chat_messages
 from sftdpo.io import read_parquet, write_json, write_parquet
 from sftdpo.tables import PAIR_COLUMNS
 
+
 def _distinct(samples: pd.DataFrame, best_first: bool) -> list[tuple[str, float]]:
     ordered = samples.sort_values(["score", "completion"], ascending=[not best_first, True], kind="stable")
     seen: dict[str, float] = {}
@@ -34,10 +35,7 @@ def pairs_for_prompt(samples: pd.DataFrame, *, max_pairs: int, quality_margin: f
     wrong = _distinct(samples[~samples["correct"]], best_first=False)
     pairs = [(c, w, "correctness") for c, w in _interleave(correct, wrong)]
     pairs += [
-        (c, w, "quality")
-        for i, c in enumerate(correct)
-        for w in correct[i + 1 :]
-        if c[1] - w[1] >= quality_margin
+        (c, w, "quality") for i, c in enumerate(correct) for w in correct[i + 1 :] if c[1] - w[1] >= quality_margin
     ]
     return [
         {"chosen_text": c[0], "rejected_text": w[0], "kind": kind, "chosen_score": c[1], "rejected_score": w[1]}
@@ -55,23 +53,36 @@ def build_preferences(
         n_correct = int(samples["correct"].sum())
         outcomes["all_correct" if n_correct == len(samples) else "all_wrong" if n_correct == 0 else "mixed"] += 1
         first = samples.iloc[0]
-        for i, pair in enumerate(pairs_for_prompt(samples, max_pairs=max_pairs_per_prompt,
-                                                  quality_margin=quality_margin)):
-            rows.append({
-                "id": f"{prompt_id}:{variant}:{i}", "prompt_id": prompt_id, "task": first["task"],
-                "difficulty": first["difficulty"], "prompt": chat_messages(first["prompt"])["prompt"],
-                "chosen": chat_messages("", pair["chosen_text"])["completion"],
-                "rejected": chat_messages("", pair["rejected_text"])["completion"],
-                "kind": pair["kind"], "chosen_score": pair["chosen_score"], "rejected_score": pair["rejected_score"],
-            })
+        for i, pair in enumerate(
+            pairs_for_prompt(samples, max_pairs=max_pairs_per_prompt, quality_margin=quality_margin)
+        ):
+            rows.append(
+                {
+                    "id": f"{prompt_id}:{variant}:{i}",
+                    "prompt_id": prompt_id,
+                    "task": first["task"],
+                    "difficulty": first["difficulty"],
+                    "prompt": chat_messages(first["prompt"])["prompt"],
+                    "chosen": chat_messages("", pair["chosen_text"])["completion"],
+                    "rejected": chat_messages("", pair["rejected_text"])["completion"],
+                    "kind": pair["kind"],
+                    "chosen_score": pair["chosen_score"],
+                    "rejected_score": pair["rejected_score"],
+                }
+            )
     pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS)
     if pairs.empty:
         raise ValueError(
             f"{rollouts_path}: no preference pairs ({dict(outcomes)} prompts by outcome); raise rollouts.k or "
             "rollouts.temperature so prompts get both correct and incorrect samples"
         )
-    key = pairs["prompt"].map(lambda m: m[0]["content"]) + "\x00" + pairs["chosen"].map(
-        lambda m: m[0]["content"]) + "\x00" + pairs["rejected"].map(lambda m: m[0]["content"])
+    key = (
+        pairs["prompt"].map(lambda m: m[0]["content"])
+        + "\x00"
+        + pairs["chosen"].map(lambda m: m[0]["content"])
+        + "\x00"
+        + pairs["rejected"].map(lambda m: m[0]["content"])
+    )
     pairs = pairs[~key.duplicated()].reset_index(drop=True)
     report = {
         "n_pairs": int(len(pairs)),

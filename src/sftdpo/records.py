@@ -94,11 +94,13 @@ def _json_array(path: str) -> Iterator[Record]:
         return pos
 
     pos = skip(0)
-    if not text[pos:pos + 1] == "[":
-        raise ImportFailure(f"{path}: expected a JSON array of objects at line 1; convert the file to JSONL "
-                            "(one object a line) or to an array")
+    if not text[pos : pos + 1] == "[":
+        raise ImportFailure(
+            f"{path}: expected a JSON array of objects at line 1; convert the file to JSONL "
+            "(one object a line) or to an array"
+        )
     pos, line, counted, index = skip(pos + 1), 1, 0, 0
-    if text[pos:pos + 1] == "]":
+    if text[pos : pos + 1] == "]":
         return
     while True:
         line += text.count("\n", counted, pos)
@@ -106,20 +108,24 @@ def _json_array(path: str) -> Iterator[Record]:
         try:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
-            raise ImportFailure(f"{path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
-                                f"{index} rows before it were read, the rest of the array cannot be") from None
+            raise ImportFailure(
+                f"{path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+                f"{index} rows before it were read, the rest of the array cannot be"
+            ) from None
         data, error = _object(value)
         yield Record(path, "line", line, index, data, error)
         index += 1
         pos = skip(end)
-        if text[pos:pos + 1] == ",":
+        if text[pos : pos + 1] == ",":
             pos = skip(pos + 1)
-        elif text[pos:pos + 1] == "]":
+        elif text[pos : pos + 1] == "]":
             return
         else:
             line += text.count("\n", counted, pos)
-            raise ImportFailure(f"{path}, line {line}: expected ',' or ']' after the array item that starts "
-                                f"at line {line}; the rest of the array cannot be read")
+            raise ImportFailure(
+                f"{path}, line {line}: expected ',' or ']' after the array item that starts "
+                f"at line {line}; the rest of the array cannot be read"
+            )
 
 
 def _csv(path: str) -> Iterator[Record]:
@@ -148,8 +154,12 @@ def text_field(data: dict[str, Any], name: str, columns: dict[str, str], *, requ
     if column not in data or data[column] is None:
         if not required:
             return None
-        raise BadRow(name, f"missing (columns present: {sorted(data)[:20]})" if column == name
-                     else f"missing column {column!r} (mapped by columns.{name}; present: {sorted(data)[:20]})")
+        raise BadRow(
+            name,
+            f"missing (columns present: {sorted(data)[:20]})"
+            if column == name
+            else f"missing column {column!r} (mapped by columns.{name}; present: {sorted(data)[:20]})",
+        )
     value = data[column]
     if isinstance(value, (int, float)) and not isinstance(value, bool) and name in ("answer", "id", "difficulty"):
         value = str(value)

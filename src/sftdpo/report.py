@@ -46,8 +46,12 @@ def summarise(evals: dict[str, pd.DataFrame], *, n_samples: int, seed: int) -> d
     if not ids:
         raise ValueError("the evaluation tables share no item ids; were they made from the same test split?")
     aligned = {stage: frame.set_index("id").loc[ids] for stage, frame in evals.items()}
-    summary: dict[str, Any] = {"stages": {}, "deltas": {}, "n_items": len(ids), "bootstrap": {"samples": n_samples,
-                                                                                               "seed": seed}}
+    summary: dict[str, Any] = {
+        "stages": {},
+        "deltas": {},
+        "n_items": len(ids),
+        "bootstrap": {"samples": n_samples, "seed": seed},
+    }
     for stage, frame in aligned.items():
         correct = frame["correct"].to_numpy(dtype=np.float32)
         summary["stages"][stage] = {
@@ -63,14 +67,17 @@ def summarise(evals: dict[str, pd.DataFrame], *, n_samples: int, seed: int) -> d
     for later, earlier in DELTAS:
         if later in aligned and earlier in aligned:
             summary["deltas"][f"{later}-{earlier}"] = paired_bootstrap(
-                aligned[later]["correct"].to_numpy(), aligned[earlier]["correct"].to_numpy(),
-                n_samples=n_samples, seed=seed,
+                aligned[later]["correct"].to_numpy(),
+                aligned[earlier]["correct"].to_numpy(),
+                n_samples=n_samples,
+                seed=seed,
             )
     return summary
 
 
-def plot_comparison(evals: dict[str, pd.DataFrame], summary: dict[str, Any], path: str, *, n_samples: int,
-                    seed: int) -> None:
+def plot_comparison(
+    evals: dict[str, pd.DataFrame], summary: dict[str, Any], path: str, *, n_samples: int, seed: int
+) -> None:
     from sftdpo.plots import plt, save_figure
 
     levels = sorted({str(d) for frame in evals.values() for d in frame["difficulty"]})
@@ -98,14 +105,21 @@ def plot_comparison(evals: dict[str, pd.DataFrame], summary: dict[str, Any], pat
 
 
 def markdown(summary: dict[str, Any], extras: dict[str, Any]) -> str:
-    lines = ["# sftdpo report", "", f"Test items: {summary['n_items']} (greedy decoding).", "",
-             "| stage | accuracy | 95% CI | " + " | ".join(
-                 f"difficulty {lv}" for lv in next(iter(summary["stages"].values()))["by_difficulty"]) + " |",
-             "|---|---|---|" + "---|" * len(next(iter(summary["stages"].values()))["by_difficulty"])]
+    lines = [
+        "# sftdpo report",
+        "",
+        f"Test items: {summary['n_items']} (greedy decoding).",
+        "",
+        "| stage | accuracy | 95% CI | "
+        + " | ".join(f"difficulty {lv}" for lv in next(iter(summary["stages"].values()))["by_difficulty"])
+        + " |",
+        "|---|---|---|" + "---|" * len(next(iter(summary["stages"].values()))["by_difficulty"]),
+    ]
     for stage, s in summary["stages"].items():
         lines.append(
             f"| {stage} | {s['accuracy']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | "
-            + " | ".join(f"{v:.3f}" for v in s["by_difficulty"].values()) + " |"
+            + " | ".join(f"{v:.3f}" for v in s["by_difficulty"].values())
+            + " |"
         )
     lines += ["", "| delta | mean | 95% CI (paired bootstrap) |", "|---|---|---|"]
     for name, d in summary["deltas"].items():
@@ -137,8 +151,9 @@ def make_report(
     for name, path in extra_paths.items():
         data = read_json(path)
         extras[name] = {k: v for k, v in data.items() if k != "log_history"}
-    summary["inputs"] = {name: {k: v for k, v in data.items() if not isinstance(v, (list, dict))}
-                         for name, data in extras.items()}
+    summary["inputs"] = {
+        name: {k: v for k, v in data.items() if not isinstance(v, (list, dict))} for name, data in extras.items()
+    }
     plot_comparison(evals, summary, plot_path, n_samples=n_samples, seed=seed)
     with atomic_path(markdown_path) as tmp:
         tmp.write_text(markdown(summary, extras))

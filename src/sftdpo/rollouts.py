@@ -21,6 +21,7 @@ from sftdpo.tasks import get_task
 
 log = logging.getLogger(__name__)
 
+
 def score(correct: bool, reason: str | None, n_tokens: int, max_new_tokens: int) -> float:
     well_formed = reason not in ("no_answer_line", "malformed_step")
     return round(float(correct) + 0.1 * well_formed - 0.1 * n_tokens / max_new_tokens, 6)
@@ -56,12 +57,27 @@ def rollout_shard(
     Samples are recorded batch by batch in `<work_dir>/<hash of arguments, inputs, code>/<shard>.jsonl`;
     each batch is seeded by its position, so a resumed shard equals an uninterrupted one.
     """
-    progress_path = resume_dir(work_dir, {
-        "n_shards": n_shards, "n_prompts": n_prompts, "k": k, "temperature": temperature, "top_p": top_p,
-        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "variants": variants, "backend": backend,
-        "task_options": task_options, "seed": seed, "code": code_fingerprint("sftdpo.rollouts"),
-        "inputs": [file_digest(model_dir), file_digest(train_path)],
-    }) / f"{shard}.jsonl"
+    progress_path = (
+        resume_dir(
+            work_dir,
+            {
+                "n_shards": n_shards,
+                "n_prompts": n_prompts,
+                "k": k,
+                "temperature": temperature,
+                "top_p": top_p,
+                "max_new_tokens": max_new_tokens,
+                "batch_size": batch_size,
+                "variants": variants,
+                "backend": backend,
+                "task_options": task_options,
+                "seed": seed,
+                "code": code_fingerprint("sftdpo.rollouts"),
+                "inputs": [file_digest(model_dir), file_digest(train_path)],
+            },
+        )
+        / f"{shard}.jsonl"
+    )
     prompts = select_prompts(read_parquet(train_path), n_prompts, seed).iloc[shard::n_shards]
     items = [
         (row, v, template.format(prompt=row.prompt[0]["content"]))
@@ -88,24 +104,53 @@ def rollout_shard(
         texts = [text for _, _, text in chunk]
         chunk_seed = seed * 7919 + shard * 104729 + start
         if use_vllm:
-            outputs = generate_vllm(model_dir, texts, k=k, temperature=temperature, top_p=top_p,
-                                    max_new_tokens=max_new_tokens, seed=chunk_seed)
+            outputs = generate_vllm(
+                model_dir,
+                texts,
+                k=k,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                seed=chunk_seed,
+            )
         else:
-            outputs = generate(model, tokenizer, texts, k=k, temperature=temperature, top_p=top_p,
-                               max_new_tokens=max_new_tokens, batch_size=len(texts), seed=chunk_seed,
-                               desc=f"rollouts shard {shard} [{start}/{len(items)}]")
+            outputs = generate(
+                model,
+                tokenizer,
+                texts,
+                k=k,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                batch_size=len(texts),
+                seed=chunk_seed,
+                desc=f"rollouts shard {shard} [{start}/{len(items)}]",
+            )
         rows = []
         for (row, variant, text), samples in zip(chunk, outputs):
             for j, sample in enumerate(samples):
                 verdict = tasks[row.task].verify(sample["text"], row.answer)
-                rows.append({
-                    "id": f"{row.id}:{variant}:{j}", "prompt_id": row.id, "variant": variant, "sample": j,
-                    "task": row.task, "difficulty": row.difficulty, "prompt": text, "completion": sample["text"],
-                    "answer": row.answer, "prediction": verdict.prediction, "correct": verdict.correct,
-                    "reason": verdict.reason, "n_tokens": sample["n_tokens"],
-                    "score": score(verdict.correct, verdict.reason, sample["n_tokens"], max_new_tokens),
-                    "model": model_dir, "seed": chunk_seed, "temperature": temperature,
-                })
+                rows.append(
+                    {
+                        "id": f"{row.id}:{variant}:{j}",
+                        "prompt_id": row.id,
+                        "variant": variant,
+                        "sample": j,
+                        "task": row.task,
+                        "difficulty": row.difficulty,
+                        "prompt": text,
+                        "completion": sample["text"],
+                        "answer": row.answer,
+                        "prediction": verdict.prediction,
+                        "correct": verdict.correct,
+                        "reason": verdict.reason,
+                        "n_tokens": sample["n_tokens"],
+                        "score": score(verdict.correct, verdict.reason, sample["n_tokens"], max_new_tokens),
+                        "model": model_dir,
+                        "seed": chunk_seed,
+                        "temperature": temperature,
+                    }
+                )
         progress.append(rows)
     progress.close()
     order = {f"{row.id}:{v}": i for i, (row, v, _) in enumerate(items)}

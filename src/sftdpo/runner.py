@@ -52,12 +52,18 @@ def run(snakemake: Any, stage: Callable[[], Any]) -> Any:
         sys.stderr = log_file
         try:
             logging.basicConfig(
-                level=logging.INFO, stream=log_file, force=True,
+                level=logging.INFO,
+                stream=log_file,
+                force=True,
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
             logging.getLogger("sftdpo").info(
-                "rule %s, wildcards %s, scheduled threads %d, compute threads %s", snakemake.rule,
-                dict(snakemake.wildcards), snakemake.threads, threads if threads else "-")
+                "rule %s, wildcards %s, scheduled threads %d, compute threads %s",
+                snakemake.rule,
+                dict(snakemake.wildcards),
+                snakemake.threads,
+                threads if threads else "-",
+            )
             if threads:
                 import torch
 

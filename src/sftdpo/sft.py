@@ -40,8 +40,13 @@ def train_sft(
     val_ds = Dataset.from_list(val_examples) if val_rows else None
     ckpt = checkpoint_dir(
         work_dir,
-        {"train": train, "lora": lora, "seed": seed, "eval_rows": eval_rows,
-         "inputs": [file_digest(p) for p in (base_dir, train_path, val_path, tokens_path)]},
+        {
+            "train": train,
+            "lora": lora,
+            "seed": seed,
+            "eval_rows": eval_rows,
+            "inputs": [file_digest(p) for p in (base_dir, train_path, val_path, tokens_path)],
+        },
         "sftdpo.sft",
     )
     args = SFTConfig(

@@ -14,12 +14,39 @@ import numpy as np
 DEMO_COLUMNS = ["id", "task", "difficulty", "prompt", "completion", "answer", "expert", "correct", "meta"]
 
 # results/rollouts/*.parquet: one sampled completion a row, scored by the task's verifier.
-ROLLOUT_COLUMNS = ["id", "prompt_id", "variant", "sample", "task", "difficulty", "prompt", "completion",
-                   "answer", "prediction", "correct", "reason", "n_tokens", "score", "model", "seed", "temperature"]
+ROLLOUT_COLUMNS = [
+    "id",
+    "prompt_id",
+    "variant",
+    "sample",
+    "task",
+    "difficulty",
+    "prompt",
+    "completion",
+    "answer",
+    "prediction",
+    "correct",
+    "reason",
+    "n_tokens",
+    "score",
+    "model",
+    "seed",
+    "temperature",
+]
 
 # results/prefs/pairs.parquet: TRL's conversational preference format plus lineage and scores.
-PAIR_COLUMNS = ["id", "prompt_id", "task", "difficulty", "prompt", "chosen", "rejected", "kind",
-                "chosen_score", "rejected_score"]
+PAIR_COLUMNS = [
+    "id",
+    "prompt_id",
+    "task",
+    "difficulty",
+    "prompt",
+    "chosen",
+    "rejected",
+    "kind",
+    "chosen_score",
+    "rejected_score",
+]
 
 # results/eval/{stage}.parquet: one test item a row.
 EVAL_COLUMNS = ["id", "stage", "task", "difficulty", "completion", "prediction", "gold", "correct", "n_tokens"]
@@ -36,8 +63,9 @@ def write_tokens(path: str, tokens: np.ndarray, ids: list[str], *, tokenizer_has
     import h5py
 
     with h5py.File(path, "w") as h5:
-        h5.create_dataset("tokens", data=tokens, compression="gzip",
-                          chunks=(min(len(tokens), 256), max_length, 3), track_times=False)
+        h5.create_dataset(
+            "tokens", data=tokens, compression="gzip", chunks=(min(len(tokens), 256), max_length, 3), track_times=False
+        )
         h5.create_dataset("ids", data=np.array(ids, dtype=h5py.string_dtype()), track_times=False)
         h5.attrs["tokenizer_hash"] = tokenizer_hash
         h5.attrs["max_length"] = max_length

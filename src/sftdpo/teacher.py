@@ -72,8 +72,9 @@ class RateLimiter:
             time.sleep(slot - now)
 
 
-def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, base: float, cap: float, retry_after: float | None = None, rng: random.Random | None = None
+) -> float:
     """Delay before retry number `attempt` (1-based): exponential, capped, with jitter in [d/2, d]."""
     delay = min(cap, base * 2 ** (attempt - 1))
     delay = delay / 2 + (rng or random).uniform(0, delay / 2)
@@ -96,24 +97,41 @@ class Reply:
 class TeacherClient:
     """One endpoint and model; `ask` sends one prompt with retries. Thread-safe."""
 
-    def __init__(self, *, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, temperature: float = 0.0, top_p: float = 1.0,
-                 max_tokens: int | None = 512, request_seed: bool = True, extra_body: dict[str, Any] | None = None,
-                 timeout: float = 60.0, max_retries: int = 5, backoff_base: float = 1.0, backoff_max: float = 30.0,
-                 rate_limit: float | None = None):
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_tokens: int | None = 512,
+        request_seed: bool = True,
+        extra_body: dict[str, Any] | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff_base: float = 1.0,
+        backoff_max: float = 30.0,
+        rate_limit: float | None = None,
+    ):
         import openai
 
         if not base_url:
-            raise ValueError("collect.teacher.base_url is not set (e.g. https://api.openai.com/v1 or "
-                             "http://localhost:8000/v1 for a vLLM server)")
+            raise ValueError(
+                "collect.teacher.base_url is not set (e.g. https://api.openai.com/v1 or "
+                "http://localhost:8000/v1 for a vLLM server)"
+            )
         if not model:
             raise ValueError("collect.teacher.model is not set")
         if api_key_env:
             api_key = os.environ.get(api_key_env)
             if not api_key:
-                raise TeacherError(f"collect.teacher.api_key_env: the environment variable {api_key_env} is not set; "
-                                   f"export it with the key for {base_url} (any value for a server without "
-                                   "authentication), or set api_key_env: null")
+                raise TeacherError(
+                    f"collect.teacher.api_key_env: the environment variable {api_key_env} is not set; "
+                    f"export it with the key for {base_url} (any value for a server without "
+                    "authentication), or set api_key_env: null"
+                )
         else:
             api_key = "no-key"
         # Requests and headers stay out of the rule log: the client logs them at DEBUG (httpx at INFO).
@@ -136,10 +154,14 @@ class TeacherClient:
     def lineage(self) -> dict[str, Any]:
         """What made a row (no secrets: the key's variable name only)."""
         system = self.system_prompt or ""
-        return {"base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env,
-                "sampling": {k: v for k, v in self.sampling.items() if v is not None},
-                "system_prompt_sha256": hashlib.sha256(system.encode()).hexdigest()[:16] if system else None,
-                "extra_body": self.extra_body}
+        return {
+            "base_url": self.base_url,
+            "model": self.model,
+            "api_key_env": self.api_key_env,
+            "sampling": {k: v for k, v in self.sampling.items() if v is not None},
+            "system_prompt_sha256": hashlib.sha256(system.encode()).hexdigest()[:16] if system else None,
+            "extra_body": self.extra_body,
+        }
 
     def messages(self, prompt: str) -> list[dict[str, str]]:
         head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -201,28 +223,56 @@ class TeacherClient:
                 if reason is None or attempt > self.max_retries:
                     self.cancelled.set()  # the other workers stop before their next request
                 if reason is None:
-                    hint = (f" (check the key in ${self.api_key_env})" if getattr(err, "status_code", None) in (401, 403)
-                            else "")
-                    raise TeacherError(f"teacher {self.base_url} (model {self.model!r}) rejected the request for "
-                                       f"{label}: {detail}{hint}") from None
+                    hint = (
+                        f" (check the key in ${self.api_key_env})"
+                        if getattr(err, "status_code", None) in (401, 403)
+                        else ""
+                    )
+                    raise TeacherError(
+                        f"teacher {self.base_url} (model {self.model!r}) rejected the request for "
+                        f"{label}: {detail}{hint}"
+                    ) from None
                 if attempt > self.max_retries:
-                    what = ("is unreachable" if reason == "connection" else "did not answer in time" if reason == "timeout"
-                            else "kept failing")
-                    hint = {"connection": "; is the server running, and is collect.teacher.base_url right?",
-                            "timeout": "; raise collect.teacher.timeout or lower workers"}.get(reason, "")
-                    raise TeacherError(f"teacher {self.base_url} (model {self.model!r}) {what} for {label}: "
-                                       f"{self.max_retries + 1} attempts, last error: {detail}{hint}") from None
+                    what = (
+                        "is unreachable"
+                        if reason == "connection"
+                        else "did not answer in time"
+                        if reason == "timeout"
+                        else "kept failing"
+                    )
+                    hint = {
+                        "connection": "; is the server running, and is collect.teacher.base_url right?",
+                        "timeout": "; raise collect.teacher.timeout or lower workers",
+                    }.get(reason, "")
+                    raise TeacherError(
+                        f"teacher {self.base_url} (model {self.model!r}) {what} for {label}: "
+                        f"{self.max_retries + 1} attempts, last error: {detail}{hint}"
+                    ) from None
                 with self._lock:
                     self.retries[reason] += 1
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, retry_after, rng)
-                log.warning("teacher %s: %s, attempt %d/%d failed (%s); retrying in %.2f s", self.base_url, label,
-                            attempt, self.max_retries + 1, detail, delay)
+                log.warning(
+                    "teacher %s: %s, attempt %d/%d failed (%s); retrying in %.2f s",
+                    self.base_url,
+                    label,
+                    attempt,
+                    self.max_retries + 1,
+                    detail,
+                    delay,
+                )
                 if self.cancelled.wait(delay):
                     raise _Cancelled() from None
                 continue
             now = time.monotonic()
-            return Reply(text=text, usage=usage, latency_s=round(now - sent, 4), elapsed_s=round(now - started, 4),
-                         attempts=attempt, finish_reason=finish, model=served_by)
+            return Reply(
+                text=text,
+                usage=usage,
+                latency_s=round(now - sent, 4),
+                elapsed_s=round(now - started, 4),
+                attempts=attempt,
+                finish_reason=finish,
+                model=served_by,
+            )
         raise AssertionError("unreachable")
 
 
@@ -248,8 +298,17 @@ class TeacherExpert(Expert):
 
     name = "teacher"
 
-    def __init__(self, task: Task, *, base_url: str, model: str, workers: int = 4, keep_failures: bool = True,
-                 seed: int = 0, **client_options: Any):
+    def __init__(
+        self,
+        task: Task,
+        *,
+        base_url: str,
+        model: str,
+        workers: int = 4,
+        keep_failures: bool = True,
+        seed: int = 0,
+        **client_options: Any,
+    ):
         if workers < 1:
             raise ValueError(f"collect.teacher.workers must be >= 1, got {workers}")
         self.task, self.workers, self.keep_failures, self.seed = task, workers, keep_failures, seed
@@ -258,8 +317,12 @@ class TeacherExpert(Expert):
     @property
     def cache_token(self) -> str:
         """What the answers depend on besides the prompt: endpoint, model, sampling, system prompt."""
-        lineage = {**self.client.lineage(), "system_prompt": self.client.system_prompt,
-                   "request_seed": self.client.request_seed, "seed": self.seed}
+        lineage = {
+            **self.client.lineage(),
+            "system_prompt": self.client.system_prompt,
+            "request_seed": self.client.request_seed,
+            "seed": self.seed,
+        }
         lineage.pop("api_key_env")
         return hashlib.sha256(json.dumps(lineage, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -346,8 +409,11 @@ class TeacherExpert(Expert):
                 "latency_s": _percentiles(latencies),
                 "attempts": sum(attempts),
                 "rows_retried": sum(a > 1 for a in attempts),
-                "this_run": {"requests": self.client.requests, "retries": sum(self.client.retries.values()),
-                             "retries_by_reason": dict(sorted(self.client.retries.items()))},
+                "this_run": {
+                    "requests": self.client.requests,
+                    "retries": sum(self.client.retries.values()),
+                    "retries_by_reason": dict(sorted(self.client.retries.items())),
+                },
             }
         }
 

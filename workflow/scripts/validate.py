@@ -1,4 +1,7 @@
-"""Rule validate: re-check demonstrations, reject with reasons, quality gates (adapter: reads `snakemake`, calls the library)."""
+"""Rule validate: re-check demonstrations, reject with reasons, quality gates.
+
+Adapter: reads `snakemake`, calls the library.
+"""
 
 import sys
 from pathlib import Path

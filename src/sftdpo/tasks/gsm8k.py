@@ -34,9 +34,17 @@ from sftdpo.tasks import Problem, Task, Verdict
 ANSWER_LINE = re.compile(r"^\s*####\s*(.*?)\s*$", re.M)
 NUMBER = re.compile(r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 ANNOTATION = re.compile(r"<<([^<>]*)>>")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.USub: operator.neg,
-        ast.UAdd: operator.pos}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
 
 
 def normalise_number(text: str | None) -> str | None:
@@ -168,8 +176,13 @@ def load_gsm8k(path: str, mtime_ns: int) -> tuple[dict[str, Any], ...]:
 class GSM8KTask(Task):
     name = "gsm8k"
 
-    def __init__(self, path: str | None = None, prompt_template: str = "{question}", buckets: list[int] | None = None,
-                 strip_annotations: bool = True):
+    def __init__(
+        self,
+        path: str | None = None,
+        prompt_template: str = "{question}",
+        buckets: list[int] | None = None,
+        strip_annotations: bool = True,
+    ):
         buckets = [2, 4] if buckets is None else list(buckets)
         if buckets != sorted(set(buckets)) or any(b < 1 for b in buckets):
             raise ValueError(f"task.gsm8k.buckets must be increasing positive step counts, got {buckets}")
@@ -200,8 +213,9 @@ class GSM8KTask(Task):
         """`n` problems drawn without replacement by `seed`, in file order; ids name the file row."""
         rows = self.rows()
         if n > len(rows):
-            raise ValueError(f"task.gsm8k: asked for {n} problems but {self.path} has {len(rows)} rows; "
-                             "lower task.n_problems")
+            raise ValueError(
+                f"task.gsm8k: asked for {n} problems but {self.path} has {len(rows)} rows; lower task.n_problems"
+            )
         stem = Path(self.path).stem
         chosen = sorted(random.Random(seed).sample(range(len(rows)), n))
         out = []

@@ -47,3 +47,56 @@ def finished(tiny_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run[0], workdir, symlinks=True)
     return workdir
+
+
+# -- small real artifacts for library tests (a tiny model, demonstrations, tokens, splits) ---------------
+TINY_SCRATCH = dict(layers=1, hidden_size=16, heads=2, intermediate_size=32, max_positions=64, tokenizer_vocab_size=280)
+
+
+def train_settings(**changes):
+    """A stage's `train` block for a few CPU steps (keys as in config/schema.yaml)."""
+    train = dict(
+        max_steps=2, batch_size=4, grad_accum=1, learning_rate=1e-3, lr_scheduler="constant", warmup_steps=0,
+        weight_decay=0.0, logging_steps=1, save_steps=2, eval_steps=2, precision="auto",
+        activation_checkpointing=False, max_length=48,
+    )  # fmt: skip
+    return {**train, **changes}
+
+
+def scratch_base_model(out_dir, task, problems, **scratch):
+    """A scratch base model whose tokenizer learnt the problems and their solutions; returns its path."""
+    from sftdpo.modeling import make_base_model
+
+    make_base_model(
+        name_or_path="scratch", out_dir=str(out_dir), scratch={**TINY_SCRATCH, **scratch},
+        tokenizer_texts=[p.prompt + "\n" + task.solve(p) for p in problems], trust_remote_code=False, seed=0,
+    )  # fmt: skip
+    return str(out_dir)
+
+
+def program_demos(task, problems):
+    """Validated demonstrations (the demos table without `correct`/`meta`) solved by the task's program."""
+    import pandas as pd
+
+    return pd.DataFrame([
+        {"id": p.id, "task": task.name, "difficulty": p.difficulty, "prompt": p.prompt, "completion": task.solve(p),
+         "answer": p.answer, "expert": "program"}
+        for p in problems
+    ])  # fmt: skip
+
+
+def converted_splits(root, model_dir, task, problems, *, max_length, fractions):
+    """validated.parquet -> convert (chat.parquet, tokens.h5) -> split, under `root`; returns the paths."""
+    from sftdpo.convert import convert
+    from sftdpo.io import write_parquet
+    from sftdpo.split import split
+
+    write_parquet(program_demos(task, problems), root / "validated.parquet")
+    convert(
+        validated_path=str(root / "validated.parquet"), model_dir=str(model_dir), chat_path=str(root / "chat.parquet"),
+        tokens_path=str(root / "tokens.h5"), report_path=str(root / "convert.json"), max_length=max_length,
+    )  # fmt: skip
+    paths = {s: str(root / f"{s}.parquet") for s in ("train", "val", "test")}
+    split(chat_path=str(root / "chat.parquet"), out_paths=paths, report_path=str(root / "split.json"),
+          strata=["difficulty"], fractions=fractions, seed=0)  # fmt: skip
+    return {**paths, "tokens": str(root / "tokens.h5")}

@@ -3,10 +3,11 @@
 import h5py
 import numpy as np
 
+from conftest import program_demos, scratch_base_model
 from sftdpo.collect import collect_shard
 from sftdpo.convert import convert
 from sftdpo.io import read_parquet, write_parquet
-from sftdpo.modeling import load_tokenizer, make_base_model
+from sftdpo.modeling import load_tokenizer
 from sftdpo.tasks import get_task
 
 COMMON = dict(
@@ -41,30 +42,8 @@ def test_shards_partition_the_problems_and_resume_without_repeats(tmp_path):
 def test_convert_writes_ids_attention_and_loss_masks(tmp_path):
     task = get_task("arithmetic")
     problems = task.problems(60, seed=0)
-    model_dir = tmp_path / "base"
-    make_base_model(
-        name_or_path="scratch",
-        out_dir=str(model_dir),
-        scratch=dict(
-            layers=1, hidden_size=16, heads=2, intermediate_size=32, max_positions=64, tokenizer_vocab_size=280
-        ),
-        tokenizer_texts=[p.prompt + "\n" + task.solve(p) for p in problems],
-        trust_remote_code=False,
-        seed=0,
-    )
-    demos = [
-        {
-            "id": p.id,
-            "task": "arithmetic",
-            "difficulty": p.difficulty,
-            "prompt": p.prompt,
-            "completion": task.solve(p),
-            "answer": p.answer,
-            "expert": "program",
-        }
-        for p in problems[:20]
-    ]
-    write_parquet(__import__("pandas").DataFrame(demos), tmp_path / "v.parquet")
+    model_dir = scratch_base_model(tmp_path / "base", task, problems)
+    write_parquet(program_demos(task, problems[:20]), tmp_path / "v.parquet")
     report = convert(
         validated_path=str(tmp_path / "v.parquet"),
         model_dir=str(model_dir),

@@ -8,11 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from sftdpo.convert import convert
-from sftdpo.io import write_parquet
+from conftest import converted_splits, scratch_base_model, train_settings
 from sftdpo.launch import (
     REPO,
     accelerate_command,
@@ -24,9 +22,7 @@ from sftdpo.launch import (
     resolve,
     run_stage,
 )
-from sftdpo.modeling import make_base_model
 from sftdpo.sft import train_sft
-from sftdpo.split import split
 from sftdpo.tasks import get_task
 
 
@@ -151,21 +147,7 @@ def test_rank_kwargs_keep_ranks_apart():
     }
 
 
-TRAIN = dict(
-    max_steps=2,
-    batch_size=4,
-    grad_accum=1,
-    learning_rate=1e-3,
-    lr_scheduler="constant",
-    warmup_steps=0,
-    weight_decay=0.0,
-    logging_steps=1,
-    save_steps=2,
-    eval_steps=2,
-    precision="auto",
-    activation_checkpointing=False,
-    max_length=48,
-)
+TRAIN = train_settings()
 
 
 @pytest.fixture(scope="module")
@@ -173,53 +155,15 @@ def sft_inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("launch")
     task = get_task("arithmetic")
     problems = task.problems(40, seed=0)
-    make_base_model(
-        name_or_path="scratch",
-        out_dir=str(root / "base"),
-        scratch=dict(
-            layers=1, hidden_size=16, heads=2, intermediate_size=32, max_positions=64, tokenizer_vocab_size=280
-        ),
-        tokenizer_texts=[p.prompt + "\n" + task.solve(p) for p in problems],
-        trust_remote_code=False,
-        seed=0,
-    )
-    demos = pd.DataFrame(
-        [
-            {
-                "id": p.id,
-                "task": "arithmetic",
-                "difficulty": p.difficulty,
-                "prompt": p.prompt,
-                "completion": task.solve(p),
-                "answer": p.answer,
-                "expert": "program",
-            }
-            for p in problems
-        ]
-    )
-    write_parquet(demos, root / "validated.parquet")
-    convert(
-        validated_path=str(root / "validated.parquet"),
-        model_dir=str(root / "base"),
-        chat_path=str(root / "chat.parquet"),
-        tokens_path=str(root / "tokens.h5"),
-        report_path=str(root / "convert.json"),
-        max_length=48,
-    )
-    paths = {s: str(root / f"{s}.parquet") for s in ("train", "val", "test")}
-    split(
-        chat_path=str(root / "chat.parquet"),
-        out_paths=paths,
-        report_path=str(root / "split.json"),
-        strata=["difficulty"],
-        fractions={"train": 0.8, "val": 0.1, "test": 0.1},
-        seed=0,
+    base = scratch_base_model(root / "base", task, problems)
+    paths = converted_splits(
+        root, base, task, problems, max_length=48, fractions={"train": 0.8, "val": 0.1, "test": 0.1}
     )
     return dict(
-        base_dir=str(root / "base"),
+        base_dir=base,
         train_path=paths["train"],
         val_path=paths["val"],
-        tokens_path=str(root / "tokens.h5"),
+        tokens_path=paths["tokens"],
         train=TRAIN,
         lora=None,
         eval_rows=2,

@@ -6,30 +6,15 @@ import json
 import pandas as pd
 import pytest
 
-from sftdpo.convert import convert
+from conftest import converted_splits, train_settings
 from sftdpo.dpo import train_dpo
 from sftdpo.evaluate import evaluate
 from sftdpo.io import read_json, write_parquet
 from sftdpo.modeling import REFERENCE_FILE, build_scratch_model, load_model, make_base_model, train_tokenizer
 from sftdpo.sft import train_sft
-from sftdpo.split import split
 from sftdpo.tasks import get_task
 
-TRAIN = dict(
-    max_steps=4,
-    batch_size=4,
-    grad_accum=1,
-    learning_rate=1e-3,
-    lr_scheduler="constant",
-    warmup_steps=0,
-    weight_decay=0.0,
-    logging_steps=1,
-    save_steps=2,
-    eval_steps=2,
-    precision="auto",
-    activation_checkpointing=False,
-    max_length=64,
-)
+TRAIN = train_settings(max_steps=4, max_length=64)
 LORA = dict(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
 
 
@@ -59,37 +44,8 @@ def test_hf_model_lora_sft_dpo_and_evaluation(hf_dir, tmp_path):
 
     task = get_task("arithmetic")
     problems = task.problems(40, seed=1)
-    demos = pd.DataFrame(
-        [
-            {
-                "id": p.id,
-                "task": "arithmetic",
-                "difficulty": p.difficulty,
-                "prompt": p.prompt,
-                "completion": task.solve(p),
-                "answer": p.answer,
-                "expert": "program",
-            }
-            for p in problems
-        ]
-    )
-    write_parquet(demos, tmp_path / "validated.parquet")
-    convert(
-        validated_path=str(tmp_path / "validated.parquet"),
-        model_dir=str(base),
-        chat_path=str(tmp_path / "chat.parquet"),
-        tokens_path=str(tmp_path / "tokens.h5"),
-        report_path=str(tmp_path / "convert.json"),
-        max_length=64,
-    )
-    paths = {s: str(tmp_path / f"{s}.parquet") for s in ("train", "val", "test")}
-    split(
-        chat_path=str(tmp_path / "chat.parquet"),
-        out_paths=paths,
-        report_path=str(tmp_path / "split.json"),
-        strata=["difficulty"],
-        fractions={"train": 0.6, "val": 0.2, "test": 0.2},
-        seed=0,
+    paths = converted_splits(
+        tmp_path, base, task, problems, max_length=64, fractions={"train": 0.6, "val": 0.2, "test": 0.2}
     )
 
     sft_dir = tmp_path / "sft"
@@ -97,7 +53,7 @@ def test_hf_model_lora_sft_dpo_and_evaluation(hf_dir, tmp_path):
         base_dir=str(base),
         train_path=paths["train"],
         val_path=paths["val"],
-        tokens_path=str(tmp_path / "tokens.h5"),
+        tokens_path=paths["tokens"],
         out_dir=str(sft_dir),
         metrics_path=str(tmp_path / "sft.json"),
         curve_path=str(tmp_path / "sft.png"),

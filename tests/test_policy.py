@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from conftest import scratch_base_model
 import sftdpo.collect
 from sftdpo.collect import collect_shard
 from sftdpo.experts import PolicyExpert
@@ -48,18 +49,9 @@ class StubTask:
 def model_dir(tmp_path_factory):
     task = get_task("arithmetic")
     problems = task.problems(200, seed=0)
-    path = tmp_path_factory.mktemp("policy") / "base"
-    make_base_model(
-        name_or_path="scratch",
-        out_dir=str(path),
-        scratch=dict(
-            layers=1, hidden_size=32, heads=2, intermediate_size=64, max_positions=64, tokenizer_vocab_size=280
-        ),
-        tokenizer_texts=[p.prompt + "\n" + task.solve(p) for p in problems],
-        trust_remote_code=False,
-        seed=0,
+    return scratch_base_model(
+        tmp_path_factory.mktemp("policy") / "base", task, problems, hidden_size=32, intermediate_size=64
     )
-    return str(path)
 
 
 def run(tmp_path, monkeypatch, model_dir, stub, tag, **options):

@@ -39,15 +39,24 @@ OVERLAY = SLURM_TESTS / "overlay.yaml"
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 GPU_RULES = {"sft", "rollouts", "dpo", "evaluate"}
-CPU_RULES = {"base_model", "collect", "merge_demos", "validate", "convert", "split",
-             "merge_rollouts", "preferences", "report"}
+CPU_RULES = {
+    "base_model",
+    "collect",
+    "merge_demos",
+    "validate",
+    "convert",
+    "split",
+    "merge_rollouts",
+    "preferences",
+    "report",
+}
 # What a user of the profile sets for this cluster (see profiles/slurm/config.yaml).
 CLUSTER_ENV = {"SFTDPO_CPU_PARTITION": "cpu", "SFTDPO_GPU_PARTITION": "gpu"}
 
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-START_TIMEOUT = 900     # from nothing (apt-get install) ~20-60 s
-RUN_TIMEOUT = 1200      # the whole tiny DAG through Slurm, ~3-5 min here
-SHORT_TIMEOUT = 300     # a forced re-run of one rule
+START_TIMEOUT = 900  # from nothing (apt-get install) ~20-60 s
+RUN_TIMEOUT = 1200  # the whole tiny DAG through Slurm, ~3-5 min here
+SHORT_TIMEOUT = 300  # a forced re-run of one rule
 # Forced re-runs of one rule in a copy of the finished run rebuild nothing else, even if
 # code or config changed meanwhile (params carry code fingerprints): only mtimes count.
 ONLY_FORCED = ("--rerun-triggers", "mtime")
@@ -72,8 +81,8 @@ def deep_merge(base: dict, over: dict) -> dict:
 class Run:
     workdir: Path
     returncode: int
-    output: str           # snakemake's stdout + stderr
-    run_ids: list[str]    # "SLURM run ID" = the sbatch --job-name of its jobs
+    output: str  # snakemake's stdout + stderr
+    run_ids: list[str]  # "SLURM run ID" = the sbatch --job-name of its jobs
     started: dt.datetime
 
 
@@ -87,23 +96,45 @@ class SlurmJob:
     state: str
 
 
-def run_snakemake(workdir: Path, profile_dir: Path, *args: str, env: dict | None = None,
-                  timeout: int = RUN_TIMEOUT, name: str = "run") -> Run:
+def run_snakemake(
+    workdir: Path, profile_dir: Path, *args: str, env: dict | None = None, timeout: int = RUN_TIMEOUT, name: str = "run"
+) -> Run:
     """The repo's Snakefile with the Slurm profile in `workdir`, under `timeout -k`."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SFTDPO_")}
     full_env.update(CLUSTER_ENV)
     full_env.update(env or {})
-    cmd = ["timeout", "-k", "10", str(timeout), SNAKEMAKE,
-           "--profile", str(profile_dir), "--workflow-profile", "none",
-           "--snakefile", str(SNAKEFILE), "--configfile", str(TINY),
-           "--directory", str(workdir), *args]
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        str(timeout),
+        SNAKEMAKE,
+        "--profile",
+        str(profile_dir),
+        "--workflow-profile",
+        "none",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--configfile",
+        str(TINY),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
     log_path = workdir.parent / f"{workdir.name}.{name}.snakemake.out"
     started = dt.datetime.now() - dt.timedelta(seconds=5)
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, cwd=workdir, env=full_env, stdin=subprocess.DEVNULL,
-                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout + 60)
+        proc = subprocess.run(
+            cmd,
+            cwd=workdir,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout + 60,
+        )
     output = log_path.read_text()
     run_ids = re.findall(r"SLURM run ID: (\S+)", output)
     return Run(workdir, proc.returncode, output, run_ids, started)
@@ -114,9 +145,22 @@ def sacct_jobs(run: Run) -> list[SlurmJob]:
     if not run.run_ids:
         return []
     out = subprocess.run(
-        ["sacct", "-X", "-P", "-n", "-S", run.started.strftime("%Y-%m-%dT%H:%M:%S"),
-         "--name", ",".join(run.run_ids), "-o", "JobID,JobName,Partition,AllocTRES,State,Comment"],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            "sacct",
+            "-X",
+            "-P",
+            "-n",
+            "-S",
+            run.started.strftime("%Y-%m-%dT%H:%M:%S"),
+            "--name",
+            ",".join(run.run_ids),
+            "-o",
+            "JobID,JobName,Partition,AllocTRES,State,Comment",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     jobs = []
     for line in out.splitlines():
@@ -124,15 +168,15 @@ def sacct_jobs(run: Run) -> list[SlurmJob]:
         # snakemake-executor-plugin-slurm: --comment rule_<rule>[_wildcards_<wildcards>]
         m = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", comment)
         assert m, f"job {jobid}: unexpected comment {comment!r}"
-        jobs.append(SlurmJob(int(jobid), m.group(1), m.group(2) or "", partition, tres,
-                             state.split()[0]))
+        jobs.append(SlurmJob(int(jobid), m.group(1), m.group(2) or "", partition, tres, state.split()[0]))
     return sorted(jobs, key=lambda j: j.jobid)
 
 
 def sacct_table(jobs: list[SlurmJob]) -> str:
     rows = [f"{'job':>6}  {'rule':<15} {'wildcards':<10} {'partition':<9} {'state':<10} alloc_tres"]
-    rows += [f"{j.jobid:>6}  {j.rule:<15} {j.wildcards:<10} {j.partition:<9} {j.state:<10} {j.alloc_tres}"
-             for j in jobs]
+    rows += [
+        f"{j.jobid:>6}  {j.rule:<15} {j.wildcards:<10} {j.partition:<9} {j.state:<10} {j.alloc_tres}" for j in jobs
+    ]
     return "\n".join(rows)
 
 
@@ -145,6 +189,7 @@ def job_stats(output: str) -> dict[str, int]:
 def copy_workdir(src: Path, dst: Path) -> Path:
     """A copy of a finished run (mtimes kept, so Snakemake sees it up to date), without
     the run's own Slurm and Snakemake logs."""
+
     def ignore(directory, names):
         return {"slurm_logs", "log", "locks"} & set(names) if Path(directory) == src / ".snakemake" else set()
 
@@ -157,8 +202,10 @@ def describe_failure(run: Run) -> str:
     logs = []
     for path in sorted((run.workdir / ".snakemake" / "slurm_logs").rglob("*.log"))[-3:]:
         logs.append(f"--- {path}\n{_tail(path.read_text(errors='replace'), 2000)}")
-    return (f"snakemake exited {run.returncode} in {run.workdir}\n{_tail(run.output)}\n"
-            f"--- sacct\n{sacct_table(jobs)}\n" + "\n".join(logs))
+    return (
+        f"snakemake exited {run.returncode} in {run.workdir}\n{_tail(run.output)}\n"
+        f"--- sacct\n{sacct_table(jobs)}\n" + "\n".join(logs)
+    )
 
 
 # ---------------------------------------------------------------- fixtures
@@ -168,9 +215,13 @@ def slurm_cluster(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("slurm_cluster") / "start-cluster.out"
     with open(log_path, "w") as log:
         try:
-            rc = subprocess.run(["bash", str(SLURM_TESTS / "start-cluster.sh")],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                timeout=START_TIMEOUT).returncode
+            rc = subprocess.run(
+                ["bash", str(SLURM_TESTS / "start-cluster.sh")],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=START_TIMEOUT,
+            ).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
     output = log_path.read_text()
@@ -179,8 +230,9 @@ def slurm_cluster(tmp_path_factory):
     reason = {2: "not root", 3: "apt cannot install the Slurm packages"}.get(rc)
     if reason and not IN_CI:
         pytest.skip(f"no Slurm test cluster: {reason} (tests/slurm/start-cluster.sh exit {rc})")
-    pytest.fail(f"tests/slurm/start-cluster.sh failed (exit {rc}){' in CI' if IN_CI else ''}:\n"
-                f"{_tail(output)}", pytrace=False)
+    pytest.fail(
+        f"tests/slurm/start-cluster.sh failed (exit {rc}){' in CI' if IN_CI else ''}:\n{_tail(output)}", pytrace=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -199,8 +251,7 @@ def slurm_run(slurm_cluster, slurm_profile, tmp_path_factory) -> Run:
     workdir = base / "work"
     workdir.mkdir()
     marker = base / "report.failed-once"
-    run = run_snakemake(workdir, slurm_profile, env={"SFTDPO_FAIL_ONCE": f"report:{marker}"},
-                        name="full")
+    run = run_snakemake(workdir, slurm_profile, env={"SFTDPO_FAIL_ONCE": f"report:{marker}"}, name="full")
     try:
         assert run.returncode == 0, describe_failure(run)
         yield run
@@ -220,8 +271,7 @@ def test_profile_takes_cluster_values_from_environment(monkeypatch):
     from snakemake.profiles import ProfileConfigFileParser
 
     def load(**env):
-        for key in ("SFTDPO_CPU_PARTITION", "SFTDPO_GPU_PARTITION", "SFTDPO_SLURM_ACCOUNT",
-                    "SFTDPO_GPU_MODEL"):
+        for key in ("SFTDPO_CPU_PARTITION", "SFTDPO_GPU_PARTITION", "SFTDPO_SLURM_ACCOUNT", "SFTDPO_GPU_MODEL"):
             monkeypatch.delenv(key, raising=False)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
@@ -235,8 +285,12 @@ def test_profile_takes_cluster_values_from_environment(monkeypatch):
         assert f"{rule}:slurm_partition=gpu" in unset["set-resources"]
         assert not any(r.startswith(f"{rule}:gpu_model") for r in unset["set-resources"])
 
-    set_ = load(SFTDPO_CPU_PARTITION="short", SFTDPO_GPU_PARTITION="gpu-a100",
-                SFTDPO_SLURM_ACCOUNT="proj42", SFTDPO_GPU_MODEL="a100")
+    set_ = load(
+        SFTDPO_CPU_PARTITION="short",
+        SFTDPO_GPU_PARTITION="gpu-a100",
+        SFTDPO_SLURM_ACCOUNT="proj42",
+        SFTDPO_GPU_MODEL="a100",
+    )
     assert "slurm_partition=short" in set_["default-resources"]
     assert "slurm_account=proj42" in set_["default-resources"]
     for rule in GPU_RULES:
@@ -322,15 +376,25 @@ def test_failing_rule_and_its_slurm_log_are_reported(slurm_run, slurm_profile, t
     job's Slurm log, which holds the error.  `--retries 0` (retries are proven above) saves
     an attempt and the status-check back-off that follows it (~30 s)."""
     workdir = copy_workdir(slurm_run.workdir, tmp_path / "work")
-    run = run_snakemake(workdir, slurm_profile, "--forcerun", "report", "--retries", "0", *ONLY_FORCED,
-                        env={"SFTDPO_FAIL_ALWAYS": "report"}, timeout=SHORT_TIMEOUT, name="fail")
+    run = run_snakemake(
+        workdir,
+        slurm_profile,
+        "--forcerun",
+        "report",
+        "--retries",
+        "0",
+        *ONLY_FORCED,
+        env={"SFTDPO_FAIL_ALWAYS": "report"},
+        timeout=SHORT_TIMEOUT,
+        name="fail",
+    )
     try:
         assert run.returncode not in (0, 124, 137), describe_failure(run)
         jobs = sacct_jobs(run)
         assert [(j.rule, j.state) for j in jobs] == [("report", "FAILED")], sacct_table(jobs)
         assert "Error in rule report" in run.output
-        assert "logs/report.log" in run.output   # the rule's own log, with the traceback...
-        assert "injected failure in rule report" in run.output   # ...shown (show-failed-logs)
+        assert "logs/report.log" in run.output  # the rule's own log, with the traceback...
+        assert "injected failure in rule report" in run.output  # ...shown (show-failed-logs)
         for job in jobs:
             log = workdir / ".snakemake" / "slurm_logs" / "rule_report" / f"{job.jobid}.log"
             assert str(log) in run.output, f"{log} not named in the output:\n{_tail(run.output)}"
@@ -342,9 +406,18 @@ def test_failing_rule_and_its_slurm_log_are_reported(slurm_run, slurm_profile, t
 def test_gpu_job_sent_to_the_cpu_partition_is_refused(slurm_run, slurm_profile, tmp_path):
     """The partition guard (QOS cpuonly) rejects a GPU job at sbatch time, and Snakemake says so."""
     workdir = copy_workdir(slurm_run.workdir, tmp_path / "work")
-    run = run_snakemake(workdir, slurm_profile, "--forcerun", "evaluate", "--until", "evaluate",
-                        *ONLY_FORCED, env={"SFTDPO_GPU_PARTITION": "cpu"}, timeout=SHORT_TIMEOUT,
-                        name="guard")
+    run = run_snakemake(
+        workdir,
+        slurm_profile,
+        "--forcerun",
+        "evaluate",
+        "--until",
+        "evaluate",
+        *ONLY_FORCED,
+        env={"SFTDPO_GPU_PARTITION": "cpu"},
+        timeout=SHORT_TIMEOUT,
+        name="guard",
+    )
     try:
         assert run.returncode not in (0, 124, 137), describe_failure(run)
         assert "Error in rule evaluate" in run.output

@@ -61,6 +61,12 @@ def test_dry_run_lists_every_rule(tmp_path):
     }
 
 
+def test_every_rule_says_what_it_does(tmp_path):
+    listed = dict(re.findall(r"^(\w+) \((.+)\)$", snakemake("--list-rules", cwd=tmp_path).stdout, re.M))
+    assert set(listed) == {rule for edge in EDGES for rule in edge}
+    assert all(len(text) > 20 for text in listed.values()), listed
+
+
 def test_rulegraph_has_the_pipeline_order(tmp_path):
     dot = snakemake("--rulegraph", cwd=tmp_path).stdout
     names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, re.M))
@@ -79,6 +85,9 @@ def test_targeted_data_artifact_needs_only_data_stages(tmp_path):
         ({"dpo": {"betta": 0.2}}, "Additional properties are not allowed ('betta' was unexpected)"),
         ({"sft": {"train": {"max_steps": "many"}}}, "'many' is not of type 'integer'"),
         ({"collect": {"expert": "oracle"}}, "'oracle' is not one of ['program', 'teacher', 'policy', 'files']"),
+        # Cross-field checks (sftdpo.config_checks) stop the workflow before any job too.
+        ({"convert": {"max_length": 200}}, "sft.train.max_length (96) < convert.max_length (200)"),
+        ({"collect": {"expert": "policy"}}, "collect.expert is 'policy' but collect.policy is not set"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, overlay, message):
@@ -177,3 +186,5 @@ def test_html_report_and_noop_rerun(tiny_run):
     html = (workdir / "report.html").read_text()
     for name in ("comparison.png", "loss.png", "curves.png", "rejections.png"):
         assert name in html
+    # The workflow's front page (workflow/report/workflow.rst), with this run's config filled in.
+    assert "a language model taken from expert demonstrations" in html and "arithmetic</tt>" in html

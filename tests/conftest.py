@@ -35,3 +35,25 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny_run")
     proc = snakemake("-c2", "--configfile", TINY, cwd=workdir)
     return workdir, proc
+
+
+def user_env(extra: dict | None = None) -> dict:
+    """The environment of a user after the README's set-up: the project's .venv/bin first on
+    PATH, no SFTDPO_* settings left over from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFTDPO_")}
+    env["PATH"] = f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    """A fresh clone of this working tree after the README's set-up (`.venv` linked to the
+    environment running the tests), with shared/ beside it as in CI (the GSM8K example's
+    ../shared/datasets paths)."""
+    from doc_commands import copy_project
+
+    base = tmp_path_factory.mktemp("clone")
+    if (ROOT.parent / "shared").exists():
+        (base / "shared").symlink_to(ROOT.parent / "shared")
+    return copy_project(base / "sftdpo")

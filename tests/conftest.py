@@ -37,11 +37,15 @@ def tiny_run(tmp_path_factory):
     return workdir, proc
 
 
-def user_env(extra: dict | None = None) -> dict:
+def user_env(extra: dict | None = None, project: Path | None = None) -> dict:
     """The environment of a user after the README's set-up: the project's .venv/bin first on
-    PATH, no SFTDPO_* settings left over from the caller."""
+    PATH, no SFTDPO_* settings left over from the caller. With `project` (a copy of this
+    repository), its src/ comes first on PYTHONPATH, as the set-up's editable install of that
+    clone would have it (the environment running the tests may have been installed elsewhere)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFTDPO_")}
     env["PATH"] = f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    if project is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project / "src"), env.get("PYTHONPATH")]))
     env.update(extra or {})
     return env
 

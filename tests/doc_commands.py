@@ -54,6 +54,7 @@ RULES: list[tuple[str, str]] = [
     (r"^(\.venv/bin/)?(python -m )?pytest\b", "collect"),
     (r"^\.venv/bin/python benchmarks/rule_times\.py\b", "after-run"),
     (r"^pip install ", "pip-dry"),
+    (r"^(\.venv/bin/)?pip cache dir$", "as-is"),
     (r"^accelerate launch --", "accelerate"),
     (r"^accelerate launch$", "mention"),
     (r"^sbatch -[-\w=]+$", "mention"),

@@ -28,7 +28,7 @@ DEFAULT_PROFILE_KEYS = {"printshellcmds", "show-failed-logs", "rerun-incomplete"
 
 def run(project: Path, *args: str, env: dict | None = None) -> str:
     proc = subprocess.run([SNAKEMAKE, *args], cwd=project, capture_output=True, text=True,
-                          timeout=300, env=user_env(env))
+                          timeout=300, env=user_env(env, project))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{SNAKEMAKE} {' '.join(args)} exited {proc.returncode}:\n{out[-6000:]}"
     return out

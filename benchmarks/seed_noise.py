@@ -53,8 +53,11 @@ def main() -> None:
     if len(rows) > 1:
         for name, column in (("SFT", 1), ("DPO", 2), ("DPO − SFT", 3)):
             values = [r[column] for r in rows]
-            print(f"\n{name}: mean {statistics.mean(values):.3f}, sd {statistics.stdev(values):.3f}, "
-                  f"range {min(values):.3f}–{max(values):.3f} over {len(values)} seeds", end="")
+            print(
+                f"\n{name}: mean {statistics.mean(values):.3f}, sd {statistics.stdev(values):.3f}, "
+                f"range {min(values):.3f}–{max(values):.3f} over {len(values)} seeds",
+                end="",
+            )
         print()
 
 

@@ -100,3 +100,29 @@ def converted_splits(root, model_dir, task, problems, *, max_length, fractions):
     split(chat_path=str(root / "chat.parquet"), out_paths=paths, report_path=str(root / "split.json"),
           strata=["difficulty"], fractions=fractions, seed=0)  # fmt: skip
     return {**paths, "tokens": str(root / "tokens.h5")}
+
+
+def user_env(extra: dict | None = None, project: Path | None = None) -> dict:
+    """The environment of a user after the README's set-up: the project's .venv/bin first on
+    PATH, no SFTDPO_* settings left over from the caller. With `project` (a copy of this
+    repository), its src/ comes first on PYTHONPATH, as the set-up's editable install of that
+    clone would have it (the environment running the tests may have been installed elsewhere)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFTDPO_")}
+    env["PATH"] = f"{Path(sys.prefix) / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    if project is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project / "src"), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    """A fresh clone of this working tree after the README's set-up (`.venv` linked to the
+    environment running the tests), with shared/ beside it as in CI (the GSM8K example's
+    ../shared/datasets paths)."""
+    from doc_commands import copy_project
+
+    base = tmp_path_factory.mktemp("clone")
+    if (ROOT.parent / "shared").exists():
+        (base / "shared").symlink_to(ROOT.parent / "shared")
+    return copy_project(base / "sftdpo")

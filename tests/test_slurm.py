@@ -1,10 +1,15 @@
-"""`snakemake --profile profiles/slurm` on a real Slurm cluster (issue 3).
+"""`snakemake --profile slurm` on a real Slurm cluster (issues 3 and 17).
 
 tests/slurm/start-cluster.sh brings up a one-node Slurm (partitions cpu and
 gpu, one fake GPU, slurmdbd so that sacct works, QOS guard refusing GPU jobs
-in partition cpu).  The tiny pipeline config then runs through the project's
-Slurm profile merged with tests/slurm/overlay.yaml, and sacct tells where each
-job ran.  Fault injection (SFTDPO_FAIL_ONCE / SFTDPO_FAIL_ALWAYS, read by
+in partition cpu).  In a fresh copy of the project (as a clone after the
+README's set-up), the tiny pipeline config then runs through the literal
+
+    snakemake --profile slurm --profile tests/slurm/overlay.yaml --configfile tests/config/tiny.yaml
+
+(the test cluster's site file layered as a second profile, the workflow
+profile profiles/default applied by Snakemake as for any user), and sacct
+tells where each job ran and with what resources.  Fault injection (SFTDPO_FAIL_ONCE / SFTDPO_FAIL_ALWAYS, read by
 src/sftdpo/runner.py inside the jobs: sbatch exports the environment) checks
 retries and the error report.
 
@@ -21,12 +26,14 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import user_env
+from doc_commands import copy_project, documented_commands
 
 pytestmark = pytest.mark.slurm
 
@@ -36,7 +43,16 @@ TINY = ROOT / "tests" / "config" / "tiny.yaml"
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 SLURM_TESTS = ROOT / "tests" / "slurm"
 OVERLAY = SLURM_TESTS / "overlay.yaml"
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+# The command as a user types it in the project directory (README), before per-test options.
+COMMAND = [
+    ".venv/bin/snakemake",
+    "--profile",
+    "slurm",
+    "--profile",
+    "tests/slurm/overlay.yaml",
+    "--configfile",
+    "tests/config/tiny.yaml",
+]
 
 GPU_RULES = {"sft", "rollouts", "dpo", "evaluate"}
 CPU_RULES = {
@@ -67,16 +83,6 @@ def _tail(text: str, n: int = 6000) -> str:
     return text if len(text) <= n else "...\n" + text[-n:]
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    """`over` into `base`: mappings merged key by key, anything else replaced."""
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 @dataclass
 class Run:
     workdir: Path
@@ -93,34 +99,23 @@ class SlurmJob:
     wildcards: str
     partition: str
     alloc_tres: str
+    req_tres: str
+    timelimit: str
     state: str
+
+    @property
+    def seen_by_slurm(self) -> tuple[str, str, str, str]:
+        """What the job asked Slurm for and got: partition, requested and allocated TRES, time limit."""
+        return self.partition, self.req_tres, self.alloc_tres, self.timelimit
 
 
 def run_snakemake(
-    workdir: Path, profile_dir: Path, *args: str, env: dict | None = None, timeout: int = RUN_TIMEOUT, name: str = "run"
+    workdir: Path, *args: str, env: dict | None = None, timeout: int = RUN_TIMEOUT, name: str = "run"
 ) -> Run:
-    """The repo's Snakefile with the Slurm profile in `workdir`, under `timeout -k`."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SFTDPO_")}
-    full_env.update(CLUSTER_ENV)
-    full_env.update(env or {})
-    cmd = [
-        "timeout",
-        "-k",
-        "10",
-        str(timeout),
-        SNAKEMAKE,
-        "--profile",
-        str(profile_dir),
-        "--workflow-profile",
-        "none",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--configfile",
-        str(TINY),
-        "--directory",
-        str(workdir),
-        *args,
-    ]
+    """COMMAND (+ args) in the project copy `workdir`, as a user runs it there, under `timeout -k`;
+    the cluster's partitions come from the environment (CLUSTER_ENV), as a user sets them."""
+    full_env = user_env({**CLUSTER_ENV, **(env or {})}, workdir)
+    cmd = ["timeout", "-k", "10", str(timeout), *COMMAND, *args]
     log_path = workdir.parent / f"{workdir.name}.{name}.snakemake.out"
     started = dt.datetime.now() - dt.timedelta(seconds=5)
     with open(log_path, "w") as log:
@@ -155,7 +150,7 @@ def sacct_jobs(run: Run) -> list[SlurmJob]:
             "--name",
             ",".join(run.run_ids),
             "-o",
-            "JobID,JobName,Partition,AllocTRES,State,Comment",
+            "JobID,JobName,Partition,AllocTRES,ReqTRES,Timelimit,State,Comment",
         ],
         capture_output=True,
         text=True,
@@ -164,18 +159,21 @@ def sacct_jobs(run: Run) -> list[SlurmJob]:
     ).stdout
     jobs = []
     for line in out.splitlines():
-        jobid, _name, partition, tres, state, comment = line.split("|", 5)
+        jobid, _name, partition, tres, req_tres, timelimit, state, comment = line.split("|", 7)
         # snakemake-executor-plugin-slurm: --comment rule_<rule>[_wildcards_<wildcards>]
         m = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", comment)
         assert m, f"job {jobid}: unexpected comment {comment!r}"
-        jobs.append(SlurmJob(int(jobid), m.group(1), m.group(2) or "", partition, tres, state.split()[0]))
+        jobs.append(
+            SlurmJob(int(jobid), m.group(1), m.group(2) or "", partition, tres, req_tres, timelimit, state.split()[0])
+        )
     return sorted(jobs, key=lambda j: j.jobid)
 
 
 def sacct_table(jobs: list[SlurmJob]) -> str:
-    rows = [f"{'job':>6}  {'rule':<15} {'wildcards':<10} {'partition':<9} {'state':<10} alloc_tres"]
+    rows = [f"{'job':>6}  {'rule':<15} {'wildcards':<10} {'partition':<9} {'state':<10} {'timelimit':<9} alloc_tres"]
     rows += [
-        f"{j.jobid:>6}  {j.rule:<15} {j.wildcards:<10} {j.partition:<9} {j.state:<10} {j.alloc_tres}" for j in jobs
+        f"{j.jobid:>6}  {j.rule:<15} {j.wildcards:<10} {j.partition:<9} {j.state:<10} {j.timelimit:<9} {j.alloc_tres}"
+        for j in jobs
     ]
     return "\n".join(rows)
 
@@ -187,8 +185,8 @@ def job_stats(output: str) -> dict[str, int]:
 
 
 def copy_workdir(src: Path, dst: Path) -> Path:
-    """A copy of a finished run (mtimes kept, so Snakemake sees it up to date), without
-    the run's own Slurm and Snakemake logs."""
+    """A copy of a finished run's project directory (mtimes kept, so Snakemake sees it up to
+    date; the .venv link kept), without the run's own Slurm and Snakemake logs."""
 
     def ignore(directory, names):
         return {"slurm_logs", "log", "locks"} & set(names) if Path(directory) == src / ".snakemake" else set()
@@ -236,27 +234,27 @@ def slurm_cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def slurm_profile(tmp_path_factory) -> Path:
-    """profiles/slurm/config.yaml with tests/slurm/overlay.yaml merged in, as a profile dir."""
-    merged = deep_merge(yaml.safe_load(PROFILE.read_text()), yaml.safe_load(OVERLAY.read_text()))
-    profile_dir = tmp_path_factory.mktemp("slurm_profile")
-    (profile_dir / "config.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
-    return profile_dir
-
-
-@pytest.fixture(scope="session")
-def slurm_run(slurm_cluster, slurm_profile, tmp_path_factory) -> Run:
-    """The whole tiny DAG on Slurm, `report` failing on its first attempt (SFTDPO_FAIL_ONCE)."""
+def slurm_run(slurm_cluster, tmp_path_factory) -> Run:
+    """The whole tiny DAG on Slurm through COMMAND in a fresh copy of the project, `report`
+    failing on its first attempt (SFTDPO_FAIL_ONCE)."""
     base = tmp_path_factory.mktemp("slurm_run")
-    workdir = base / "work"
-    workdir.mkdir()
+    workdir = copy_project(base / "sftdpo")
     marker = base / "report.failed-once"
-    run = run_snakemake(workdir, slurm_profile, env={"SFTDPO_FAIL_ONCE": f"report:{marker}"}, name="full")
+    run = run_snakemake(workdir, env={"SFTDPO_FAIL_ONCE": f"report:{marker}"}, name="full")
     try:
         assert run.returncode == 0, describe_failure(run)
+        # The profiles a user gets: the project's by name, the site file, the workflow profile.
+        assert (
+            "Using profiles slurm and tests/slurm/overlay.yaml and workflow specific profile profiles/default"
+        ) in run.output, _tail(run.output)
         yield run
     finally:
         _cancel(run)
+
+
+def minutes(n: int) -> str:
+    """sacct's Timelimit for n minutes (under a day)."""
+    return f"{n // 60:02d}:{n % 60:02d}:00"
 
 
 def _cancel(run: Run) -> None:
@@ -322,15 +320,17 @@ def test_jobs_ran_in_the_right_partition(slurm_run):
             assert job.partition == "cpu" and "gres/gpu" not in job.alloc_tres, table
     evaluated = {j.wildcards for j in jobs if j.rule == "evaluate" and j.state == "COMPLETED"}
     assert evaluated == {"base", "sft", "dpo"}, table
-    # GPU jobs are sized by the config (`<stage>.resources`), not by the profile.
+    # GPU jobs are sized by the config (`<stage>.resources`), CPU jobs by the profile's
+    # default-resources (the site file, a second profile, leaves them alone).
     tiny = yaml.safe_load(TINY.read_text())
     max_threads = yaml.safe_load(OVERLAY.read_text())["max-threads"]
+    defaults = yaml.safe_load(PROFILE.read_text())["default-resources"]
     for job in jobs:
-        if job.rule in GPU_RULES:
-            size = tiny[job.rule]["resources"]
-            tres = dict(item.split("=", 1) for item in job.alloc_tres.split(","))
-            assert tres["mem"] == f"{size['mem_mb']}M", table
-            assert tres["cpu"] == str(min(size["threads"], max_threads)), table
+        tres = dict(item.split("=", 1) for item in job.alloc_tres.split(","))
+        size = tiny[job.rule]["resources"] if job.rule in GPU_RULES else {**defaults, "threads": 1}
+        assert tres["mem"] == f"{size['mem_mb']}M", table
+        assert tres["cpu"] == str(min(size["threads"], max_threads)), table
+        assert job.timelimit == minutes(size["runtime"]), table
 
 
 def test_summary_has_the_shape_of_a_local_run(slurm_run, request):
@@ -371,14 +371,13 @@ def test_retries_recover_from_a_failed_attempt(slurm_run):
     assert "Trying to restart job" in slurm_run.output
 
 
-def test_failing_rule_and_its_slurm_log_are_reported(slurm_run, slurm_profile, tmp_path):
+def test_failing_rule_and_its_slurm_log_are_reported(slurm_run, tmp_path):
     """SFTDPO_FAIL_ALWAYS=report: non-zero exit; the output names the rule and the failed
     job's Slurm log, which holds the error.  `--retries 0` (retries are proven above) saves
     an attempt and the status-check back-off that follows it (~30 s)."""
     workdir = copy_workdir(slurm_run.workdir, tmp_path / "work")
     run = run_snakemake(
         workdir,
-        slurm_profile,
         "--forcerun",
         "report",
         "--retries",
@@ -403,12 +402,11 @@ def test_failing_rule_and_its_slurm_log_are_reported(slurm_run, slurm_profile, t
         _cancel(run)
 
 
-def test_gpu_job_sent_to_the_cpu_partition_is_refused(slurm_run, slurm_profile, tmp_path):
+def test_gpu_job_sent_to_the_cpu_partition_is_refused(slurm_run, tmp_path):
     """The partition guard (QOS cpuonly) rejects a GPU job at sbatch time, and Snakemake says so."""
     workdir = copy_workdir(slurm_run.workdir, tmp_path / "work")
     run = run_snakemake(
         workdir,
-        slurm_profile,
         "--forcerun",
         "evaluate",
         "--until",
@@ -425,3 +423,68 @@ def test_gpu_job_sent_to_the_cpu_partition_is_refused(slurm_run, slurm_profile, 
         assert sacct_jobs(run) == []
     finally:
         _cancel(run)
+
+
+def test_workflow_profile_changes_nothing_slurm_sees(slurm_run, tmp_path):
+    """The same jobs run with `--workflow-profile none` (evaluate x3 on GPU, report on CPU) get
+    exactly the partition, requested and allocated TRES and time limit that they got in the
+    run above, where Snakemake applied profiles/default on top of the Slurm profile."""
+    workdir = copy_workdir(slurm_run.workdir, tmp_path / "work")
+    run = run_snakemake(
+        workdir,
+        "--forcerun",
+        "evaluate",
+        *ONLY_FORCED,
+        "--workflow-profile",
+        "none",
+        timeout=SHORT_TIMEOUT,
+        name="no-workflow-profile",
+    )
+    try:
+        assert run.returncode == 0, describe_failure(run)
+        assert "workflow specific profile" not in run.output
+        without = sacct_jobs(run)
+        with_default = {(j.rule, j.wildcards): j for j in sacct_jobs(slurm_run) if j.state == "COMPLETED"}
+        print("with profiles/default:\n" + sacct_table(list(with_default.values())))
+        print("with --workflow-profile none:\n" + sacct_table(without))
+        assert sorted((j.rule, j.wildcards, j.state) for j in without) == [
+            ("evaluate", "base", "COMPLETED"),
+            ("evaluate", "dpo", "COMPLETED"),
+            ("evaluate", "sft", "COMPLETED"),
+            ("report", "", "COMPLETED"),
+        ], sacct_table(without)
+        for job in without:
+            assert job.seen_by_slurm == with_default[(job.rule, job.wildcards)].seen_by_slurm, (
+                f"{job.rule} {job.wildcards}: {job.seen_by_slurm} without the workflow profile, "
+                f"{with_default[(job.rule, job.wildcards)].seen_by_slurm} with it"
+            )
+    finally:
+        _cancel(run)
+
+
+def test_documented_slurm_commands_work(slurm_run):
+    """The README's squeue / sacct / scancel / tail commands (tests/doc_commands.py, mode
+    `slurm`), run in the finished run's project directory with its SLURM run ID."""
+    commands = [c for c in documented_commands() if c.mode == "slurm"]
+    assert {c.command.split()[0] for c in commands} >= {"squeue", "sacct", "scancel", "tail"}
+    for doc in commands:
+        script = doc.script({"<SLURM run ID>": slurm_run.run_ids[0]})
+        if script.startswith("tail -f"):
+            script = f"timeout 3 {script}"  # follows the log forever: stop it after 3 s
+        proc = subprocess.run(
+            ["bash", "-c", script],
+            cwd=slurm_run.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=user_env(CLUSTER_ENV, slurm_run.workdir),
+        )
+        out = proc.stdout + proc.stderr
+        if script.startswith("timeout 3 tail -f"):
+            assert proc.returncode == 124 and "100%) done" in out, f"$ {script}\n{out[-3000:]}"
+            continue
+        assert proc.returncode == 0, f"{doc.source}: $ {script}\nexited {proc.returncode}:\n{out[-3000:]}"
+        if script.startswith("sacct"):
+            assert "rule_evaluate_wildcards_dpo" in out and "gres/gpu=1" in out, out
+        if script.startswith("squeue"):
+            assert "PARTITION" in out, out

@@ -6,6 +6,7 @@ rule rollouts:
     input:
         model="results/sft/adapter",
         train="results/data/train.parquet",
+        val="results/data/val.parquet",
     output:
         "results/rollouts/shards/{shard}.parquet",
     log:
@@ -23,6 +24,7 @@ rule rollouts:
         code=code_fingerprint("sftdpo.rollouts"),
         n_shards=config["rollouts"]["shards"],
         n_prompts=config["rollouts"]["n_prompts"],
+        n_val_prompts=config["rollouts"]["n_val_prompts"],
         k=config["rollouts"]["k"],
         temperature=config["rollouts"]["temperature"],
         top_p=config["rollouts"]["top_p"],
@@ -59,7 +61,8 @@ rule merge_rollouts:
 rule preferences:
     """Preference pairs: correct over incorrect, then better over worse (TRL format)."""
     input:
-        "results/rollouts/rollouts.parquet",
+        rollouts="results/rollouts/rollouts.parquet",
+        tokenizer="results/sft/adapter",
     output:
         pairs="results/prefs/pairs.parquet",
         report="results/prefs/report.json",

@@ -90,6 +90,9 @@ def test_hf_model_lora_sft_dpo_and_evaluation(hf_dir, tmp_path):
         train=TRAIN,
         beta=0.1,
         loss_type=["sigmoid"],
+        loss_weights=None,
+        label_smoothing=0.0,
+        dpop_lambda=0.0,
         lora=None,
         seed=0,
     )

@@ -2,7 +2,16 @@ import pandas as pd
 import pytest
 
 from sftdpo.io import read_json, read_parquet, write_parquet
-from sftdpo.preferences import build_preferences, pairs_for_prompt
+from sftdpo.modeling import load_tokenizer, train_tokenizer
+from sftdpo.preferences import build_preferences, pairs_for_prompt, shared_prefix
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """A tokenizer directory as the SFT model's (digits are single tokens)."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer([f"{a}+{b}={a + b}\n#### {a + b}" for a in range(10) for b in range(10)], 280).save_pretrained(path)
+    return str(path)
 
 
 def samples(spec):
@@ -30,20 +39,23 @@ def test_cap_and_margin():
     assert quality == []  # 0.01 apart < margin
 
 
-def test_build_preferences_writes_trl_format(tmp_path):
+def test_build_preferences_writes_trl_format(tmp_path, tokenizer_dir):
     rows = []
-    for pid, outcomes in [("p1", [True, False, False, True]), ("p2", [True] * 4), ("p3", [False] * 4)]:
+    prompts = [("p1", [True, False, False, True]), ("p2", [True] * 4), ("p3", [False] * 4), ("v1", [False, True])]
+    for pid, outcomes in prompts:
         for j, ok in enumerate(outcomes):
             rows.append(
                 {
                     "id": f"{pid}:0:{j}",
                     "prompt_id": pid,
+                    "split": "val" if pid.startswith("v") else "train",
                     "variant": 0,
                     "sample": j,
                     "task": "arithmetic",
                     "difficulty": "2",
                     "prompt": f"What is {pid}?",
-                    "completion": f"{pid}-{j}",
+                    # Right and wrong answers share the steps' first tokens: "1+2=" then 3 or 4.
+                    "completion": f"1+2={3 if ok else 4}\n#### {3 if ok else 4}{'' if j < 2 else ' ' * j}",
                     "correct": ok,
                     "score": float(ok),
                 }
@@ -51,26 +63,43 @@ def test_build_preferences_writes_trl_format(tmp_path):
     write_parquet(pd.DataFrame(rows), tmp_path / "r.parquet")
     report = build_preferences(
         rollouts_path=str(tmp_path / "r.parquet"),
+        tokenizer_dir=tokenizer_dir,
         pairs_path=str(tmp_path / "p.parquet"),
         report_path=str(tmp_path / "p.json"),
         max_pairs_per_prompt=3,
         quality_margin=0.5,
     )
     pairs = read_parquet(tmp_path / "p.parquet")
-    assert len(pairs) == 3 and set(pairs["prompt_id"]) == {"p1"}
-    first = pairs.iloc[0]
+    train = pairs[pairs["split"] == "train"]
+    assert len(train) == 3 and set(train["prompt_id"]) == {"p1"}
+    assert pairs.loc[pairs["split"] == "val", "prompt_id"].tolist() == ["v1"]  # DPO's held-out pair
+    first = train.iloc[0]
     assert list(first["prompt"]) == [{"role": "user", "content": "What is p1?"}]
-    assert first["chosen"][0]["role"] == "assistant" and first["chosen"][0]["content"] in {"p1-0", "p1-3"}
-    assert first["rejected"][0]["content"] in {"p1-1", "p1-2"}
-    assert report["prompts_by_outcome"] == {"all_correct": 1, "all_wrong": 1, "mixed": 1}
+    assert first["chosen"][0]["role"] == "assistant" and first["chosen"][0]["content"].startswith("1+2=3")
+    assert first["rejected"][0]["content"].startswith("1+2=4")
+    assert report["prompts_by_outcome"] == {
+        "train": {"all_correct": 1, "all_wrong": 1, "mixed": 1},
+        "val": {"mixed": 1},
+    }
+    assert report["n_pairs"] == 3 and report["n_heldout_pairs"] == 1
     assert read_json(tmp_path / "p.json")["pairs_by_kind"] == {"correctness": 3}
+    # The first divergent token is the answer digit: the pair shares exactly the tokens of "1+2=".
+    shared = len(load_tokenizer(tokenizer_dir)("1+2=")["input_ids"])
+    assert shared == 4 and (pairs["shared_tokens"] == shared).all()
+    assert report["shared_tokens"]["mean"] == shared and report["shared_tokens"]["pairs_sharing_half_or_more"] == 0
 
 
-def test_no_pairs_is_a_clear_error(tmp_path):
+def test_shared_prefix():
+    assert shared_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert shared_prefix([1, 2], [1, 2, 3]) == 2 and shared_prefix([7], [8]) == 0 and shared_prefix([], [1]) == 0
+
+
+def test_no_pairs_is_a_clear_error(tmp_path, tokenizer_dir):
     rows = [
         {
             "id": f"p:0:{j}",
             "prompt_id": "p",
+            "split": "train",
             "variant": 0,
             "sample": j,
             "task": "t",
@@ -86,6 +115,7 @@ def test_no_pairs_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no preference pairs"):
         build_preferences(
             rollouts_path=str(tmp_path / "r.parquet"),
+            tokenizer_dir=tokenizer_dir,
             pairs_path=str(tmp_path / "p.parquet"),
             report_path=str(tmp_path / "p.json"),
             max_pairs_per_prompt=3,

@@ -30,6 +30,7 @@ EDGES = {
     ("base_model", "evaluate"),
     ("rollouts", "merge_rollouts"),
     ("merge_rollouts", "preferences"),
+    ("sft", "preferences"),
     ("preferences", "dpo"),
     ("preferences", "report"),
     ("dpo", "evaluate"),
@@ -160,12 +161,20 @@ def test_end_to_end_artifacts(tiny_run):
     with h5py.File(r("data/tokens.h5")) as h5:
         assert h5["tokens"].shape == (len(validated), 96, 3)
     rollouts = read_parquet(r("rollouts/rollouts.parquet"))
-    assert len(rollouts) == 40 * 4 and rollouts["id"].is_unique
+    assert len(rollouts) == (40 + 16) * 4 and rollouts["id"].is_unique
+    assert rollouts.groupby("split")["prompt_id"].nunique().to_dict() == {"train": 40, "val": 16}
+    assert set(rollouts.loc[rollouts["split"] == "val", "prompt_id"]) <= set(splits["val"]["id"])
     pairs = read_parquet(r("prefs/pairs.parquet"))
-    assert len(pairs) > 0 and {"prompt", "chosen", "rejected", "kind"} <= set(pairs.columns)
+    assert len(pairs) > 0 and {"prompt", "chosen", "rejected", "kind", "split", "shared_tokens"} <= set(pairs.columns)
+    assert (pairs["shared_tokens"] >= 0).all() and set(pairs["split"]) <= {"train", "val"}
     sft = json.loads(r("sft/metrics.json").read_text())
     dpo = json.loads(r("dpo/metrics.json").read_text())
     assert sft["global_step"] == 200 and dpo["global_step"] == 10
+    assert (
+        dpo["n_pairs"] == (pairs["split"] == "train").sum()
+        and dpo["n_heldout_pairs"] == (pairs["split"] == "val").sum()
+    )
+    assert dpo["diagnostics"]["train"]["steps"][1] == 10 and "verdict" in dpo["diagnostics"]
     assert (r("dpo/adapter") / "adapter_config.json").exists()  # LoRA over the full SFT model
     assert (
         json.loads((r("dpo/adapter") / "adapter_config.json").read_text())["base_model_name_or_path"]

@@ -9,6 +9,21 @@ from __future__ import annotations
 from typing import Any
 
 NEEDS_OPTIONS = ("teacher", "policy", "files")
+# DPO loss terms sftdpo computes itself (sftdpo.dpo.preference_loss); the first two are not in TRL.
+DPO_NOT_IN_TRL = ("dpop", "cdpo")
+DPO_OWN_LOSSES = ("sigmoid", "sft", *DPO_NOT_IN_TRL)
+
+
+def loss_problems(loss_type: list[str], loss_weights: list[float] | None) -> list[str]:
+    """What is wrong with a `dpo.loss_type` / `dpo.loss_weights` combination."""
+    problems = []
+    if loss_weights is not None and len(loss_weights) != len(loss_type):
+        problems.append(f"dpo.loss_weights has {len(loss_weights)} weights for {len(loss_type)} loss types {loss_type}")
+    others = sorted(set(loss_type) - set(DPO_OWN_LOSSES))
+    if any(t in DPO_NOT_IN_TRL for t in loss_type) and others:
+        problems.append(f"dpo.loss_type {loss_type}: {list(DPO_NOT_IN_TRL)} combine only with "
+                        f"{list(DPO_OWN_LOSSES)}, not with {others}")  # fmt: skip
+    return problems
 
 
 def config_problems(config: dict[str, Any]) -> list[str]:
@@ -34,6 +49,7 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             f"to {rows} tokens would be cut during training; raise sft.train.max_length or lower "
             "convert.max_length"
         )
+    problems += loss_problems(config["dpo"]["loss_type"], config["dpo"]["loss_weights"])
     return problems
 
 

@@ -1,8 +1,9 @@
 """Preference pairs from scored rollouts, in TRL's conversational preference format.
 
-Per prompt: correctness pairs first (a correct sample chosen over an incorrect one), then quality
-pairs among correct samples whose scores differ by at least `quality_margin`; at most
-`max_pairs_per_prompt` in all; identical completions are deduplicated before pairing.
+Per prompt (train and val prompts alike; `split` says which): correctness pairs first (a correct sample
+chosen over an incorrect one), then quality pairs among correct samples whose scores differ by at least
+`quality_margin`; at most `max_pairs_per_prompt` in all; identical completions are deduplicated before
+pairing. `shared_tokens` says how many leading tokens a pair's two completions share.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sftdpo.chat import chat_messages
 from sftdpo.io import read_parquet, write_json, write_parquet
+from sftdpo.modeling import load_tokenizer
 from sftdpo.tables import PAIR_COLUMNS
 
 
@@ -43,15 +46,55 @@ def pairs_for_prompt(samples: pd.DataFrame, *, max_pairs: int, quality_margin: f
     ]
 
 
+def by_outcome(outcomes: Counter) -> dict[str, dict[str, int]]:
+    """Prompts by outcome of their samples (all correct, all wrong, mixed), per split."""
+    out: dict[str, dict[str, int]] = {}
+    for (split, outcome), n in sorted(outcomes.items()):
+        out.setdefault(split, {})[outcome] = n
+    return out
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences share: the position of the first divergent token."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def describe_shared(pairs: pd.DataFrame, chosen_lengths: list[int]) -> dict[str, Any]:
+    """How close chosen and rejected are: shared leading tokens, overall and as a share of the chosen length."""
+    shared = pairs["shared_tokens"].to_numpy()
+    share = shared / np.maximum(np.asarray(chosen_lengths), 1)
+    return {
+        "mean": float(shared.mean()),
+        "median": float(np.median(shared)),
+        "p90": float(np.percentile(shared, 90)),
+        "mean_share_of_chosen": float(share.mean()),
+        "pairs_sharing_half_or_more": int((share >= 0.5).sum()),
+        "by_kind": {k: float(g["shared_tokens"].mean()) for k, g in pairs.groupby("kind", sort=True)},
+    }
+
+
 def build_preferences(
-    *, rollouts_path: str, pairs_path: str, report_path: str, max_pairs_per_prompt: int, quality_margin: float
+    *,
+    rollouts_path: str,
+    tokenizer_dir: str,
+    pairs_path: str,
+    report_path: str,
+    max_pairs_per_prompt: int,
+    quality_margin: float,
 ) -> dict[str, Any]:
     rollouts = read_parquet(rollouts_path)
     rows: list[dict[str, Any]] = []
     outcomes: Counter = Counter()
     for (prompt_id, variant), samples in rollouts.groupby(["prompt_id", "variant"], sort=True):
+        split = samples["split"].iloc[0]
         n_correct = int(samples["correct"].sum())
-        outcomes["all_correct" if n_correct == len(samples) else "all_wrong" if n_correct == 0 else "mixed"] += 1
+        outcome = "all_correct" if n_correct == len(samples) else "all_wrong" if n_correct == 0 else "mixed"
+        outcomes[(split, outcome)] += 1
         first = samples.iloc[0]
         for i, pair in enumerate(
             pairs_for_prompt(samples, max_pairs=max_pairs_per_prompt, quality_margin=quality_margin)
@@ -60,6 +103,7 @@ def build_preferences(
                 {
                     "id": f"{prompt_id}:{variant}:{i}",
                     "prompt_id": prompt_id,
+                    "split": split,
                     "task": first["task"],
                     "difficulty": first["difficulty"],
                     "prompt": chat_messages(first["prompt"])["prompt"],
@@ -68,12 +112,14 @@ def build_preferences(
                     "kind": pair["kind"],
                     "chosen_score": pair["chosen_score"],
                     "rejected_score": pair["rejected_score"],
+                    "shared_tokens": 0,
                 }
             )
     pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS)
-    if pairs.empty:
+    if not (pairs["split"] == "train").any():
         raise ValueError(
-            f"{rollouts_path}: no preference pairs ({dict(outcomes)} prompts by outcome); raise rollouts.k or "
+            f"{rollouts_path}: no preference pairs from train prompts ({by_outcome(outcomes)} prompts by outcome); "
+            "raise rollouts.k or "
             "rollouts.temperature so prompts get both correct and incorrect samples"
         )
     key = (
@@ -84,13 +130,24 @@ def build_preferences(
         + pairs["rejected"].map(lambda m: m[0]["content"])
     )
     pairs = pairs[~key.duplicated()].reset_index(drop=True)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    chosen = [tokenizer(m[0]["content"])["input_ids"] for m in pairs["chosen"]]
+    rejected = [tokenizer(m[0]["content"])["input_ids"] for m in pairs["rejected"]]
+    pairs["shared_tokens"] = [shared_prefix(c, r) for c, r in zip(chosen, rejected)]
+    train = pairs["split"] == "train"
     report = {
-        "n_pairs": int(len(pairs)),
+        "n_pairs": int(train.sum()),
+        "n_heldout_pairs": int((~train).sum()),
         "n_rollouts": int(len(rollouts)),
         "rollout_accuracy": float(rollouts["correct"].mean()),
-        "pairs_by_kind": {k: int(v) for k, v in sorted(Counter(pairs["kind"]).items())},
-        "pairs_by_difficulty": {str(k): int(v) for k, v in sorted(Counter(pairs["difficulty"]).items())},
-        "prompts_by_outcome": dict(sorted(outcomes.items())),
+        "rollout_accuracy_by_split": {s: float(g["correct"].mean()) for s, g in rollouts.groupby("split")},
+        "pairs_by_split": {s: int(v) for s, v in sorted(Counter(pairs["split"]).items())},
+        "pairs_by_kind": {k: int(v) for k, v in sorted(Counter(pairs.loc[train, "kind"]).items())},
+        "pairs_by_difficulty": {str(k): int(v) for k, v in sorted(Counter(pairs.loc[train, "difficulty"]).items())},
+        "prompts_by_outcome": by_outcome(outcomes),
+        # Pairs that share most of their tokens (math answers differing in a digit) are where plain DPO
+        # lowers the chosen likelihood too (Pal et al. 2024, DPO-Positive).
+        "shared_tokens": describe_shared(pairs[train], [len(c) for c, t in zip(chosen, train) if t]),
         "max_pairs_per_prompt": max_pairs_per_prompt,
         "quality_margin": quality_margin,
     }

@@ -124,6 +124,9 @@ def markdown(summary: dict[str, Any], extras: dict[str, Any]) -> str:
     lines += ["", "| delta | mean | 95% CI (paired bootstrap) |", "|---|---|---|"]
     for name, d in summary["deltas"].items():
         lines.append(f"| {name} | {d['mean']:+.3f} | [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] |")
+    verdict = summary.get("dpo_diagnostics", {}).get("verdict")
+    if verdict:
+        lines += ["", f"DPO: {verdict}."]
     for title, data in extras.items():
         lines += ["", f"## {title}", "", "```json", _short_json(data), "```"]
     return "\n".join(lines) + "\n"
@@ -153,6 +156,15 @@ def make_report(
         extras[name] = {k: v for k, v in data.items() if k != "log_history"}
     summary["inputs"] = {
         name: {k: v for k, v in data.items() if not isinstance(v, (list, dict))} for name, data in extras.items()
+    }
+    # Did DPO lower the chosen completions' likelihood (the low-edit-distance failure)? The answer, and how
+    # close the pairs are, in the summary a person reads first.
+    diagnostics = extras.get("dpo", {}).get("diagnostics", {})
+    summary["dpo_diagnostics"] = {
+        "verdict": diagnostics.get("verdict"),
+        "heldout": diagnostics.get("heldout"),
+        "train": diagnostics.get("train"),
+        "pair_shared_tokens": extras.get("preferences", {}).get("shared_tokens"),
     }
     plot_comparison(evals, summary, plot_path, n_samples=n_samples, seed=seed)
     with atomic_path(markdown_path) as tmp:

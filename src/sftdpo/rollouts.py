@@ -1,4 +1,7 @@
-"""Rollouts: k sampled completions per train prompt from the SFT model, scored by the verifier.
+"""Rollouts: k sampled completions per prompt from the SFT model, scored by the verifier.
+
+The prompts are `n_prompts` of the train split (DPO trains on their pairs) and `n_val_prompts` of the
+val split (their pairs are DPO's held-out evaluation set); each row says its `split`.
 
 Prompts are sharded; each shard records rows as it goes (resumable) and writes its parquet at the end.
 Score = correctness + a small format bonus - a length penalty, so preference building can rank
@@ -37,11 +40,13 @@ def rollout_shard(
     *,
     model_dir: str,
     train_path: str,
+    val_path: str,
     out_path: str,
     work_dir: str,
     shard: int,
     n_shards: int,
     n_prompts: int,
+    n_val_prompts: int,
     k: int,
     temperature: float,
     top_p: float,
@@ -63,6 +68,7 @@ def rollout_shard(
             {
                 "n_shards": n_shards,
                 "n_prompts": n_prompts,
+                "n_val_prompts": n_val_prompts,
                 "k": k,
                 "temperature": temperature,
                 "top_p": top_p,
@@ -73,12 +79,18 @@ def rollout_shard(
                 "task_options": task_options,
                 "seed": seed,
                 "code": code_fingerprint("sftdpo.rollouts"),
-                "inputs": [file_digest(model_dir), file_digest(train_path)],
+                "inputs": [file_digest(model_dir), file_digest(train_path), file_digest(val_path)],
             },
         )
         / f"{shard}.jsonl"
     )
-    prompts = select_prompts(read_parquet(train_path), n_prompts, seed).iloc[shard::n_shards]
+    prompts = pd.concat(
+        [
+            select_prompts(read_parquet(train_path), n_prompts, seed).assign(split="train"),
+            select_prompts(read_parquet(val_path), n_val_prompts, seed).assign(split="val"),
+        ],
+        ignore_index=True,
+    ).iloc[shard::n_shards]
     items = [
         (row, v, template.format(prompt=row.prompt[0]["content"]))
         for row in prompts.itertuples(index=False)
@@ -134,6 +146,7 @@ def rollout_shard(
                     {
                         "id": f"{row.id}:{variant}:{j}",
                         "prompt_id": row.id,
+                        "split": row.split,
                         "variant": variant,
                         "sample": j,
                         "task": row.task,

@@ -13,10 +13,12 @@ import numpy as np
 # results/demos/*.parquet: one expert demonstration a row.
 DEMO_COLUMNS = ["id", "task", "difficulty", "prompt", "completion", "answer", "expert", "correct", "meta"]
 
-# results/rollouts/*.parquet: one sampled completion a row, scored by the task's verifier.
+# results/rollouts/*.parquet: one sampled completion a row, scored by the task's verifier; `split` is the
+# split its prompt came from (train: DPO trains on its pairs; val: DPO's held-out pairs).
 ROLLOUT_COLUMNS = [
     "id",
     "prompt_id",
+    "split",
     "variant",
     "sample",
     "task",
@@ -35,9 +37,12 @@ ROLLOUT_COLUMNS = [
 ]
 
 # results/prefs/pairs.parquet: TRL's conversational preference format plus lineage and scores.
+# `split` as in the rollouts; `shared_tokens`: how many leading completion tokens chosen and rejected share
+# (the first divergent token's position).
 PAIR_COLUMNS = [
     "id",
     "prompt_id",
+    "split",
     "task",
     "difficulty",
     "prompt",
@@ -46,6 +51,7 @@ PAIR_COLUMNS = [
     "kind",
     "chosen_score",
     "rejected_score",
+    "shared_tokens",
 ]
 
 # results/eval/{stage}.parquet: one test item a row.

@@ -24,6 +24,9 @@ kwargs = dict(
     train=p.train,
     beta=p.beta,
     loss_type=p.loss_type,
+    loss_weights=p.loss_weights,
+    label_smoothing=p.label_smoothing,
+    dpop_lambda=p.dpop_lambda,
     lora=p.lora,
     seed=p.seed,
 )

@@ -11,7 +11,8 @@ sm = snakemake  # noqa: F821
 run(
     sm,
     lambda: build_preferences(
-        rollouts_path=sm.input[0],
+        rollouts_path=sm.input.rollouts,
+        tokenizer_dir=sm.input.tokenizer,
         pairs_path=sm.output.pairs,
         report_path=sm.output.report,
         max_pairs_per_prompt=sm.params.max_pairs_per_prompt,

@@ -14,11 +14,13 @@ run(
     lambda: rollout_shard(
         model_dir=i.model,
         train_path=i.train,
+        val_path=i.val,
         out_path=sm.output[0],
         work_dir=p.work_dir,
         shard=int(sm.wildcards.shard),
         n_shards=p.n_shards,
         n_prompts=p.n_prompts,
+        n_val_prompts=p.n_val_prompts,
         k=p.k,
         temperature=p.temperature,
         top_p=p.top_p,

@@ -10,6 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
+# The pipeline's rules in DAG order, and the ones that run on a GPU when one is there.
+RULES = ["base_model", "collect", "merge_demos", "validate", "convert", "split", "sft", "rollouts", "merge_rollouts",
+         "preferences", "dpo", "evaluate", "report", "all"]  # fmt: skip
+GPU_RULES = {"sft", "rollouts", "dpo", "evaluate"}
 
 
 def snakemake(*args, cwd, check=True, timeout=1800, env=None):

@@ -6,27 +6,12 @@ import shutil
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, job_counts, snakemake
+from conftest import ROOT, RULES, TINY, job_counts, snakemake
 from sftdpo.io import read_parquet
 
 pytestmark = pytest.mark.e2e
 
-DOWNSTREAM = [
-    "base_model",
-    "collect",
-    "merge_demos",
-    "validate",
-    "convert",
-    "split",
-    "sft",
-    "rollouts",
-    "merge_rollouts",
-    "preferences",
-    "dpo",
-    "evaluate",
-    "report",
-    "all",
-]
+DOWNSTREAM = RULES
 SHARDED = {"collect": 2, "rollouts": 2}
 
 

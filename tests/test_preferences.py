@@ -39,6 +39,19 @@ def test_cap_and_margin():
     assert quality == []  # 0.01 apart < margin
 
 
+def build(tmp_path, tokenizer_dir, rollout_rows):
+    """build_preferences on these rollout rows (at most 3 pairs a prompt, quality margin 0.5)."""
+    write_parquet(pd.DataFrame(rollout_rows), tmp_path / "r.parquet")
+    return build_preferences(
+        rollouts_path=str(tmp_path / "r.parquet"),
+        tokenizer_dir=tokenizer_dir,
+        pairs_path=str(tmp_path / "p.parquet"),
+        report_path=str(tmp_path / "p.json"),
+        max_pairs_per_prompt=3,
+        quality_margin=0.5,
+    )
+
+
 def test_build_preferences_writes_trl_format(tmp_path, tokenizer_dir):
     rows = []
     prompts = [("p1", [True, False, False, True]), ("p2", [True] * 4), ("p3", [False] * 4), ("v1", [False, True])]
@@ -60,15 +73,7 @@ def test_build_preferences_writes_trl_format(tmp_path, tokenizer_dir):
                     "score": float(ok),
                 }
             )
-    write_parquet(pd.DataFrame(rows), tmp_path / "r.parquet")
-    report = build_preferences(
-        rollouts_path=str(tmp_path / "r.parquet"),
-        tokenizer_dir=tokenizer_dir,
-        pairs_path=str(tmp_path / "p.parquet"),
-        report_path=str(tmp_path / "p.json"),
-        max_pairs_per_prompt=3,
-        quality_margin=0.5,
-    )
+    report = build(tmp_path, tokenizer_dir, rows)
     pairs = read_parquet(tmp_path / "p.parquet")
     train = pairs[pairs["split"] == "train"]
     assert len(train) == 3 and set(train["prompt_id"]) == {"p1"}
@@ -111,13 +116,5 @@ def test_no_pairs_is_a_clear_error(tmp_path, tokenizer_dir):
         }
         for j in range(2)
     ]
-    write_parquet(pd.DataFrame(rows), tmp_path / "r.parquet")
     with pytest.raises(ValueError, match="no preference pairs"):
-        build_preferences(
-            rollouts_path=str(tmp_path / "r.parquet"),
-            tokenizer_dir=tokenizer_dir,
-            pairs_path=str(tmp_path / "p.parquet"),
-            report_path=str(tmp_path / "p.json"),
-            max_pairs_per_prompt=3,
-            quality_margin=0.5,
-        )
+        build(tmp_path, tokenizer_dir, rows)

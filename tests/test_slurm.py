@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import user_env
+from conftest import GPU_RULES, RULES, user_env
 from doc_commands import copy_project, documented_commands
 
 pytestmark = pytest.mark.slurm
@@ -54,18 +54,7 @@ COMMAND = [
     "tests/config/tiny.yaml",
 ]
 
-GPU_RULES = {"sft", "rollouts", "dpo", "evaluate"}
-CPU_RULES = {
-    "base_model",
-    "collect",
-    "merge_demos",
-    "validate",
-    "convert",
-    "split",
-    "merge_rollouts",
-    "preferences",
-    "report",
-}
+CPU_RULES = set(RULES) - GPU_RULES - {"all"}
 # What a user of the profile sets for this cluster (see profiles/slurm/config.yaml).
 CLUSTER_ENV = {"SFTDPO_CPU_PARTITION": "cpu", "SFTDPO_GPU_PARTITION": "gpu"}
 

@@ -14,6 +14,7 @@ EDGES = {
     ("base_model", "convert"),
     ("collect", "merge_demos"),
     ("merge_demos", "validate"),
+    ("collect", "validate"),  # the shard summaries: rows the importer could not read
     ("validate", "convert"),
     ("validate", "report"),
     ("convert", "split"),

@@ -323,5 +323,6 @@ class FilesExpert(Expert):
                     sorted(Counter(f"{b['field']}: {b['reason'].split(' (')[0]}" for b in self.bad).items())
                 ),
                 "bad": [b["message"] for b in self.bad[:MAX_REPORTED]],
+                "bad_records": [{k: v for k, v in b.items() if k != "message"} for b in self.bad[:MAX_REPORTED]],
             }
         }

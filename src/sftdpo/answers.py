@@ -191,7 +191,7 @@ def answer_pattern(spec: str | None) -> AnswerPattern:
             f"collect.files.answer_pattern: the regular expression {spec!r} needs a group named answer, "
             "e.g. '^Answer: (?P<answer>.+)$'"
         )
-    return AnswerPattern(spec, regex, repr(spec))
+    return AnswerPattern(spec, regex, "collect.files.answer_pattern")
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,8 @@ def final_answer(completion: str, pattern: AnswerPattern) -> FinalAnswer | None:
         return None
     match = matches[-1]
     raw = match.group("answer").strip()
-    inner = re.sub(r"^\\text\{(.*)\}$", r"\1", raw.strip("$ ")).replace("\\%", "%").replace("\\$", "$")
+    inner = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"\1/\2", raw.strip("$ "))  # LaTeX \frac{1}{4}
+    inner = re.sub(r"\\text\{([^{}]*)\}", r"\1", inner).replace("\\%", "%").replace("\\$", "$")
     value = parse_number(re.sub(r"\\[,!; ]", "", inner))
     start, end = match.span()
     line_start = completion.rfind("\n", 0, start) + 1

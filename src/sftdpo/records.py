@@ -212,8 +212,9 @@ def _csv(path: str, errors: str) -> Iterator[Record]:
             error = f"{len(header) + len(row[None])} fields, the header has {len(header)}"
         elif any(v is None for v in row.values()):
             error = f"{sum(v is not None for v in row.values())} fields, the header has {len(header)}"
-        last = reader.line_num
-        yield Record(path, "line", reader.line_num, index, None if error else dict(row), error)
+        first, last = last + 1, reader.line_num
+        # The line a row starts on (a quoted field may span several lines).
+        yield Record(path, "line", first, index, None if error else dict(row), error)
 
 
 def _parquet(path: str) -> Iterator[Record]:

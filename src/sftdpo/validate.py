@@ -190,6 +190,11 @@ def reason_kind(reason: str) -> str:
     return reason[:cut]
 
 
+def _bad_kind(bad: dict[str, Any]) -> str:
+    kind = reason_kind(bad["reason"])
+    return f"{bad['field']}: {kind}" if bad.get("field") else kind
+
+
 def _source(meta: Any) -> tuple[str | None, int | None]:
     """(file, line or row) a demonstration came from, when its meta records one (imports, GSM8K problems)."""
     try:
@@ -269,9 +274,7 @@ def validate(
     stats = statistics(checked)
     stats["import"] = {
         "n_bad_rows": len(bad_rows),
-        "bad_by_reason": dict(
-            sorted(Counter(f"{b.get('field')}: {reason_kind(b['reason'])}" for b in bad_rows).items())
-        ),
+        "bad_by_reason": dict(sorted(Counter(_bad_kind(b) for b in bad_rows).items())),
     }
     failed = check_gates(stats, gates)
     stats["gates"] = {"config": gates, "failed": failed, "passed": not failed}

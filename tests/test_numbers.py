@@ -135,6 +135,9 @@ def test_two_numbers_are_not_one_answer(a, b, joiner):
         ("25%", "25"),
         ("\u2212$5", "-5"),
         ("7.", "7"),
+        ("1\u00bd", "1.5"),
+        ("\u2212\u00be", "-0.75"),
+        ("\u2153", "1/3"),
     ],
 )
 def test_the_forms_of_the_issue(text, value):

@@ -7,7 +7,7 @@ A number is read to an exact `Fraction`, never guessed:
   `1 234`, `1 234`, `1'234`); a group that is not three digits (`1,5`, `12,34`) is ambiguous and
   rejected;
 - a decimal point, also without a leading digit (`.5`) or trailing digits (`7.`);
-- a fraction `3/4` (or `3⁄4`) and a mixed number `1 1/2`, kept exact (`1/3` stays `1/3`);
+- a fraction `3/4` (or `3⁄4`, `½`) and a mixed number `1 1/2` (`1½`), kept exact (`1/3` stays `1/3`);
 - around the number: currency (`$`, `€`, `£`, `USD`), a percent sign (`25%` reads as 25, the
   GSM8K convention) and words (`18 dollars`, `x = 5`), as long as no other digit is there: `5 and 3`,
   `2+3=5` or `1.2.3` are rejected, not read as one of their numbers.
@@ -22,6 +22,7 @@ group `answer` holds the number.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -84,6 +85,21 @@ def _value(match: re.Match) -> Fraction:
     return sign * Fraction(integer(g["int2"]))
 
 
+def _vulgar(text: str) -> str:
+    """Vulgar fractions as a person types them: `½` -> `1/2`, `1½` -> the mixed number `1 1/2`."""
+    if not any("\u00bc" <= ch <= "\u00be" or "\u2150" <= ch <= "\u215e" for ch in text):
+        return text
+    out = []
+    for ch in text:
+        if "\u00bc" <= ch <= "\u00be" or "\u2150" <= ch <= "\u215e":
+            value = Fraction(unicodedata.numeric(ch)).limit_denominator(10)
+            space = " " if out and out[-1][-1:].isdigit() else ""  # 1½ -> 1 1/2; −¾ -> −3/4
+            out.append(f"{space}{value.numerator}/{value.denominator}")
+        else:
+            out.append(ch)
+    return "".join(out).strip()
+
+
 def find_numbers(text: str) -> list[tuple[re.Match, Fraction]]:
     """Every number in free text, in order, with its value (ambiguous ones left out)."""
     out = []
@@ -99,7 +115,7 @@ def parse_number(text: str | None) -> Fraction:
     """The one number in `text` (currency, percent and words around it allowed), or NumberError saying why not."""
     if text is None or not str(text).strip():
         raise NumberError("empty: no number", "none")
-    text = str(text).strip()
+    text = _vulgar(str(text).strip())
     if re.search(r"\d[eE][+-]?\d", text):
         raise NumberError(f"{text!r}: exponent notation is not read; write the number out")
     ambiguous = DECIMAL_COMMA.search(text)

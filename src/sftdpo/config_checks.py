@@ -12,6 +12,8 @@ from typing import Any
 
 NEEDS_OPTIONS = ("teacher", "policy", "files")
 SPLITS = ("train", "val", "test")
+# Columns of chat.parquet a split can be stratified by.
+STRATA_COLUMNS = ("difficulty", "task", "expert", "answer")
 
 
 def looks_local(name: str) -> bool:
@@ -51,7 +53,33 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             "task.name is 'gsm8k' but task.gsm8k.path is not set: point it to a GSM8K JSONL file "
             "(or import demonstrations with collect.expert: files)"
         )
+    rows, trained = config["convert"]["max_length"], config["sft"]["train"]["max_length"]
     problems += model_problems("model.name_or_path", config["model"]["name_or_path"])
+    if config["model"]["name_or_path"] == "scratch":
+        positions = config["model"]["scratch"]["max_positions"]
+        for key, length in (("convert.max_length", rows), ("sft.train.max_length", trained)):
+            if length > positions:
+                problems.append(
+                    f"{key} ({length}) > model.scratch.max_positions ({positions}): the scratch model cannot "
+                    f"read rows that long; raise model.scratch.max_positions or lower {key}"
+                )
+    arithmetic = config["task"].get("arithmetic") or {}
+    if task == "arithmetic" and arithmetic.get("min_ops", 1) > arithmetic.get("max_ops", 3):
+        problems.append(
+            f"task.arithmetic.min_ops ({arithmetic['min_ops']}) > task.arithmetic.max_ops ({arithmetic['max_ops']})"
+        )
+    path = config["task"]["gsm8k"]["path"]
+    if task == "gsm8k" and expert != "files" and path and os.path.isfile(path):
+        with open(path, "rb") as fh:
+            available = sum(1 for line in fh if line.strip())
+        if config["task"]["n_problems"] > available:
+            problems.append(
+                f"task.n_problems ({config['task']['n_problems']}) > the {available} rows of task.gsm8k.path "
+                f"({path}); lower task.n_problems"
+            )
+    unknown = sorted(set(config["split"]["strata"]) - set(STRATA_COLUMNS))
+    if unknown:
+        problems.append(f"split.strata: {unknown} are not columns of the data; use some of {list(STRATA_COLUMNS)}")
     if expert == "policy" and config["collect"].get("policy"):
         problems += model_problems("collect.policy.model", config["collect"]["policy"].get("model"))
     fractions = config["split"]["fractions"]
@@ -87,7 +115,6 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             f"rollouts.n_prompts ({config['rollouts']['n_prompts']}) < rollouts.shards "
             f"({config['rollouts']['shards']}): some rollout shards would be empty; lower rollouts.shards"
         )
-    rows, trained = config["convert"]["max_length"], config["sft"]["train"]["max_length"]
     if trained < rows:
         # SFT trains on tokens.h5, whose rows are up to convert.max_length tokens long.
         problems.append(

@@ -95,6 +95,13 @@ class _Text:
 
     def __init__(self, path: str, errors: str):
         data = Path(path).read_bytes()
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            # A byte-order mark says UTF-16 unambiguously (spreadsheet exports): read it as such.
+            try:
+                data = data.decode("utf-16").encode("utf-8", errors="surrogatepass")
+            except UnicodeError as err:
+                raise ImportFailure(f"{path}: starts with a UTF-16 byte-order mark but is not UTF-16 ({err})") from None
+            log.warning("%s: UTF-16 (byte-order mark) read as such; byte offsets refer to its UTF-8 form", path)
         self.skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
         data = data[self.skip :]
         self.path, self.errors = path, errors
@@ -220,7 +227,10 @@ def _csv(path: str, errors: str) -> Iterator[Record]:
 def _parquet(path: str) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow's errors (ArrowInvalid, OSError) name no file and no fix
+        raise ImportFailure(f"{path}: not a readable parquet file ({type(err).__name__}: {err})") from None
     for index, row in enumerate(table.to_pylist()):
         yield Record(path, "row", index + 1, index, row)
 

@@ -29,6 +29,8 @@ def entry_id(entry):
     extra = [f"{k}={v}" for k, v in options.items() if k in ("answer_pattern", "encoding_errors")]
     if entry["run"] == "import" and "answer_pattern" not in options and entry["file"] == "answers_a_colon.jsonl":
         extra.append("default-pattern")
+    if "shards" in entry:
+        extra.append(f"shards={entry['shards']}")
     return "-".join([entry["file"], *extra])
 
 
@@ -52,7 +54,8 @@ def test_the_corpus_covers_every_class_of_the_issue():
 
 
 # -- import: collect (expert files) -> validate ---------------------------------------------------------
-def run_import(path: Path, options: dict, tmp_path: Path):
+def run_import(path: Path, options: dict, tmp_path: Path, n_shards: int = 1):
+    """The last shard of `n_shards` (all of the file with one shard)."""
     shard, summary = tmp_path / "0.parquet", tmp_path / "0.json"
     collect_shard(
         task="gsm8k",
@@ -61,8 +64,8 @@ def run_import(path: Path, options: dict, tmp_path: Path):
         expert="files",
         expert_options={"paths": [str(path)], "max_bad_fraction": 1.0, **options},
         seed=0,
-        shard=0,
-        n_shards=1,
+        shard=n_shards - 1,
+        n_shards=n_shards,
         work_dir=str(tmp_path / "work"),
         out_path=str(shard),
         summary_path=str(summary),
@@ -91,7 +94,7 @@ def test_import_verdict(entry, tmp_path, capsys):
     path = CORPUS / entry["file"]
     if entry["verdict"] == "error":
         with pytest.raises(ImportFailure) as err:
-            run_import(path, entry["options"], tmp_path)
+            run_import(path, entry["options"], tmp_path, entry.get("shards", 1))
         assert entry["error"].format(path=path) in str(err.value)
         return
     stats, kept, rejected = run_import(path, entry["options"], tmp_path)

@@ -267,8 +267,9 @@ class FilesExpert(Expert):
                 number += 1
 
     def shard_problems(self, shard: int, n_shards: int) -> list[Problem]:
-        problems, bad, seen = [], [], 0
+        problems, bad, seen, total = [], [], 0, 0
         for number, record in self.records():
+            total = number + 1
             if number % n_shards != shard:
                 continue
             seen += 1
@@ -296,6 +297,12 @@ class FilesExpert(Expert):
             self.completions[row.id] = (row.completion, {"source": row.source})
             problems.append(Problem(id=row.id, prompt=row.prompt, answer=row.answer, difficulty=row.difficulty))
         self.bad, self.n_rows = bad, seen
+        if not seen:
+            raise ImportFailure(
+                f"collect.files: shard {shard} of collect.shards={n_shards} gets no rows: the files hold {total} "
+                f"rows{' (after collect.files.limit)' if self.limit is not None else ''}; lower collect.shards to "
+                f"at most {total}"
+            )
         for item in bad[:MAX_REPORTED]:
             log.warning("bad row: %s", item["message"])
         if bad:

@@ -1,7 +1,9 @@
 # sftdpo: expert demonstrations -> validation -> conversion -> split -> SFT -> rollouts ->
 # preferences -> DPO -> evaluation (Base vs SFT vs DPO). See README.md.
 import os
+import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -11,7 +13,14 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
-validate(config, "config/schema.yaml")
+# Snakemake's own message prints the whole sub-schema; ours names the key, the value and the rule.
+try:
+    validate(config, "config/schema.yaml")
+except WorkflowError as err:
+    sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+    from sftdpo.config_checks import schema_error_message
+
+    raise WorkflowError(schema_error_message(err)) from None
 
 
 # The front page of `snakemake --report report.html`.

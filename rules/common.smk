@@ -80,7 +80,14 @@ def tokenizer_files():
         return None
     if config["collect"]["expert"] != "files":
         return None
-    keys = ("paths", "format", "columns", "strip_annotations")
+    keys = (
+        "paths",
+        "format",
+        "columns",
+        "strip_annotations",
+        "answer_pattern",
+        "encoding_errors",
+    )
     return {k: v for k, v in expert_options().items() if k in keys}
 
 

@@ -75,7 +75,9 @@ rule merge_demos:
 rule validate:
     """Re-check every demonstration, keep rejected rows with a reason, stop on failed quality gates."""
     input:
-        "results/demos/demos.parquet",
+        demos="results/demos/demos.parquet",
+        # The shard summaries list the rows the importer could not read (collect.expert: files).
+        summaries=expand("results/demos/shards/{shard}.json", shard=shards("collect")),
     output:
         validated="results/demos/validated.parquet",
         rejected="results/demos/rejected.parquet",
@@ -129,6 +131,7 @@ rule convert:
     params:
         code=code_fingerprint("sftdpo.convert"),
         max_length=config["convert"]["max_length"],
+        gates=config["convert"]["gates"],
     script:
         "../workflow/scripts/convert.py"
 

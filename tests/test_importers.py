@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftdpo.collect import collect_shard
-from sftdpo.importers import FilesExpert
+from sftdpo.importers import PRESETS_HINT, FilesExpert
 from sftdpo.records import ImportFailure, read_records
 from sftdpo.io import read_json
 from sftdpo.tasks import get_task
@@ -53,10 +53,10 @@ def test_gsm8k_jsonl_bad_lines_are_named_and_counted(tmp_path, gsm8k, caplog):
     messages = [b["message"] for b in expert.bad]
     assert messages == [
         f"{path}, line 3: not valid JSON (Expecting property name enclosed in double quotes, column 2)",
-        f"{path}, line 4, field 'answer': no '#### <number>' answer line",
+        f"{path}, line 4, field 'answer': no '#### <number>' answer line in 'answer'; {PRESETS_HINT}",
         f"{path}, line 5, field 'question': empty",
         f"{path}, line 7: expected a JSON object, got list",
-        f"{path}, line 8, field 'answer': the '####' line holds no number",
+        f"{path}, line 8, field 'answer': the '#### <number>' answer in 'answer' holds no number",
         f"{path}, line 9, field 'question': missing (columns present: ['a', 'q'])",
     ]
     for message in messages:
@@ -120,8 +120,8 @@ def test_json_array_reports_the_line_of_each_item(tmp_path, gsm8k):
         ("Subtract.\n\n9 - 4", "5", "1"),
     ]
     assert [b["message"] for b in expert.bad] == [
-        f"{path}, line {starts[2]}, field 'answer': no answer the arithmetic task can read in the completion "
-        "(end it with '#### <answer>' or map an answer column with columns.answer)",
+        f"{path}, line {starts[2]}, field 'answer': no '#### <number>' answer line in 'output'; {PRESETS_HINT}, "
+        "or map an answer column with columns.answer",
         f"{path}, line {starts[3]}, field 'instruction': missing (columns present: ['input', 'output'])",
     ]
     broken = tmp_path / "broken.json"

@@ -10,7 +10,7 @@ from sftdpo.fingerprint import _imports, dependencies
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sftdpo"
 LAYERS = {
-    "plumbing": {"io", "records", "tables", "chat", "fingerprint", "runner", "plots", "config_checks"},
+    "plumbing": {"io", "records", "tables", "chat", "fingerprint", "runner", "plots", "config_checks", "answers"},
     "domain": {"tasks", "tasks.arithmetic", "tasks.gsm8k", "modeling"},
     "services": {"generation", "training", "launch", "experts", "teacher", "importers"},
     "stages": {

@@ -70,3 +70,21 @@ def test_bad_config_is_named():
         assign_splits(make_frame(), strata=STRATA, fractions={"train": 0.5, "val": 0.2, "test": 0.1}, seed=0)
     with pytest.raises(ValueError, match=r"split.strata names unknown column\(s\) \['source'\]"):
         assign_splits(make_frame(), strata=["source"], fractions=FRACTIONS, seed=0)
+
+
+def test_a_split_with_a_share_but_no_rows_stops_with_the_numbers(tmp_path):
+    from sftdpo.io import write_parquet
+    from sftdpo.split import split
+
+    write_parquet(make_frame(4).iloc[:4], tmp_path / "chat.parquet")
+    paths = {s: str(tmp_path / f"{s}.parquet") for s in SPLITS}
+    with pytest.raises(ValueError, match=r"4 rows give no val and no test rows with split.fractions .* 4 groups"):
+        split(
+            chat_path=str(tmp_path / "chat.parquet"),
+            out_paths=paths,
+            report_path=str(tmp_path / "split.json"),
+            strata=STRATA,
+            fractions=FRACTIONS,
+            seed=0,
+        )
+    assert not any((tmp_path / f"{s}.parquet").exists() for s in SPLITS)

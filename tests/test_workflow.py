@@ -7,13 +7,14 @@ import h5py
 import pytest
 import yaml
 
-from conftest import TINY, job_counts, snakemake
+from conftest import ROOT, TINY, job_counts, snakemake
 from sftdpo.io import read_parquet
 
 EDGES = {
     ("base_model", "convert"),
     ("collect", "merge_demos"),
     ("merge_demos", "validate"),
+    ("collect", "validate"),  # the shard summaries: rows the importer could not read
     ("validate", "convert"),
     ("validate", "report"),
     ("convert", "split"),
@@ -110,6 +111,27 @@ def test_quality_gate_stops_the_dag_with_the_numbers(tmp_path):
     assert "Error in rule validate" in text
     assert re.search(r"gate max_rejected_fraction: \d+/300 rows rejected \(\d+\.\d%\) > 20\.0%", text)
     assert not (tmp_path / "results/demos/validated.parquet").exists()
+
+
+def test_quarantined_import_rows_are_reported_on_the_console_and_in_the_tables(tmp_path):
+    """A run that succeeds with rows the importer could not read says so: one console line, validation.json
+    (counts by reason) and rejected.parquet (file, line, reason)."""
+    data = ROOT / "tests" / "bad_input" / "latin1_byte.jsonl"
+    overlay = {
+        "task": {"name": "gsm8k"},
+        "collect": {"expert": "files", "shards": 2, "files": {"paths": [str(data)], "max_bad_fraction": 1.0}},
+        "validate": {"gates": {"min_rows": 1, "min_rows_per_difficulty": 1}},
+    }
+    (tmp_path / "import.yaml").write_text(yaml.safe_dump(overlay))
+    proc = snakemake("results/demos/validation.json", "-c1", "--configfile", tmp_path / "import.yaml", cwd=tmp_path)
+    assert (
+        "validate: 2 of 2 demonstrations kept; 1 import rows quarantined {'not valid UTF-8': 1} "
+        "(file, line and reason of each: results/demos/rejected.parquet)"
+    ) in proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "results/demos/validation.json").read_text())
+    assert report["import"] == {"n_bad_rows": 1, "bad_by_reason": {"not valid UTF-8": 1}}
+    rejected = read_parquet(tmp_path / "results/demos/rejected.parquet")
+    assert rejected[["file", "line", "reason"]].values.tolist() == [[str(data), 2, "import:not valid UTF-8"]]
 
 
 @pytest.mark.e2e

@@ -6,9 +6,38 @@ that cannot work stops before any job runs, with the keys to change.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 NEEDS_OPTIONS = ("teacher", "policy", "files")
+SPLITS = ("train", "val", "test")
+# Columns of chat.parquet a split can be stratified by.
+STRATA_COLUMNS = ("difficulty", "task", "expert", "answer")
+
+
+def looks_local(name: str) -> bool:
+    """Whether a model name is meant as a local directory rather than a Hugging Face id ("org/name")."""
+    if name.startswith(("/", "./", "../", "~", ".\\")) or "\\" in name or name in (".", ".."):
+        return True
+    parts = [p for p in name.split("/")]
+    # Hub ids have one slash at most; "models/qwen" counts as local when "models" is a local directory.
+    return len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0]))
+
+
+def model_problems(key: str, name: str | None) -> list[str]:
+    if not name or name == "scratch" or not looks_local(name):
+        return []
+    path = os.path.expanduser(name)
+    if not os.path.isdir(path):
+        what = "is a file, not a directory" if os.path.exists(path) else "does not exist"
+        return [
+            f"{key}: local model directory {name} {what} (working directory {os.getcwd()}); give a directory "
+            "with config.json and the tokenizer, or a Hugging Face id such as Qwen/Qwen2.5-0.5B-Instruct"
+        ]
+    return []
+
+
 # DPO loss terms sftdpo computes itself (sftdpo.dpo.preference_loss); the first two are not in TRL.
 DPO_NOT_IN_TRL = ("dpop", "cdpo")
 DPO_OWN_LOSSES = ("sigmoid", "sft", *DPO_NOT_IN_TRL)
@@ -42,6 +71,67 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             "(or import demonstrations with collect.expert: files)"
         )
     rows, trained = config["convert"]["max_length"], config["sft"]["train"]["max_length"]
+    problems += model_problems("model.name_or_path", config["model"]["name_or_path"])
+    if config["model"]["name_or_path"] == "scratch":
+        positions = config["model"]["scratch"]["max_positions"]
+        for key, length in (("convert.max_length", rows), ("sft.train.max_length", trained)):
+            if length > positions:
+                problems.append(
+                    f"{key} ({length}) > model.scratch.max_positions ({positions}): the scratch model cannot "
+                    f"read rows that long; raise model.scratch.max_positions or lower {key}"
+                )
+    arithmetic = config["task"].get("arithmetic") or {}
+    if task == "arithmetic" and arithmetic.get("min_ops", 1) > arithmetic.get("max_ops", 3):
+        problems.append(
+            f"task.arithmetic.min_ops ({arithmetic['min_ops']}) > task.arithmetic.max_ops ({arithmetic['max_ops']})"
+        )
+    path = config["task"]["gsm8k"]["path"]
+    if task == "gsm8k" and expert != "files" and path and os.path.isfile(path):
+        with open(path, "rb") as fh:
+            available = sum(1 for line in fh if line.strip())
+        if config["task"]["n_problems"] > available:
+            problems.append(
+                f"task.n_problems ({config['task']['n_problems']}) > the {available} rows of task.gsm8k.path "
+                f"({path}); lower task.n_problems"
+            )
+    unknown = sorted(set(config["split"]["strata"]) - set(STRATA_COLUMNS))
+    if unknown:
+        problems.append(f"split.strata: {unknown} are not columns of the data; use some of {list(STRATA_COLUMNS)}")
+    if expert == "policy" and config["collect"].get("policy"):
+        problems += model_problems("collect.policy.model", config["collect"]["policy"].get("model"))
+    fractions = config["split"]["fractions"]
+    total = sum(fractions[s] for s in SPLITS)
+    if abs(total - 1.0) > 1e-6:
+        problems.append(
+            f"split.fractions sum to {total:g}, not 1 ({', '.join(f'{s}: {fractions[s]:g}' for s in SPLITS)}); "
+            "make train + val + test = 1"
+        )
+    if fractions["test"] <= 0:
+        problems.append("split.fractions.test is 0: evaluate and report need test rows; give it a share")
+    if fractions["val"] <= 0 and config["sft"]["eval_rows"] > 0:
+        problems.append(
+            f"split.fractions.val is 0 but sft.eval_rows is {config['sft']['eval_rows']}: the eval loss needs "
+            "validation rows; give val a share or set sft.eval_rows: 0"
+        )
+    if expert != "files":
+        n, shards = config["task"]["n_problems"], config["collect"]["shards"]
+        if n < shards:
+            problems.append(
+                f"task.n_problems ({n}) < collect.shards ({shards}): {shards - n} shards would be empty; "
+                "lower collect.shards or raise task.n_problems"
+            )
+        for name in SPLITS:
+            expected = n * fractions[name]
+            if 0 < fractions[name] and expected < 1:
+                problems.append(
+                    f"split.fractions.{name} ({fractions[name]:g}) of task.n_problems ({n}) is {expected:.2g} rows: "
+                    f"the {name} split would be empty; raise task.n_problems"
+                )
+    if config["rollouts"]["n_prompts"] < config["rollouts"]["shards"]:
+        problems.append(
+            f"rollouts.n_prompts ({config['rollouts']['n_prompts']}) < rollouts.shards "
+            f"({config['rollouts']['shards']}): some rollout shards would be empty; lower rollouts.shards"
+        )
     if trained < rows:
         # SFT trains on tokens.h5, whose rows are up to convert.max_length tokens long.
         problems.append(
@@ -57,3 +147,36 @@ def check_config(config: dict[str, Any]) -> None:
     problems = config_problems(config)
     if problems:
         raise ValueError("config: " + "\n  ".join(["the configuration cannot work:", *problems]))
+
+
+def schema_error_message(err: BaseException) -> str:
+    """One or two lines for a schema error of Snakemake's `validate` (which prints the whole sub-schema):
+    the key path, the value, what the schema wants, and the key's description."""
+    cause, seen = None, err
+    while seen is not None and cause is None:  # Snakemake raises its error while handling jsonschema's
+        if hasattr(seen, "absolute_path") and hasattr(seen, "validator"):
+            cause = seen
+        seen = seen.__cause__ or seen.__context__
+    if cause is None:
+        return str(err)
+    path = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
+    value = cause.instance
+    shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 80 else type(value).__name__
+    rule = cause.validator_value
+    if cause.validator in ("properties", "required", "additionalProperties", "oneOf", "anyOf"):
+        rule = None  # the message says it; the value would be a whole sub-schema
+    line = (
+        f"config: {path} = {shown}: {cause.message}"
+        if cause.validator != "additionalProperties"
+        else (f"config: {path}: {cause.message}")
+    )
+    if rule is not None and repr(rule) in cause.message:
+        pass
+    elif rule is not None and not isinstance(rule, (dict, list)):
+        line += f" (schema: {cause.validator} {rule!r})"
+    elif isinstance(rule, list) and len(repr(rule)) < 100:
+        line += f" (schema: {cause.validator} {rule!r})"
+    description = (cause.schema or {}).get("description") if isinstance(cause.schema, dict) else None
+    if description:
+        line += "\n  " + re.sub(r"\s+", " ", description)[:300]
+    return line + "\n  (every key: config/schema.yaml)"

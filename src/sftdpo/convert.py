@@ -3,11 +3,16 @@
 tokens.h5 holds `tokens`, int32 [N, L, 3]: input ids, attention mask, loss mask (1 on the
 assistant turn only), right-padded; `ids` gives each row's demonstration id. Attributes record the
 tokenizer hash and L. chat.parquet's `token_row` points into it.
+
+Rows longer than `max_length` tokens are left out and listed in convert.json; gates (`convert.gates`)
+stop the stage, with the numbers per difficulty, before anything is written when more than
+`max_dropped_fraction` of the rows, or all but `min_rows_per_difficulty` of a difficulty, would go.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -34,6 +39,37 @@ def tokenize_pair(tokenizer, prompt_messages, completion_messages) -> tuple[list
     return full, [0] * len(prompt) + [1] * (len(full) - len(prompt))
 
 
+class ConvertGateError(RuntimeError):
+    """convert.max_length leaves too many rows out; the message gives the numbers per difficulty."""
+
+
+def check_gates(
+    frame: pd.DataFrame, overlength: list[dict[str, Any]], max_length: int, gates: dict[str, Any]
+) -> list[str]:
+    """Messages for every failed gate of convert (empty when all pass)."""
+    total = Counter(str(d) for d in frame["difficulty"])
+    dropped = Counter(str(o["difficulty"]) for o in overlength)
+    by_level = ", ".join(f"{level!r}: {dropped[level]}/{n}" for level, n in sorted(total.items()))
+    longest = max((o["n_tokens"] for o in overlength), default=0)
+    hint = f"raise convert.max_length (the longest row has {longest} tokens) and sft.train.max_length with it"
+    failed = []
+    limit = gates.get("max_dropped_fraction", 1.0)
+    if frame.shape[0] and len(overlength) / frame.shape[0] > limit:
+        failed.append(
+            f"gate max_dropped_fraction: {len(overlength)}/{frame.shape[0]} rows "
+            f"({len(overlength) / frame.shape[0]:.1%}) are longer than convert.max_length={max_length} tokens "
+            f"> {limit:.1%}; dropped by difficulty: {by_level}; {hint}"
+        )
+    minimum = gates.get("min_rows_per_difficulty", 0)
+    short = [level for level, n in sorted(total.items()) if n - dropped[level] < minimum]
+    if short:
+        failed.append(
+            f"gate min_rows_per_difficulty: difficulty {', '.join(map(repr, short))} would keep fewer than "
+            f"{minimum} rows (dropped by difficulty: {by_level}); {hint}"
+        )
+    return failed
+
+
 def convert(
     *,
     validated_path: str,
@@ -42,6 +78,7 @@ def convert(
     tokens_path: str,
     report_path: str,
     max_length: int,
+    gates: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     frame = read_parquet(validated_path)
     tokenizer = load_tokenizer(model_dir)
@@ -50,7 +87,7 @@ def convert(
         messages = chat_messages(row.prompt, row.completion)
         ids, loss = tokenize_pair(tokenizer, messages["prompt"], messages["completion"])
         if len(ids) > max_length:
-            overlength.append({"id": row.id, "n_tokens": len(ids)})
+            overlength.append({"id": row.id, "difficulty": row.difficulty, "n_tokens": len(ids)})
             continue
         pad = max_length - len(ids)
         tensors.append(
@@ -76,6 +113,9 @@ def convert(
                 "token_row": len(tensors) - 1,
             }
         )
+    failed = check_gates(frame, overlength, max_length, gates or {})
+    if failed:
+        raise ConvertGateError(f"convert of {validated_path} failed:\n  " + "\n  ".join(failed))
     if not rows:
         raise ValueError(f"{validated_path}: no row fits convert.max_length={max_length} tokens")
     chat = pd.DataFrame(rows)
@@ -91,6 +131,9 @@ def convert(
         "tokens_shape": list(tokens.shape),
         "n_tokens": {"mean": float(chat["n_tokens"].mean()), "max": int(chat["n_tokens"].max())},
         "overlength": overlength,
+        "dropped_fraction": len(overlength) / max(len(frame), 1),
+        "kept_by_difficulty": {str(k): int(v) for k, v in sorted(Counter(chat["difficulty"].astype(str)).items())},
+        "gates": gates or {},
         "tokenizer_hash": tokenizer_hash(tokenizer),
     }
     if overlength:

@@ -10,10 +10,15 @@ Formats (what each row must hold; `columns` renames a field to the file's own co
              (e.g. `columns: {prompt: problem, completion: solution}`).
 
 Every format may also map `id` (a column named `id` is used as is; otherwise ids are
-`<file stem>-<row index>`), `answer` (otherwise it is read from the completion by the task, so the
-verifier then checks the completion's form and steps only) and `difficulty` (otherwise the task's rule
-on the completion). `strip_annotations` removes GSM8K calculator annotations (`<<48/2=24>>`) from
-`gsm8k` solutions.
+`<file stem>-<row index>`), `answer` and `difficulty` (otherwise the task's rule on the completion).
+
+The final answer of every completion is found by `answer_pattern` (sftdpo.answers: `####` by default;
+presets `A:`, `boxed`, `answer is`, or a regular expression with a group `answer`), read exactly (a
+number that is ambiguous or not one number is a bad row, never a guess) and written back as the
+pipeline's own last line `#### <canonical number>`, so steps are counted without it. A completion
+without such an answer is a bad row, unless an `answer` column is mapped and the completion's last
+number is that answer; a mapped answer that disagrees with the completion's answer line is a bad row.
+`strip_annotations` removes GSM8K calculator annotations (`<<48/2=24>>`) in every format.
 
 Rows are numbered across the files in the order given (the first `limit` rows only, when set) and
 shard `s` of `n` takes the rows whose number is `s` modulo `n`. A row that cannot be read (invalid
@@ -31,10 +36,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from sftdpo.answers import (
+    ANSWER_PATTERNS,
+    AnswerPattern,
+    NumberError,
+    answer_pattern,
+    canonical,
+    final_answer,
+    find_numbers,
+    parse_number,
+)
 from sftdpo.experts import Expert
-from sftdpo.records import BadRow, ImportFailure, Record, bad_row_message, read_records, text_field
+from sftdpo.records import (
+    ENCODING_ERRORS,
+    BadRow,
+    ImportFailure,
+    Record,
+    bad_row_message,
+    read_records,
+    text_field,
+)
 from sftdpo.tasks import Problem, Task
-from sftdpo.tasks.gsm8k import extract_answer, format_solution, gsm8k_fields, normalise_number
+from sftdpo.tasks.gsm8k import strip_annotations
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +115,36 @@ def _chat(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str, dict
     return prompt, completion, extra
 
 
+COMPLETION_FIELD = {"gsm8k": "answer", "alpaca": "output", "chat": "messages[assistant]", "columns": "completion"}
+PRESETS_HINT = (
+    "set collect.files.answer_pattern to the file's convention ('####', 'A:', 'boxed', 'answer is', or a "
+    "regular expression with a group named answer)"
+)
+
+
 def convert_record(
-    record: Record, *, fmt: str, columns: dict[str, str], task: Task, strip: bool, id_prefix: str
+    record: Record,
+    *,
+    fmt: str,
+    columns: dict[str, str],
+    task: Task,
+    strip: bool,
+    id_prefix: str,
+    pattern: AnswerPattern | None = None,
 ) -> ImportedRow:
-    """The demonstration in one record, or BadRow naming the field."""
+    """The demonstration in one record, or BadRow naming the field.
+
+    The completion's final answer is found with `pattern` (default `#### n`), read exactly, and written
+    back as the pipeline's own last line `#### <canonical number>`; annotations are stripped (`strip`).
+    """
     if record.error:
         raise BadRow(None, record.error)
+    pattern = pattern or ANSWER_PATTERNS["####"]
     data = record.data or {}
-    answer = text_field(data, "answer", columns, required=False) if fmt != "gsm8k" else None
+    mapped = text_field(data, "answer", columns, required=False) if fmt != "gsm8k" else None
     extra: dict[str, Any] = {}
     if fmt == "gsm8k":
-        question, solution = gsm8k_fields(data, columns)
-        answer = extract_answer(solution)[0]
-        completion = format_solution(solution, strip=strip)
+        question, completion = text_field(data, "question", columns), text_field(data, "answer", columns)
         prompt = task.make_prompt(question)
     elif fmt == "alpaca":
         instruction = text_field(data, "instruction", columns)
@@ -115,26 +155,54 @@ def convert_record(
         prompt, completion, extra = _chat(data, columns)
     else:
         prompt, completion = text_field(data, "prompt", columns), text_field(data, "completion", columns)
-    if answer is None:
-        answer = task.extract_answer(completion)
-        if answer is None:
+    if strip:
+        completion = strip_annotations(completion)
+    where = COMPLETION_FIELD[fmt]
+    try:
+        found = final_answer(completion, pattern)
+    except NumberError as err:
+        detail = "holds no number" if err.kind == "none" else f"is not one number: {err}"
+        raise BadRow("answer", f"the {pattern.describe} answer in {where!r} {detail}") from None
+    value = found.value if found else None
+    if mapped is not None:
+        try:
+            given = parse_number(mapped)
+        except NumberError as err:
+            raise BadRow("answer", f"the answer column is not one number: {err}") from None
+        if value is None:
+            # No answer line: the completion must end on the answer column's number, which becomes its answer line.
+            numbers = find_numbers(completion)
+            if not numbers or numbers[-1][1] != given:
+                last = repr(numbers[-1][0].group(0)) if numbers else "no number"
+                raise BadRow(
+                    "answer",
+                    f"{where!r} has no {pattern.describe} answer line and its last number ({last}) is not the "
+                    f"answer column's {mapped.strip()!r}; {PRESETS_HINT}",
+                )
+        elif value != given:
             raise BadRow(
                 "answer",
-                f"no answer the {task.name} task can read in the completion (end it with "
-                "'#### <answer>' or map an answer column with columns.answer)",
+                f"the answer column says {mapped.strip()!r} but {where!r} ends with {found.raw!r}",
             )
-    elif normalise_number(answer) is not None and task.name == "gsm8k":
-        answer = normalise_number(answer)
+        value = given
+    if value is None:
+        hint = PRESETS_HINT + ("" if fmt == "gsm8k" else ", or map an answer column with columns.answer")
+        raise BadRow("answer", f"no {pattern.describe} answer line in {where!r}; {hint}")
+    body = found.body if found else completion.strip()
+    completion = "\n".join([*([body] if body else []), f"#### {canonical(value)}"])
     row_id = text_field(data, "id", columns, required=False) if "id" in columns or "id" in data else None
     difficulty = text_field(data, "difficulty", columns, required=False) if "difficulty" in columns else None
     return ImportedRow(
         id=row_id.strip() if row_id and row_id.strip() else f"{id_prefix}-{record.index:06d}",
         prompt=prompt.strip(),
-        completion=completion.strip(),
-        answer=str(answer).strip(),
+        completion=completion,
+        answer=canonical(value),
         difficulty=difficulty.strip() if difficulty and difficulty.strip() else task.difficulty(completion),
         source={"file": record.file, record.unit: record.number, "format": fmt, **extra},
     )
+
+
+_answer_pattern = answer_pattern
 
 
 # -- the expert -------------------------------------------------------------------------------------
@@ -154,6 +222,8 @@ class FilesExpert(Expert):
         limit: int | None = None,
         strip_annotations: bool = True,
         max_bad_fraction: float = 0.1,
+        answer_pattern: str = "####",
+        encoding_errors: str = "quarantine",
         seed: int = 0,
     ):
         if isinstance(paths, str):
@@ -176,6 +246,10 @@ class FilesExpert(Expert):
                 f"collect.files.paths: several files are named {dupes}; row ids (<file stem>-<row>) "
                 "would collide: rename them or map an id column"
             )
+        self.pattern = _answer_pattern(answer_pattern)
+        if encoding_errors not in ENCODING_ERRORS:
+            raise ValueError(f"collect.files.encoding_errors: {encoding_errors!r} is not in {list(ENCODING_ERRORS)}")
+        self.encoding_errors = encoding_errors
         self.task, self.paths, self.format, self.columns = task, list(paths), format, columns
         self.limit, self.strip, self.max_bad_fraction, self.seed = limit, strip_annotations, max_bad_fraction, seed
         self.completions: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -186,15 +260,16 @@ class FilesExpert(Expert):
         """(row number across files, record), the first `limit` rows only."""
         number = 0
         for path in self.paths:
-            for record in read_records(path, "collect.files.paths"):
+            for record in read_records(path, "collect.files.paths", self.encoding_errors):
                 if self.limit is not None and number >= self.limit:
                     return
                 yield number, record
                 number += 1
 
     def shard_problems(self, shard: int, n_shards: int) -> list[Problem]:
-        problems, bad, seen = [], [], 0
+        problems, bad, seen, total = [], [], 0, 0
         for number, record in self.records():
+            total = number + 1
             if number % n_shards != shard:
                 continue
             seen += 1
@@ -206,6 +281,7 @@ class FilesExpert(Expert):
                     task=self.task,
                     strip=self.strip,
                     id_prefix=Path(record.file).stem,
+                    pattern=self.pattern,
                 )
             except BadRow as err:
                 bad.append(
@@ -221,6 +297,12 @@ class FilesExpert(Expert):
             self.completions[row.id] = (row.completion, {"source": row.source})
             problems.append(Problem(id=row.id, prompt=row.prompt, answer=row.answer, difficulty=row.difficulty))
         self.bad, self.n_rows = bad, seen
+        if not seen:
+            raise ImportFailure(
+                f"collect.files: shard {shard} of collect.shards={n_shards} gets no rows: the files hold {total} "
+                f"rows{' (after collect.files.limit)' if self.limit is not None else ''}; lower collect.shards to "
+                f"at most {total}"
+            )
         for item in bad[:MAX_REPORTED]:
             log.warning("bad row: %s", item["message"])
         if bad:
@@ -248,5 +330,6 @@ class FilesExpert(Expert):
                     sorted(Counter(f"{b['field']}: {b['reason'].split(' (')[0]}" for b in self.bad).items())
                 ),
                 "bad": [b["message"] for b in self.bad[:MAX_REPORTED]],
+                "bad_records": [{k: v for k, v in b.items() if k != "message"} for b in self.bad[:MAX_REPORTED]],
             }
         }

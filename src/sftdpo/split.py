@@ -13,15 +13,12 @@ from typing import Any
 
 import pandas as pd
 
+from sftdpo.chat import normalise_prompt
 from sftdpo.io import read_parquet, write_json, write_parquet
 
+__all__ = ["SPLITS", "allocate", "assign_splits", "normalise_prompt", "split"]
+
 SPLITS = ("train", "val", "test")
-
-
-def normalise_prompt(prompt: Any) -> str:
-    if isinstance(prompt, (list, tuple)) or hasattr(prompt, "tolist"):
-        prompt = " ".join(m["content"] for m in list(prompt))
-    return " ".join(str(prompt).lower().split())
 
 
 def allocate(n: int, fractions: dict[str, float]) -> dict[str, int]:
@@ -72,6 +69,13 @@ def split(
     frame = read_parquet(chat_path)
     frame["split"] = assign_splits(frame, strata=strata, fractions=fractions, seed=seed).values
     report: dict[str, Any] = {"seed": seed, "strata": strata, "fractions": fractions, "counts": {}, "by_stratum": {}}
+    empty = [name for name in SPLITS if fractions[name] > 0 and not (frame["split"] == name).any()]
+    if empty:
+        raise ValueError(
+            f"{chat_path}: {len(frame)} rows give no {' and no '.join(empty)} rows with split.fractions "
+            f"{fractions} (strata {strata}: {frame.groupby(strata).ngroups} groups); raise the number of rows "
+            "(task.n_problems) or use fewer strata"
+        )
     for name in SPLITS:
         part = frame[frame["split"] == name].drop(columns=["split"]).sort_values("id").reset_index(drop=True)
         write_parquet(part, out_paths[name])

@@ -1,15 +1,26 @@
-"""Validation: re-check every demonstration, keep rejected rows with a reason, enforce quality gates."""
+"""Validation: re-check every demonstration, keep rejected rows with a reason, enforce quality gates.
+
+Rows are rejected for integrity (types, empty, lengths), duplicates (ids; prompts identical, or equal
+after the split's normalisation: `near_duplicate_prompt`), a prompt given with different answers
+(`conflicting_answers`: every row of it, since none can be trusted) and the task's verifier. Rows the
+importer could not read (`collect.expert: files`) are listed too, from the shard summaries: counted in
+`validation.json` under `import` and written to `rejected.parquet` with their file, line and reason, so
+one table holds every row that will not be trained on. A one-line summary goes to the console.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sftdpo.io import read_parquet, write_json, write_parquet
+from sftdpo.answers import normalise
+from sftdpo.chat import normalise_prompt
+from sftdpo.io import read_json, read_parquet, write_json, write_parquet
 from sftdpo.tables import DEMO_COLUMNS
 from sftdpo.tasks import get_task
 
@@ -32,8 +43,9 @@ def check_rows(
 ) -> pd.DataFrame:
     """Return `frame` with `reason` and `field` columns: both None for a valid row.
 
-    The first failing check wins, in this order: integrity (types, empty strings, lengths),
-    duplicates (the first occurrence of an id or prompt is kept), then the task's verifier.
+    The first failing check wins, in this order: integrity (types, empty strings, lengths), a duplicate
+    id, a prompt given with different answers (all its rows), duplicate prompts (the first occurrence
+    is kept; `near_duplicate_prompt` when they differ only in case or whitespace), then the verifier.
     """
     missing = [c for c in DEMO_COLUMNS if c not in frame.columns]
     if missing:
@@ -42,15 +54,25 @@ def check_rows(
     tasks: dict[str, Any] = {}
     seen_ids: set[str] = set()
     seen_prompts: set[str] = set()
+    seen_normalised: set[str] = set()
+    integrity = [_integrity(row, limits) for row in frame.itertuples(index=False)]
+    answers: dict[str, set[str]] = defaultdict(set)
+    for row, (reason, _) in zip(frame.itertuples(index=False), integrity):
+        if reason is None:
+            answers[normalise_prompt(row.prompt)].add(normalise(row.answer) or row.answer.strip())
     reasons: list[str | None] = []
     fields: list[str | None] = []
-    for row in frame.itertuples(index=False):
-        reason, field = _integrity(row, limits)
+    for row, (reason, field) in zip(frame.itertuples(index=False), integrity):
+        key = normalise_prompt(row.prompt) if reason is None else ""
         if reason is None:
             if row.id in seen_ids:
                 reason, field = "duplicate_id", "id"
+            elif len(answers[key]) > 1:
+                reason, field = "conflicting_answers", "answer"
             elif row.prompt.strip() in seen_prompts:
                 reason, field = "duplicate_prompt", "prompt"
+            elif key in seen_normalised:
+                reason, field = "near_duplicate_prompt", "prompt"
         if reason is None:
             if row.task not in tasks:
                 tasks[row.task] = get_task(row.task, **task_options.get(row.task, {}))
@@ -60,6 +82,7 @@ def check_rows(
         if reason is None:
             seen_ids.add(row.id)
             seen_prompts.add(row.prompt.strip())
+            seen_normalised.add(key)
         reasons.append(reason)
         fields.append(field)
     out = frame.copy()
@@ -151,6 +174,81 @@ def plot_validation(checked: pd.DataFrame, stats: dict[str, Any], plot_paths: di
     save_figure(fig, plot_paths["rejections"])
 
 
+def import_bad_rows(summary_paths: list[str]) -> list[dict[str, Any]]:
+    """The rows the importer could not read, from the collect shard summaries (none for other experts)."""
+    rows = []
+    for path in summary_paths:
+        files = read_json(path).get("files") or {}
+        for bad in files.get("bad_records", []):
+            rows.append(bad)
+    return rows
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a bad-row reason, without its particulars: 'not valid JSON (..., column 2)' -> 'not valid JSON'."""
+    cut = min((i for i in (reason.find(" ("), reason.find(": "), reason.find("; ")) if i >= 0), default=len(reason))
+    return reason[:cut]
+
+
+def _bad_kind(bad: dict[str, Any]) -> str:
+    kind = reason_kind(bad["reason"])
+    return f"{bad['field']}: {kind}" if bad.get("field") else kind
+
+
+def _source(meta: Any) -> tuple[str | None, int | None]:
+    """(file, line or row) a demonstration came from, when its meta records one (imports, GSM8K problems)."""
+    try:
+        meta = json.loads(meta) if isinstance(meta, str) else {}
+    except json.JSONDecodeError:
+        return None, None
+    for key in ("source", "problem"):
+        where = meta.get(key) if isinstance(meta.get(key), dict) else {}
+        if where.get("file"):
+            return str(where["file"]), where.get("line", where.get("row"))
+    return None, None
+
+
+def rejected_table(checked: pd.DataFrame, bad_rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rejected demonstrations and unreadable import rows in one table: the demo columns as text, `reason`,
+    `field`, and `file`/`line` where the row came from (`detail`: an import row's full reason)."""
+    # Rejected rows may hold values of the wrong type; keep them, as text, so nothing is lost.
+    rejected = checked[checked["reason"].notna()].astype({name: str for name in TEXT_FIELDS}).reset_index(drop=True)
+    sources = [_source(meta) for meta in rejected["meta"]]
+    rejected["file"] = pd.Series([f for f, _ in sources], dtype=object)
+    rejected["line"] = pd.array([line for _, line in sources], dtype="Int64")
+    rejected["detail"] = pd.Series([None] * len(rejected), dtype=object)
+    imported = pd.DataFrame(
+        [
+            {
+                **{name: "" for name in TEXT_FIELDS},
+                "correct": False,
+                "meta": "{}",
+                "reason": f"import:{reason_kind(b['reason'])}",
+                "field": b.get("field"),
+                "file": b["file"],
+                "line": b.get("line", b.get("row")),
+                "detail": b["reason"],
+            }
+            for b in bad_rows
+        ],
+        columns=list(rejected.columns),
+    ).astype({"line": "Int64"})
+    return rejected if imported.empty else pd.concat([rejected, imported], ignore_index=True)
+
+
+def summary_line(stats: dict[str, Any], rejected_path: str) -> str:
+    """One line for the console: kept, rejected and quarantined rows by reason, and where to look."""
+    line = f"validate: {stats['n_kept']} of {stats['n_rows']} demonstrations kept"
+    if stats["n_rejected"]:
+        line += f", {stats['n_rejected']} rejected {stats['rejections_by_reason']}"
+    bad = stats["import"]["n_bad_rows"]
+    if bad:
+        line += f"; {bad} import rows quarantined {stats['import']['bad_by_reason']}"
+    if stats["n_rejected"] or bad:
+        line += f" (file, line and reason of each: {rejected_path})"
+    return line
+
+
 def validate(
     *,
     demos_path: str,
@@ -162,8 +260,10 @@ def validate(
     max_prompt_chars: int,
     max_completion_chars: int,
     gates: dict[str, Any],
+    import_summaries: list[str] | None = None,
 ) -> dict[str, Any]:
     frame = read_parquet(demos_path)
+    bad_rows = import_bad_rows(import_summaries or [])
     checked = check_rows(
         frame,
         source=demos_path,
@@ -172,16 +272,21 @@ def validate(
         max_completion_chars=max_completion_chars,
     )
     stats = statistics(checked)
+    stats["import"] = {
+        "n_bad_rows": len(bad_rows),
+        "bad_by_reason": dict(sorted(Counter(_bad_kind(b) for b in bad_rows).items())),
+    }
     failed = check_gates(stats, gates)
     stats["gates"] = {"config": gates, "failed": failed, "passed": not failed}
     log.info("validation: %s", stats)
     if failed:
         raise QualityGateError(f"validation of {demos_path} failed:\n  " + "\n  ".join(failed))
     kept = checked[checked["reason"].isna()].drop(columns=["reason", "field"])
-    # Rejected rows may hold values of the wrong type; keep them, as text, so nothing is lost.
-    rejected = checked[checked["reason"].notna()].astype({name: str for name in TEXT_FIELDS})
     write_parquet(kept.reset_index(drop=True), validated_path)
-    write_parquet(rejected.reset_index(drop=True), rejected_path)
+    write_parquet(rejected_table(checked, bad_rows), rejected_path)
     plot_validation(checked, stats, plot_paths)
     write_json(stats, report_path)
+    line = summary_line(stats, rejected_path)
+    log.info(line)
+    print(line, flush=True)  # the console: the rule's stdout is Snakemake's
     return stats

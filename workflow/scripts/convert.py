@@ -17,5 +17,6 @@ run(
         tokens_path=sm.output.tokens,
         report_path=sm.output.report,
         max_length=sm.params.max_length,
+        gates=sm.params.gates,
     ),
 )

@@ -15,7 +15,7 @@ o, p = sm.output, sm.params
 run(
     sm,
     lambda: validate(
-        demos_path=sm.input[0],
+        demos_path=sm.input.demos,
         validated_path=o.validated,
         rejected_path=o.rejected,
         report_path=o.report,
@@ -24,5 +24,6 @@ run(
         max_prompt_chars=p.max_prompt_chars,
         max_completion_chars=p.max_completion_chars,
         gates=p.gates,
+        import_summaries=list(sm.input.summaries),
     ),
 )

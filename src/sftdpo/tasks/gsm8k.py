@@ -7,8 +7,10 @@
 
 The problems come from the configured file (`task.gsm8k.path`, one `{"question", "answer"}` object a
 line, as in openai/grade-school-math). The answer is the number after `#### ` on the solution's last
-line; a completion without such a line is read by its last number (fallback). Numbers are compared
-after normalisation (`1,080` = `1080`, `$18` = `18`, `18.0` = `18`, `0.50` = `0.5`). The gold
+line; a completion without such a line is read by its last number (fallback). Numbers are read exactly
+(sftdpo.answers: `1,080` = `1080`, `$18` = `18`, `18.0` = `18`, `.5` = `0.5`, `3/4` = `0.75`, `−5` = `-5`)
+and compared as exact fractions; an answer line that is not one readable number (`#### 1,5`, `#### 5 or 6`)
+counts as no answer, never as a guessed number. The gold
 solutions carry calculator annotations (`<<48/2=24>>`); they are stripped by default
 (`strip_annotations`), and when a completion keeps them the verifier checks their arithmetic.
 
@@ -23,16 +25,16 @@ import math
 import operator
 import random
 import re
-from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from sftdpo.answers import ANSWER_PATTERNS, NumberError, canonical, final_answer, find_numbers, normalise, parse_number
 from sftdpo.records import BadRow, bad_row_message, read_records, text_field
 from sftdpo.tasks import Problem, Task, Verdict
 
 ANSWER_LINE = re.compile(r"^\s*####\s*(.*?)\s*$", re.M)
-NUMBER = re.compile(r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 ANNOTATION = re.compile(r"<<([^<>]*)>>")
 _OPS = {
     ast.Add: operator.add,
@@ -48,38 +50,29 @@ _OPS = {
 
 
 def normalise_number(text: str | None) -> str | None:
-    """Canonical text of a number: no commas, `$`, `%`, trailing dot or trailing fractional zeros.
+    """Canonical text of the one number in `text` (sftdpo.answers), None when it is not one readable number.
 
-    `"1,080"` -> `"1080"`, `"$18.00"` -> `"18"`, `"0.50"` -> `"0.5"`, `"-3"` -> `"-3"`; None when the text
-    holds no number.
+    `"1,080"` -> `"1080"`, `"$18.00"` -> `"18"`, `"0.50"` -> `"0.5"`, `".5"` -> `"0.5"`, `"−5"` -> `"-5"`,
+    `"1 234"` -> `"1234"`, `"3/4"` -> `"0.75"`, `"1/3"` -> `"1/3"`, `"25%"` -> `"25"`; `"1,5"` and `"5 and 3"` -> None.
     """
-    if text is None:
-        return None
-    cleaned = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".%")
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
-        match = NUMBER.search(text)
-        if not match or match.group(0) == text:
-            return None
-        return normalise_number(match.group(0))
-    if not value.is_finite():
-        return None
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
+    return normalise(text)
 
 
 def extract_answer(completion: str) -> tuple[str | None, str]:
-    """(normalised answer, how it was found): the last `#### n` line, else the last number in the text."""
-    lines = ANSWER_LINE.findall(completion or "")
-    for raw in reversed(lines):
-        number = NUMBER.search(raw)
-        if number:
-            return normalise_number(number.group(0)), "answer_line"
-    numbers = NUMBER.findall(ANNOTATION.sub("", completion or ""))
+    """(normalised answer, how it was found): the last `#### n` line, else the last number in the text.
+
+    A last `####` line that is not one readable number gives (None, "unreadable_answer_line"): never a
+    number guessed from it.
+    """
+    try:
+        found = final_answer(completion or "", ANSWER_PATTERNS["####"])
+    except NumberError:
+        return None, "unreadable_answer_line"
+    if found is not None:
+        return canonical(found.value), "answer_line"
+    numbers = find_numbers(ANNOTATION.sub("", completion or ""))
     if numbers:
-        return normalise_number(numbers[-1]), "last_number"
+        return canonical(numbers[-1][1]), "last_number"
     return None, "none"
 
 
@@ -137,8 +130,8 @@ def check_annotations(completion: str, rel_tol: float = 1e-2) -> str | None:
         expr, result = body.split("=")
         try:
             value = _evaluate(ast.parse(expr.replace(",", "").replace("x", "*"), mode="eval"))
-            claimed = float(result.replace(",", "").replace("$", ""))
-        except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError):
+            claimed = float(parse_number(result))
+        except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError):  # NumberError too
             continue
         if not math.isclose(value, claimed, rel_tol=rel_tol, abs_tol=1e-6):
             return body
@@ -149,10 +142,14 @@ def gsm8k_fields(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, st
     """(question, worked solution) of a GSM8K row, or BadRow naming the field."""
     question = text_field(data, "question", columns)
     solution = text_field(data, "answer", columns)
-    if not ANSWER_LINE.search(solution):
+    try:
+        found = final_answer(solution, ANSWER_PATTERNS["####"])
+    except NumberError as err:
+        if err.kind == "none":
+            raise BadRow("answer", "the '####' line holds no number") from None
+        raise BadRow("answer", f"the '####' line is not one number: {err}") from None
+    if found is None:
         raise BadRow("answer", "no '#### <number>' answer line")
-    if extract_answer(solution)[1] != "answer_line":
-        raise BadRow("answer", "the '####' line holds no number")
     return question, solution
 
 
@@ -255,7 +252,7 @@ class GSM8KTask(Task):
         if prediction is None:
             return Verdict(False, None, "no_answer_line")
         gold = normalise_number(str(answer))
-        if gold is None or Decimal(prediction) != Decimal(gold):
+        if gold is None or Fraction(prediction) != Fraction(gold):
             return Verdict(False, prediction, "wrong_answer")
         if check_annotations(completion) is not None:
             return Verdict(False, prediction, "invalid_step")

@@ -56,6 +56,7 @@ SNAKEMAKE = r"^(?:SFTDPO_\w+=\S+ )*(?:\.venv/bin/)?snakemake\b"
 #   collect     pytest ... --collect-only (running it would recurse into the suite)
 #   pip-dry     pip install --dry-run --no-deps ... (installs nothing)
 #   accelerate  parsed by accelerate's own launch parser (needs several GPUs to run)
+#   help        a benchmark that runs for minutes: the script with --help (it imports, its options parse)
 #   mention     a tool's name with its subcommand, not a command line
 #   slurm       needs the Slurm cluster: run by tests/test_slurm.py after its run
 RULES: list[tuple[str, str]] = [
@@ -68,6 +69,7 @@ RULES: list[tuple[str, str]] = [
     (SNAKEMAKE, "dry-run"),
     (r"^(\.venv/bin/)?(python -m )?pytest\b", "collect"),
     (r"^\.venv/bin/python benchmarks/rule_times\.py\b", "after-run"),
+    (r"^\.venv/bin/python benchmarks/\w+\.py\b", "help"),
     (r"^pip install ", "pip-dry"),
     (r"^(\.venv/bin/)?pip cache dir$", "as-is"),
     (r"^accelerate launch --", "accelerate"),

@@ -25,7 +25,7 @@ from doc_commands import RULES, documented_commands
 COMMANDS = documented_commands()
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 NEEDS_DATA = "config/examples/gsm8k-qwen.yaml"  # its data paths: ../shared/datasets/gsm8k
-FAST_MODES = {"make-n", "pipe", "conda", "as-is", "dry-run", "collect", "pip-dry", "accelerate"}
+FAST_MODES = {"make-n", "pipe", "conda", "as-is", "dry-run", "collect", "pip-dry", "accelerate", "help"}
 NOT_RUN_HERE = {"env", "mention", "slurm", "after-run"}
 
 
@@ -125,6 +125,11 @@ def test_documented_command_runs(doc, project):
         for item in json.loads(report.read_text())["install"]:
             requested = set(item.get("requested_extras") or ())
             assert requested <= set(item["metadata"].get("provides_extra") or ()), item["metadata"]["name"]
+    elif mode == "help":
+        script_path = shlex.split(command)[1]
+        out = check(bash(project, f"{prefix}.venv/bin/python {script_path} --help"), command)
+        for option in re.findall(r"(--[\w-]+)", command):
+            assert option in out, f"{command}: {option} is not an option of {script_path}:\n{out}"
     elif mode == "accelerate":
         from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 

@@ -25,6 +25,8 @@ import copy
 import logging
 from typing import Any
 
+import pandas as pd
+
 from sftdpo.config_checks import DPO_NOT_IN_TRL, DPO_OWN_LOSSES, loss_problems
 from sftdpo.io import file_digest, read_parquet, write_json
 from sftdpo.modeling import load_model, load_tokenizer
@@ -209,12 +211,14 @@ def train_dpo(
     tokenizer = load_tokenizer(sft_dir)
     model = load_model(sft_dir, trainable_adapter=True)
     pairs = read_parquet(pairs_path)
-    split = pairs["split"] if "split" in pairs else None
+    # Pairs without a `split` column (made elsewhere) are all training pairs.
+    split = pairs["split"] if "split" in pairs else pd.Series("train", index=pairs.index)
     datasets = {
-        name: Dataset.from_dict({c: [list(v) for v in part[c]] for c in ("prompt", "chosen", "rejected")})
-        for name, part in (("train", pairs if split is None else pairs[split == "train"]),
-                           ("heldout", pairs.iloc[:0] if split is None else pairs[split == "val"]))
-    }  # fmt: skip
+        name: Dataset.from_dict(
+            {c: [list(v) for v in pairs.loc[split == s, c]] for c in ("prompt", "chosen", "rejected")}
+        )
+        for name, s in (("train", "train"), ("heldout", "val"))
+    }
     heldout = datasets["heldout"] if len(datasets["heldout"]) else None
     ckpt = checkpoint_dir(
         work_dir,
@@ -232,16 +236,13 @@ def train_dpo(
         "sftdpo.dpo",
     )
     args = DPOConfig(
-        **trainer_kwargs(train, ckpt, seed),
+        **trainer_kwargs(train, ckpt, seed, evaluate=heldout is not None),
         beta=beta,
         loss_type=loss_type,
         loss_weights=loss_weights,
         label_smoothing=label_smoothing,
         # sftdpo's own losses read the reference log-probs from the batch.
         precompute_ref_log_probs=own_losses,
-        eval_strategy="steps" if heldout is not None else "no",
-        eval_steps=train["eval_steps"],
-        per_device_eval_batch_size=train["batch_size"],
     )
     is_adapter = hasattr(model, "peft_config")
     kwargs: dict[str, Any] = {}

@@ -50,12 +50,9 @@ def train_sft(
         "sftdpo.sft",
     )
     args = SFTConfig(
-        **trainer_kwargs(train, ckpt, seed),
+        **trainer_kwargs(train, ckpt, seed, evaluate=val_ds is not None),
         completion_only_loss=True,
         packing=False,
-        eval_strategy="steps" if val_ds is not None else "no",
-        eval_steps=train["eval_steps"],
-        per_device_eval_batch_size=train["batch_size"],
         include_num_input_tokens_seen="non_padding",
     )
     trainer = SFTTrainer(

@@ -50,7 +50,7 @@ def last_checkpoint(path: Path) -> str | None:
     return found
 
 
-def trainer_kwargs(train: dict[str, Any], output_dir: Path, seed: int) -> dict[str, Any]:
+def trainer_kwargs(train: dict[str, Any], output_dir: Path, seed: int, *, evaluate: bool) -> dict[str, Any]:
     """Arguments common to SFTConfig and DPOConfig, from a stage's `train` config block."""
     on_gpu = device() == "cuda"
     return dict(
@@ -74,6 +74,10 @@ def trainer_kwargs(train: dict[str, Any], output_dir: Path, seed: int) -> dict[s
         dataloader_num_workers=0,
         disable_tqdm=False,
         max_length=train["max_length"],
+        # Held-out loss/metrics every eval_steps when there is an eval set (SFT: val rows; DPO: val pairs).
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=train["eval_steps"],
+        per_device_eval_batch_size=train["batch_size"],
     )
 
 

@@ -4,17 +4,17 @@
 import sys
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-from sftdpo.config_checks import check_config
+from sftdpo.config_checks import check_config, dpo_settings
 from sftdpo.experts import EXPERT_MODULES
 from sftdpo.fingerprint import code_fingerprint
-from sftdpo.tables import EVAL_STAGES
 
 check_config(config)
 
 
 wildcard_constraints:
     shard=r"\d+",
-    stage="|".join(EVAL_STAGES),
+    variant=r"[A-Za-z0-9_]+",
+    stage=r"base|sft|dpo|dpo-[A-Za-z0-9_]+",
 
 
 STAGE_MODEL = {
@@ -39,8 +39,35 @@ def resources(stage):
     return config[stage]["resources"]
 
 
+def model_of(stage):
+    """The model evaluated as one stage: base, sft, dpo (the main DPO run) or dpo-<variant>."""
+    if stage.startswith("dpo-"):
+        return f"results/dpo/{stage[len('dpo-'):]}/adapter"
+    return STAGE_MODEL[stage]
+
+
 def stage_model(wildcards):
-    return STAGE_MODEL[wildcards.stage]
+    return model_of(wildcards.stage)
+
+
+def dpo_stages():
+    """Every DPO run, as evaluated: dpo (the main run) and dpo-<variant> for each of dpo.variants."""
+    return ["dpo", *(f"dpo-{name}" for name in config["dpo"]["variants"])]
+
+
+def dpo_metrics_files():
+    """metrics.json of every DPO run, in the order of dpo_stages()."""
+    return [
+        os.path.join(os.path.dirname(model_of(stage)), "metrics.json")
+        for stage in dpo_stages()
+    ]
+
+
+def dpo_run(wildcards):
+    """Settings of one DPO run (main or variant), with its own resume directory."""
+    variant = getattr(wildcards, "variant", None)
+    work_dir = "work/dpo" if variant is None else f"work/dpo/variants/{variant}"
+    return {**dpo_settings(config, variant), "work_dir": work_dir}
 
 
 def task_data_files():

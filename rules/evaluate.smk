@@ -2,10 +2,10 @@
 
 
 rule evaluate:
-    """Greedy evaluation of one stage's model (base, sft, dpo) on the test split (GPU rule)."""
+    """Greedy evaluation of one stage's model (base, sft, dpo, dpo-<variant>) on the test split (GPU rule)."""
     input:
         model=stage_model,
-        test="results/data/test.parquet",
+        split="results/data/test.parquet",
     output:
         "results/eval/{stage}.parquet",
     log:
@@ -30,15 +30,32 @@ rule evaluate:
         "../workflow/scripts/evaluate.py"
 
 
-rule report:
-    """Accuracy per stage and difficulty with paired bootstrap CIs: summary, plot, markdown."""
+use rule evaluate as evaluate_val with:
     input:
-        evals=expand("results/eval/{stage}.parquet", stage=EVAL_STAGES),
+        model=stage_model,
+        split="results/data/val.parquet",
+    output:
+        "results/eval/val/{stage}.parquet",
+    log:
+        "logs/evaluate/val/{stage}.log",
+    benchmark:
+        "results/benchmarks/evaluate/val/{stage}.tsv"
+
+
+rule report:
+    """Accuracy per stage and difficulty with paired bootstrap CIs; the DPO run with the best val accuracy is "DPO"."""
+    input:
+        evals=expand(
+            "results/eval/{stage}.parquet", stage=["base", "sft", *dpo_stages()]
+        ),
+        val_evals=expand(
+            "results/eval/val/{stage}.parquet", stage=["sft", *dpo_stages()]
+        ),
+        dpo_metrics=dpo_metrics_files(),
         validation="results/demos/validation.json",
         split="results/data/split.json",
         sft="results/sft/metrics.json",
         preferences="results/prefs/report.json",
-        dpo="results/dpo/metrics.json",
     output:
         summary="results/report/summary.json",
         plot=report(
@@ -56,6 +73,7 @@ rule report:
     params:
         code=code_fingerprint("sftdpo.report"),
         bootstrap_samples=config["report"]["bootstrap_samples"],
+        dpo_stages=dpo_stages(),
         seed=config["seed"],
     script:
         "../workflow/scripts/report.py"

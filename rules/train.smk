@@ -66,16 +66,24 @@ rule dpo:
         runtime=resources("dpo")["runtime"],
     params:
         code=code_fingerprint("sftdpo.dpo"),
-        train=config["dpo"]["train"],
-        beta=config["dpo"]["beta"],
-        loss_type=config["dpo"]["loss_type"],
-        loss_weights=config["dpo"]["loss_weights"],
-        label_smoothing=config["dpo"]["label_smoothing"],
-        dpop_lambda=config["dpo"]["dpop_lambda"],
-        lora=config["dpo"]["lora"],
+        settings=dpo_run,
         launch=config["dpo"]["launch"],
-        seed=config["seed"],
         threads=resources("dpo")["threads"],
-        work_dir="work/dpo",
     script:
         "../workflow/scripts/dpo.py"
+
+
+use rule dpo as dpo_variant with:
+    output:
+        model=directory("results/dpo/{variant}/adapter"),
+        metrics="results/dpo/{variant}/metrics.json",
+        curve=report(
+            "results/dpo/{variant}/curves.png",
+            caption="../workflow/report/dpo.rst",
+            category="2. Training",
+            subcategory="DPO variants",
+        ),
+    log:
+        "logs/dpo/{variant}.log",
+    benchmark:
+        "results/benchmarks/dpo/{variant}.tsv"

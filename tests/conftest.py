@@ -12,8 +12,11 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
 # The pipeline's rules in DAG order, and the ones that run on a GPU when one is there.
 RULES = ["base_model", "collect", "merge_demos", "validate", "convert", "split", "sft", "rollouts", "merge_rollouts",
-         "preferences", "dpo", "evaluate", "report", "all"]  # fmt: skip
-GPU_RULES = {"sft", "rollouts", "dpo", "evaluate"}
+         "preferences", "dpo", "evaluate", "evaluate_val", "report", "all"]  # fmt: skip
+GPU_RULES = {"sft", "rollouts", "dpo", "evaluate", "evaluate_val"}
+# Rules that only run with dpo.variants set, and the config section that sizes each GPU rule.
+VARIANT_RULES = {"dpo_variant"}
+STAGE_OF_RULE = {"evaluate_val": "evaluate", "dpo_variant": "dpo"}
 
 
 def snakemake(*args, cwd, check=True, timeout=1800, env=None):

@@ -1,6 +1,7 @@
 """Issue 4: a changed parameter or code reruns exactly its dependants; targeted rebuilds; determinism."""
 
 import filecmp
+import json
 import shutil
 
 import pytest
@@ -15,18 +16,23 @@ DOWNSTREAM = RULES
 SHARDED = {"collect": 2, "rollouts": 2}
 
 
-def jobs(*rules, evaluate=3):
-    return {r: (evaluate if r == "evaluate" else SHARDED.get(r, 1)) for r in rules}
+EVALUATED = ("base", "sft", "dpo")  # on test; on val all but base (what selects among DPO runs)
 
 
-def from_(rule, evaluate=3):
-    return jobs(*DOWNSTREAM[DOWNSTREAM.index(rule) :], evaluate=evaluate)
+def jobs(*rules, stages=EVALUATED):
+    """Expected jobs per rule, when the models of `stages` are (re)evaluated."""
+    per_rule = {"evaluate": len(stages), "evaluate_val": len(set(stages) - {"base"}), **SHARDED}
+    return {r: per_rule.get(r, 1) for r in rules}
 
 
-AFTER_SFT = jobs("sft", "rollouts", "merge_rollouts", "preferences", "dpo", "evaluate", "report", "all", evaluate=2)
-AFTER_ROLLOUTS = jobs("rollouts", "merge_rollouts", "preferences", "dpo", "evaluate", "report", "all", evaluate=1)
-AFTER_PREFS = jobs("preferences", "dpo", "evaluate", "report", "all", evaluate=1)
-AFTER_DPO = jobs("dpo", "evaluate", "report", "all", evaluate=1)
+def from_(rule, stages=EVALUATED):
+    return jobs(*DOWNSTREAM[DOWNSTREAM.index(rule) :], stages=stages)
+
+
+AFTER_SFT = from_("sft", stages=("sft", "dpo"))
+AFTER_ROLLOUTS = from_("rollouts", stages=("dpo",))
+AFTER_PREFS = from_("preferences", stages=("dpo",))
+AFTER_DPO = from_("dpo", stages=("dpo",))
 
 
 def dry_run(workdir, *args, snakefile=None):
@@ -44,7 +50,7 @@ PARAMETER_CHANGES = [
     ({"rollouts": {"temperature": 0.9}}, AFTER_ROLLOUTS),
     ({"preferences": {"max_pairs_per_prompt": 3}}, AFTER_PREFS),
     ({"dpo": {"beta": 0.2}}, AFTER_DPO),
-    ({"evaluate": {"max_new_tokens": 30}}, jobs("evaluate", "report", "all")),
+    ({"evaluate": {"max_new_tokens": 30}}, jobs("evaluate", "evaluate_val", "report", "all")),
     ({"report": {"bootstrap_samples": 500}}, jobs("report", "all")),
 ]
 
@@ -131,3 +137,40 @@ def test_same_config_and_seed_give_identical_artifacts(tiny_run, tmp_path):
     snakemake("-c2", "--configfile", TINY, cwd=tmp_path)
     for name in DATA_ARTIFACTS:
         assert filecmp.cmp(tiny_run[0] / "results" / name, tmp_path / "results" / name, shallow=False), name
+
+
+def test_dpo_variants_share_upstream_and_rerun_alone(finished):
+    """dpo.variants: each variant is its own DPO job on the shared SFT model and pairs, evaluated on val
+    and test; the report calls the run with the best val accuracy "DPO"; adding or changing a variant
+    schedules only that variant's jobs (and the report)."""
+    variant_jobs = {"dpo_variant": 1, "evaluate": 1, "evaluate_val": 1, "report": 1, "all": 1}
+
+    def overlay(name, variants):
+        (finished / name).write_text(yaml.safe_dump({"dpo": {"variants": variants}}))
+        return name
+
+    one = overlay("one.yaml", {"lr": {"train": {"learning_rate": 5.0e-4}}})
+    out = dry_run(finished, one)
+    assert job_counts(out) == variant_jobs
+    assert "variant=lr" in out and "stage=dpo-lr" in out and "stage=sft" not in out
+    snakemake("-c2", "--configfile", TINY, finished / one, cwd=finished)
+    metrics = json.loads((finished / "results/dpo/lr/metrics.json").read_text())
+    assert metrics["train"]["learning_rate"] == 5.0e-4 and metrics["train"]["max_steps"] == 10  # the rest: tiny's
+    summary = json.loads((finished / "results/report/summary.json").read_text())
+    selection = summary["selection"]
+    assert list(selection["runs"]) == ["dpo", "dpo-lr"]
+    best = max(selection["runs"], key=lambda run: selection["runs"][run]["val"]["accuracy"])
+    assert selection["selected"] == best == summary["stages"]["dpo"]["run"]
+    chosen = read_parquet(finished / f"results/eval/{best}.parquet")
+    assert summary["stages"]["dpo"]["accuracy"] == pytest.approx(chosen["correct"].mean())
+    val = read_parquet(finished / "results/eval/val/dpo-lr.parquet")
+    assert len(val) == len(read_parquet(finished / "results/data/val.parquet"))
+    assert "## DPO runs, selected on val" in (finished / "results/report/report.md").read_text()
+    assert job_counts(dry_run(finished, one)) == {}
+    # Changing the variant reruns it alone; adding a second runs only the second.
+    assert job_counts(dry_run(finished, overlay("changed.yaml", {"lr": {"train": {"learning_rate": 4.0e-4}}}))) == (
+        variant_jobs
+    )
+    two = overlay("two.yaml", {"lr": {"train": {"learning_rate": 5.0e-4}}, "seed1": {"seed": 1}})
+    out = dry_run(finished, two)
+    assert job_counts(out) == variant_jobs and "variant=seed1" in out and "variant=lr" not in out

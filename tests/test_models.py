@@ -105,7 +105,7 @@ def test_hf_model_lora_sft_dpo_and_evaluation(hf_dir, tmp_path):
     rows = evaluate(
         stage="dpo",
         model_dir=str(dpo_dir),
-        test_path=paths["test"],
+        items_path=paths["test"],
         out_path=str(tmp_path / "eval.parquet"),
         task_options={},
         max_new_tokens=8,

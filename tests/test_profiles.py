@@ -13,10 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, user_env
+from conftest import GPU_RULES, ROOT, STAGE_OF_RULE, user_env
 
 SNAKEMAKE = ".venv/bin/snakemake"  # what the README's set-up installs in the project
-GPU_RULES = {"sft", "rollouts", "dpo", "evaluate"}
 SLURM_ENV = {"SFTDPO_CPU_PARTITION": "cpu", "SFTDPO_GPU_PARTITION": "gpu"}
 OVERLAY = "tests/slurm/overlay.yaml"
 # Keys profiles/default may set: output and rerun options only. Anything that sizes or places
@@ -120,6 +119,6 @@ def test_site_file_layers_on_the_profile(project):
         res = job["resources"]
         if rule in GPU_RULES:
             assert res["slurm_partition"] == "gpu", (rule, res)
-            assert res["mem_mb"] == str(tiny[rule]["resources"]["mem_mb"]), (rule, res)
+            assert res["mem_mb"] == str(tiny[STAGE_OF_RULE.get(rule, rule)]["resources"]["mem_mb"]), (rule, res)
         else:
             assert res["slurm_partition"] == "cpu" and res["mem_mb"] == "4000", (rule, res)

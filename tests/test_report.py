@@ -1,7 +1,8 @@
+import pytest
 import numpy as np
 import pandas as pd
 
-from sftdpo.report import bootstrap_ci, paired_bootstrap, summarise
+from sftdpo.report import bootstrap_ci, paired_bootstrap, select_dpo, selection_markdown, summarise
 
 
 def test_paired_bootstrap_mean_and_ci_match_numpy_reference():
@@ -51,3 +52,40 @@ def test_summary_shape_and_pairing_by_id():
     assert abs(summary["deltas"]["sft-base"]["mean"] - 4 / 6) < 1e-6
     assert abs(summary["deltas"]["dpo-sft"]["mean"] - 1 / 6) < 1e-6
     assert set(summary["deltas"]) == {"sft-base", "dpo-sft"}
+
+
+def test_dpo_run_is_selected_on_val_never_on_test():
+    """The run with the best val accuracy is "DPO", even when another run is better on test."""
+
+    def table(correct):
+        return pd.DataFrame({"id": [f"i{k}" for k in range(len(correct))], "correct": correct})
+
+    val = {
+        "sft": table([1, 0, 0, 0, 1, 0]),
+        "dpo": table([1, 1, 0, 0, 1, 0]),  # val 3/6
+        "dpo-lr": table([1, 1, 1, 0, 1, 1]),  # val 5/6: selected
+        "dpo-seed1": table([1, 1, 1, 0, 1, 1]),  # ties with dpo-lr, listed later: not selected
+    }
+    test = {
+        "sft": table([1, 0, 1, 0]),
+        "dpo": table([1, 1, 1, 1]),  # best on test, but test does not choose
+        "dpo-lr": table([1, 0, 1, 1]),
+        "dpo-seed1": table([0, 0, 0, 0]),
+    }
+    selection = select_dpo(val, test, n_samples=500, seed=0)
+    assert selection["selected"] == "dpo-lr"
+    assert list(selection["runs"]) == ["dpo", "dpo-lr", "dpo-seed1"]
+    lr = selection["runs"]["dpo-lr"]
+    assert abs(lr["val"]["accuracy"] - 5 / 6) < 1e-6 and lr["val"]["n"] == 6
+    assert abs(lr["val_minus_sft"]["mean"] - 3 / 6) < 1e-6
+    assert abs(lr["test"]["accuracy"] - 3 / 4) < 1e-6
+    assert abs(lr["test_minus_sft"]["mean"] - 1 / 4) < 1e-6
+    assert abs(selection["sft_val"]["accuracy"] - 2 / 6) < 1e-6
+    lines = "\n".join(selection_markdown(selection))
+    assert "| dpo-lr | 0.833 | +0.500" in lines and "| 0.750 | +0.250" in lines
+
+
+def test_selection_needs_every_run_on_val():
+    frame = pd.DataFrame({"id": ["a"], "correct": [1]})
+    with pytest.raises(ValueError, match=r"no val evaluation for \['dpo-x'\]"):
+        select_dpo({"sft": frame, "dpo": frame}, {"sft": frame, "dpo": frame, "dpo-x": frame}, n_samples=100, seed=0)

@@ -7,7 +7,7 @@ import h5py
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, job_counts, snakemake
+from conftest import ROOT, TINY, VARIANT_RULES, job_counts, snakemake
 from sftdpo.io import read_parquet
 
 EDGES = {
@@ -23,10 +23,12 @@ EDGES = {
     ("split", "sft"),
     ("split", "rollouts"),
     ("split", "evaluate"),
+    ("split", "evaluate_val"),
     ("split", "report"),
     ("sft", "rollouts"),
     ("sft", "dpo"),
     ("sft", "evaluate"),
+    ("sft", "evaluate_val"),
     ("sft", "report"),
     ("base_model", "evaluate"),
     ("rollouts", "merge_rollouts"),
@@ -37,6 +39,8 @@ EDGES = {
     ("dpo", "evaluate"),
     ("dpo", "report"),
     ("evaluate", "report"),
+    ("evaluate_val", "report"),
+    ("dpo", "evaluate_val"),
     ("report", "all"),
     ("collect", "all"),
     ("rollouts", "all"),
@@ -58,6 +62,7 @@ def test_dry_run_lists_every_rule(tmp_path):
         "preferences": 1,
         "dpo": 1,
         "evaluate": 3,
+        "evaluate_val": 2,
         "report": 1,
         "all": 1,
     }
@@ -65,7 +70,7 @@ def test_dry_run_lists_every_rule(tmp_path):
 
 def test_every_rule_says_what_it_does(tmp_path):
     listed = dict(re.findall(r"^(\w+) \((.+)\)$", snakemake("--list-rules", cwd=tmp_path).stdout, re.M))
-    assert set(listed) == {rule for edge in EDGES for rule in edge}
+    assert set(listed) == {rule for edge in EDGES for rule in edge} | VARIANT_RULES
     assert all(len(text) > 20 for text in listed.values()), listed
 
 

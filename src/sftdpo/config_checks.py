@@ -55,6 +55,26 @@ def loss_problems(loss_type: list[str], loss_weights: list[float] | None) -> lis
     return problems
 
 
+# The keys of `dpo` one training run reads; a variant overlays some of them (dpo_settings).
+DPO_RUN_KEYS = ("beta", "loss_type", "loss_weights", "label_smoothing", "dpop_lambda", "lora", "train")
+
+
+def dpo_settings(config: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
+    """The settings of one DPO run: `dpo` (variant None, the main run in results/dpo/) or `dpo` overlaid
+    with `dpo.variants.<variant>` (results/dpo/<variant>/), `train` key by key; plus the seed it uses."""
+    settings = {key: config["dpo"][key] for key in DPO_RUN_KEYS}
+    settings["seed"] = config["seed"]
+    if variant is None:
+        return settings
+    variants = config["dpo"]["variants"]
+    if variant not in variants:
+        raise ValueError(f"dpo.variants has no variant {variant!r} (variants: {sorted(variants) or 'none'})")
+    overlay = variants[variant] or {}
+    for key, value in overlay.items():
+        settings[key] = {**settings["train"], **value} if key == "train" else value
+    return settings
+
+
 def config_problems(config: dict[str, Any]) -> list[str]:
     """Every cross-field problem of a (schema-validated) config, as a sentence naming the keys."""
     problems = []
@@ -139,7 +159,10 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             f"to {rows} tokens would be cut during training; raise sft.train.max_length or lower "
             "convert.max_length"
         )
-    problems += loss_problems(config["dpo"]["loss_type"], config["dpo"]["loss_weights"])
+    for variant in [None, *config["dpo"]["variants"]]:
+        settings = dpo_settings(config, variant)
+        found = loss_problems(settings["loss_type"], settings["loss_weights"])
+        problems += [f"dpo.variants.{variant} (overlaid on dpo): {p}" if variant else p for p in found]
     return problems
 
 

@@ -270,6 +270,8 @@ def train_dpo(
         loss_weights=loss_weights,
         label_smoothing=label_smoothing,
         dpop_lambda=dpop_lambda,
+        train=train,
+        seed=seed,
     )
     history = metrics["log_history"]
     for key in ("rewards/accuracies", "rewards/margins", "loss", "eval_rewards/accuracies", "eval_loss"):

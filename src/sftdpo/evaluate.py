@@ -19,14 +19,14 @@ def evaluate(
     *,
     stage: str,
     model_dir: str,
-    test_path: str,
+    items_path: str,
     out_path: str,
     task_options: dict[str, dict[str, Any]],
     max_new_tokens: int,
     batch_size: int,
     seed: int,
 ) -> pd.DataFrame:
-    test = read_parquet(test_path)
+    test = read_parquet(items_path)
     model, tokenizer = load_for_inference(model_dir)
     prompts = [messages[0]["content"] for messages in test["prompt"]]
     outputs = generate(

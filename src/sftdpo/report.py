@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,48 @@ def summarise(evals: dict[str, pd.DataFrame], *, n_samples: int, seed: int) -> d
     return summary
 
 
+def select_dpo(
+    val: dict[str, pd.DataFrame], test: dict[str, pd.DataFrame], *, n_samples: int, seed: int
+) -> dict[str, Any]:
+    """Every DPO run's val and test accuracy, and the run with the best val accuracy: the one called "DPO".
+
+    Runs are the stages named dpo (the main run) and dpo-<variant>; a tie goes to the earlier run (the main
+    run first). Test accuracy plays no part in the choice: it is reported once, for the selected run, and
+    for the others only as information.
+    """
+    runs = [stage for stage in test if stage == "dpo" or stage.startswith("dpo-")]
+    missing = [stage for stage in ["sft", *runs] if stage not in val]
+    if missing:
+        raise ValueError(f"no val evaluation for {missing}: selection needs every DPO run (and SFT) on val")
+
+    def accuracy(frame: pd.DataFrame) -> dict[str, Any]:
+        correct = frame["correct"].to_numpy(dtype=np.float32)
+        ci = bootstrap_ci(correct, n_samples=n_samples, seed=seed)
+        return {"accuracy": float(correct.mean()), "ci95": ci, "n": int(len(correct))}
+
+    def minus_sft(split: dict[str, pd.DataFrame], stage: str) -> dict[str, Any]:
+        sft = split["sft"].set_index("id")
+        run = split[stage].set_index("id").loc[sft.index]
+        return paired_bootstrap(run["correct"].to_numpy(), sft["correct"].to_numpy(), n_samples=n_samples, seed=seed)
+
+    table = {
+        stage: {
+            "val": accuracy(val[stage]),
+            "test": accuracy(test[stage]),
+            "val_minus_sft": minus_sft(val, stage),
+            "test_minus_sft": minus_sft(test, stage),
+        }
+        for stage in runs
+    }
+    best = max(runs, key=lambda stage: (table[stage]["val"]["accuracy"], -runs.index(stage)))
+    return {
+        "metric": "val accuracy (greedy); test is not used to choose",
+        "selected": best,
+        "sft_val": accuracy(val["sft"]),
+        "runs": table,
+    }
+
+
 def plot_comparison(
     evals: dict[str, pd.DataFrame], summary: dict[str, Any], path: str, *, n_samples: int, seed: int
 ) -> None:
@@ -127,9 +170,37 @@ def markdown(summary: dict[str, Any], extras: dict[str, Any]) -> str:
     verdict = summary.get("dpo_diagnostics", {}).get("verdict")
     if verdict:
         lines += ["", f"DPO: {verdict}."]
+    lines += selection_markdown(summary.get("selection"))
     for title, data in extras.items():
         lines += ["", f"## {title}", "", "```json", _short_json(data), "```"]
     return "\n".join(lines) + "\n"
+
+
+def selection_markdown(selection: dict[str, Any] | None) -> list[str]:
+    """The table of DPO runs: val accuracy (what chose "DPO") and test accuracy (reported, not used)."""
+    if not selection:
+        return []
+    sft = selection["sft_val"]
+    lines = [
+        "",
+        "## DPO runs, selected on val",
+        "",
+        f'"DPO" above is **{selection["selected"]}**, the run with the best val accuracy (SFT on val: '
+        f"{sft['accuracy']:.3f}, n {sft['n']}). The other runs' test numbers are information only: "
+        "nothing was chosen on test.",
+        "",
+        "| run | val | val − SFT (95% CI) | test | test − SFT (95% CI) | selected |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stage, run in selection["runs"].items():
+        val, test = run["val"], run["test"]
+        dv, dt = run["val_minus_sft"], run["test_minus_sft"]
+        lines.append(
+            f"| {stage} | {val['accuracy']:.3f} | {dv['mean']:+.3f} [{dv['ci95'][0]:+.3f}, {dv['ci95'][1]:+.3f}] | "
+            f"{test['accuracy']:.3f} | {dt['mean']:+.3f} [{dt['ci95'][0]:+.3f}, {dt['ci95'][1]:+.3f}] | "
+            f"{'yes' if stage == selection['selected'] else ''} |"
+        )
+    return lines
 
 
 def _short_json(data: Any) -> str:
@@ -141,6 +212,8 @@ def _short_json(data: Any) -> str:
 def make_report(
     *,
     eval_paths: dict[str, str],
+    val_eval_paths: dict[str, str],
+    dpo_metrics_paths: dict[str, str],
     extra_paths: dict[str, str],
     summary_path: str,
     plot_path: str,
@@ -148,10 +221,21 @@ def make_report(
     n_samples: int,
     seed: int,
 ) -> dict[str, Any]:
-    evals = {stage: read_parquet(eval_paths[stage]) for stage in EVAL_STAGES if stage in eval_paths}
+    """The report of a run. `eval_paths` / `val_eval_paths`: test / val evaluations by stage (base, sft and
+    every DPO run: dpo, dpo-<variant>); `dpo_metrics_paths`: each DPO run's metrics.json."""
+    tests = {stage: read_parquet(path) for stage, path in eval_paths.items()}
+    vals = {stage: read_parquet(path) for stage, path in val_eval_paths.items()}
+    selection = select_dpo(vals, tests, n_samples=n_samples, seed=seed)
+    chosen = selection["selected"]
+    selection["model"] = str(Path(dpo_metrics_paths[chosen]).parent / "adapter")
+    # Base vs SFT vs DPO, where DPO is the run chosen on val.
+    evals = {stage: tests[stage] for stage in EVAL_STAGES if stage != "dpo"}
+    evals["dpo"] = tests[chosen]
     summary = summarise(evals, n_samples=n_samples, seed=seed)
+    summary["stages"]["dpo"]["run"] = chosen
+    summary["selection"] = selection
     extras = {}
-    for name, path in extra_paths.items():
+    for name, path in {**extra_paths, "dpo": dpo_metrics_paths[chosen]}.items():
         data = read_json(path)
         extras[name] = {k: v for k, v in data.items() if k != "log_history"}
     summary["inputs"] = {
@@ -161,6 +245,7 @@ def make_report(
     # close the pairs are, in the summary a person reads first.
     diagnostics = extras.get("dpo", {}).get("diagnostics", {})
     summary["dpo_diagnostics"] = {
+        "run": chosen,
         "verdict": diagnostics.get("verdict"),
         "heldout": diagnostics.get("heldout"),
         "train": diagnostics.get("train"),
@@ -170,5 +255,5 @@ def make_report(
     with atomic_path(markdown_path) as tmp:
         tmp.write_text(markdown(summary, extras))
     write_json(summary, summary_path)
-    log.info("report: %s", {s: v["accuracy"] for s, v in summary["stages"].items()})
+    log.info("report: %s (DPO = %s, chosen on val)", {s: v["accuracy"] for s, v in summary["stages"].items()}, chosen)
     return summary

@@ -14,23 +14,18 @@ from sftdpo.dpo import train_dpo
 
 sm = snakemake  # noqa: F821
 i, o, p = sm.input, sm.output, sm.params
+settings = p.settings  # the main run's dpo settings, or a variant's (dpo.variants)
 kwargs = dict(
     sft_dir=i.model,
     pairs_path=i.pairs,
     out_dir=o.model,
     metrics_path=o.metrics,
     curve_path=o.curve,
-    work_dir=p.work_dir,
-    train=p.train,
-    beta=p.beta,
-    loss_type=p.loss_type,
-    loss_weights=p.loss_weights,
-    label_smoothing=p.label_smoothing,
-    dpop_lambda=p.dpop_lambda,
-    lora=p.lora,
-    seed=p.seed,
+    **settings,
 )
 run(
     sm,
-    lambda: run_stage(train_dpo, kwargs, gpus=sm.resources.gpu, launch=p.launch, precision=p.train["precision"]),
+    lambda: run_stage(
+        train_dpo, kwargs, gpus=sm.resources.gpu, launch=p.launch, precision=settings["train"]["precision"]
+    ),
 )

@@ -1,4 +1,7 @@
-"""Rule evaluate: greedy evaluation of one stage on the test split (adapter: reads `snakemake`, calls the library)."""
+"""Rules evaluate / evaluate_val: greedy evaluation of one stage on the test / val split.
+
+(adapter: reads `snakemake`, calls the library)
+"""
 
 import sys
 from pathlib import Path
@@ -14,7 +17,7 @@ run(
     lambda: evaluate(
         stage=sm.wildcards.stage,
         model_dir=sm.input.model,
-        test_path=sm.input.test,
+        items_path=sm.input.split,
         out_path=sm.output[0],
         task_options=p.task_options,
         max_new_tokens=p.max_new_tokens,

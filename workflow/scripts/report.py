@@ -6,20 +6,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from sftdpo.runner import run
 from sftdpo.report import make_report
-from sftdpo.tables import EVAL_STAGES
 
 sm = snakemake  # noqa: F821
 i, o = sm.input, sm.output
+
+
+def by_stage(paths):
+    """{stage: path} from results/eval/[val/]<stage>.parquet paths."""
+    return {Path(path).stem: path for path in paths}
+
+
 run(
     sm,
     lambda: make_report(
-        eval_paths=dict(zip(EVAL_STAGES, i.evals)),
+        eval_paths=by_stage(i.evals),
+        val_eval_paths=by_stage(i.val_evals),
+        dpo_metrics_paths=dict(zip(sm.params.dpo_stages, i.dpo_metrics)),
         extra_paths={
             "validation": i.validation,
             "split": i.split,
             "sft": i.sft,
             "preferences": i.preferences,
-            "dpo": i.dpo,
         },
         summary_path=o.summary,
         plot_path=o.plot,

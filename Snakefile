@@ -31,6 +31,7 @@ report: "workflow/report/workflow.rst"
 localrules:
     merge_demos,
     merge_rollouts,
+    merge_rollouts_round,
 
 
 include: "rules/common.smk"

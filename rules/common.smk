@@ -13,7 +13,9 @@ check_config(config)
 
 wildcard_constraints:
     shard=r"\d+",
-    variant=r"[A-Za-z0-9_]+",
+    # round<N> names a DPO round (results/dpo/round<N>/), never a variant
+    variant=r"(?!round\d+\b)[A-Za-z0-9_]+",
+    round=r"[2-9]|[1-9]\d+",
     stage=r"base|sft|dpo|dpo-[A-Za-z0-9_]+",
 
 
@@ -51,8 +53,17 @@ def stage_model(wildcards):
 
 
 def dpo_stages():
-    """Every DPO run, as evaluated: dpo (the main run) and dpo-<variant> for each of dpo.variants."""
-    return ["dpo", *(f"dpo-{name}" for name in config["dpo"]["variants"])]
+    """Every DPO run, as evaluated: dpo (the main run, round 1), dpo-<variant> for each of dpo.variants,
+    and dpo-round<r> for each later round (dpo.rounds)."""
+    variants = [f"dpo-{name}" for name in config["dpo"]["variants"]]
+    rounds = [f"dpo-round{r}" for r in range(2, config["dpo"]["rounds"] + 1)]
+    return ["dpo", *variants, *rounds]
+
+
+def previous_round_model(wildcards):
+    """The model round r starts from, samples from and uses as reference: round r-1's DPO model."""
+    previous = int(wildcards.round) - 1
+    return model_of("dpo" if previous == 1 else f"dpo-round{previous}")
 
 
 def dpo_metrics_files():
@@ -66,7 +77,12 @@ def dpo_metrics_files():
 def dpo_run(wildcards):
     """Settings of one DPO run (main or variant), with its own resume directory."""
     variant = getattr(wildcards, "variant", None)
-    work_dir = "work/dpo" if variant is None else f"work/dpo/variants/{variant}"
+    round_ = getattr(wildcards, "round", None)
+    work_dir = (
+        f"work/dpo/variants/{variant}"
+        if variant
+        else f"work/dpo/round{round_}" if round_ else "work/dpo"
+    )
     return {**dpo_settings(config, variant), "work_dir": work_dir}
 
 

@@ -78,3 +78,47 @@ rule preferences:
         quality_margin=config["preferences"]["quality_margin"],
     script:
         "../workflow/scripts/preferences.py"
+
+
+# Iterative rounds (dpo.rounds > 1): round r samples from round r-1's DPO model and builds its own pairs.
+
+
+use rule rollouts as rollouts_round with:
+    input:
+        model=previous_round_model,
+        train="results/data/train.parquet",
+        val="results/data/val.parquet",
+    output:
+        "results/rollouts/round{round}/shards/{shard}.parquet",
+    log:
+        "logs/rollouts/round{round}/{shard}.log",
+    benchmark:
+        "results/benchmarks/rollouts/round{round}/{shard}.tsv"
+
+
+use rule merge_rollouts as merge_rollouts_round with:
+    input:
+        lambda wildcards: expand(
+            "results/rollouts/round{round}/shards/{shard}.parquet",
+            round=wildcards.round,
+            shard=shards("rollouts"),
+        ),
+    output:
+        "results/rollouts/round{round}/rollouts.parquet",
+    log:
+        "logs/merge_rollouts/round{round}.log",
+    benchmark:
+        "results/benchmarks/merge_rollouts/round{round}.tsv"
+
+
+use rule preferences as preferences_round with:
+    input:
+        rollouts="results/rollouts/round{round}/rollouts.parquet",
+        tokenizer=previous_round_model,
+    output:
+        pairs="results/prefs/round{round}/pairs.parquet",
+        report="results/prefs/round{round}/report.json",
+    log:
+        "logs/preferences/round{round}.log",
+    benchmark:
+        "results/benchmarks/preferences/round{round}.tsv"

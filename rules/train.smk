@@ -41,7 +41,11 @@ rule sft:
 
 
 rule dpo:
-    """DPO from the SFT model, reference = SFT, no merge (GPU rule; resumes from work/dpo/)."""
+    """DPO from the SFT model, reference = SFT, no merge (GPU rule; resumes from work/dpo/).
+
+    Its variants (dpo_variant) train the same way with other settings; round r > 1 (dpo_round) starts from
+    round r-1's model, which is also its reference, on pairs sampled from that model.
+    """
     input:
         model="results/sft/adapter",
         pairs="results/prefs/pairs.parquet",
@@ -87,3 +91,22 @@ use rule dpo as dpo_variant with:
         "logs/dpo/{variant}.log",
     benchmark:
         "results/benchmarks/dpo/{variant}.tsv"
+
+
+use rule dpo as dpo_round with:
+    input:
+        model=previous_round_model,
+        pairs="results/prefs/round{round}/pairs.parquet",
+    output:
+        model=directory("results/dpo/round{round}/adapter"),
+        metrics="results/dpo/round{round}/metrics.json",
+        curve=report(
+            "results/dpo/round{round}/curves.png",
+            caption="../workflow/report/dpo.rst",
+            category="2. Training",
+            subcategory="DPO rounds",
+        ),
+    log:
+        "logs/dpo/round{round}.log",
+    benchmark:
+        "results/benchmarks/dpo/round{round}.tsv"

@@ -14,9 +14,10 @@ TINY = ROOT / "tests" / "config" / "tiny.yaml"
 RULES = ["base_model", "collect", "merge_demos", "validate", "convert", "split", "sft", "rollouts", "merge_rollouts",
          "preferences", "dpo", "evaluate", "evaluate_val", "report", "all"]  # fmt: skip
 GPU_RULES = {"sft", "rollouts", "dpo", "evaluate", "evaluate_val"}
-# Rules that only run with dpo.variants set, and the config section that sizes each GPU rule.
-VARIANT_RULES = {"dpo_variant"}
-STAGE_OF_RULE = {"evaluate_val": "evaluate", "dpo_variant": "dpo"}
+# Rules that only run with dpo.variants or dpo.rounds > 1 set, and the config section sizing each GPU rule.
+OPTIONAL_GPU_RULES = {"dpo_variant", "dpo_round", "rollouts_round"}
+OPTIONAL_RULES = OPTIONAL_GPU_RULES | {"merge_rollouts_round", "preferences_round"}
+STAGE_OF_RULE = {"evaluate_val": "evaluate", "dpo_variant": "dpo", "dpo_round": "dpo", "rollouts_round": "rollouts"}
 
 
 def snakemake(*args, cwd, check=True, timeout=1800, env=None):

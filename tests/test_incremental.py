@@ -174,3 +174,31 @@ def test_dpo_variants_share_upstream_and_rerun_alone(finished):
     two = overlay("two.yaml", {"lr": {"train": {"learning_rate": 5.0e-4}}, "seed1": {"seed": 1}})
     out = dry_run(finished, two)
     assert job_counts(out) == variant_jobs and "variant=seed1" in out and "variant=lr" not in out
+
+
+def test_dpo_rounds_sample_from_and_start_at_the_previous_round(finished):
+    """dpo.rounds: 2 adds round 2 (rollouts from round 1's model, its own pairs, DPO from round 1's model),
+    as file targets beside round 1's, evaluated and shown by round; nothing upstream reruns."""
+    (finished / "rounds.yaml").write_text(yaml.safe_dump({"dpo": {"rounds": 2}}))
+    out = dry_run(finished, "rounds.yaml")
+    round_jobs = {"rollouts_round": 2, "merge_rollouts_round": 1, "preferences_round": 1, "dpo_round": 1}
+    assert job_counts(out) == {**round_jobs, "evaluate": 1, "evaluate_val": 1, "report": 1, "all": 1}
+    snakemake("-c2", "--configfile", TINY, finished / "rounds.yaml", cwd=finished)
+    results = finished / "results"
+    first, second = (
+        read_parquet(results / "rollouts/rollouts.parquet"),
+        read_parquet(results / "rollouts/round2/rollouts.parquet"),
+    )
+    assert len(second) == len(first) and set(second["prompt_id"]) == set(first["prompt_id"])
+    assert not second["completion"].equals(first["completion"])  # another model sampled them
+    pairs = read_parquet(results / "prefs/round2/pairs.parquet")
+    assert len(pairs) > 0 and set(pairs["prompt_id"]) <= set(second["prompt_id"])
+    metrics = json.loads((results / "dpo/round2/metrics.json").read_text())
+    assert metrics["start_model"] == "results/dpo/adapter" and metrics["n_pairs"] == (pairs["split"] == "train").sum()
+    assert json.loads((results / "dpo/metrics.json").read_text())["start_model"] == "results/sft/adapter"
+    summary = json.loads((results / "report/summary.json").read_text())
+    by_round = summary["selection"]["by_round"]
+    assert [(r["round"], r["stage"]) for r in by_round] == [(1, "dpo"), (2, "dpo-round2")]
+    test2 = read_parquet(results / "eval/dpo-round2.parquet")
+    assert by_round[1]["test"] == pytest.approx(test2["correct"].mean())
+    assert "Accuracy by DPO round" in (results / "report/report.md").read_text()

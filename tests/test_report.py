@@ -89,3 +89,20 @@ def test_selection_needs_every_run_on_val():
     frame = pd.DataFrame({"id": ["a"], "correct": [1]})
     with pytest.raises(ValueError, match=r"no val evaluation for \['dpo-x'\]"):
         select_dpo({"sft": frame, "dpo": frame}, {"sft": frame, "dpo": frame, "dpo-x": frame}, n_samples=100, seed=0)
+
+
+def test_rounds_are_listed_in_order_and_take_part_in_the_selection():
+    def table(correct):
+        return pd.DataFrame({"id": [f"i{k}" for k in range(len(correct))], "correct": correct})
+
+    val = {"sft": table([0, 0, 0, 0]), "dpo": table([1, 0, 0, 0]), "dpo-round10": table([1, 1, 1, 1])}
+    val["dpo-round2"] = table([1, 1, 0, 0])
+    test = {name: frame.iloc[:2] for name, frame in val.items()}
+    selection = select_dpo(val, test, n_samples=100, seed=0)
+    assert [(r["round"], r["stage"], r["val"]) for r in selection["by_round"]] == [
+        (1, "dpo", 0.25),
+        (2, "dpo-round2", 0.5),
+        (3, "dpo-round10", 1.0),
+    ]
+    assert selection["selected"] == "dpo-round10"
+    assert "| 3 | dpo-round10 | 1.000 | 1.000 |" in selection_markdown(selection)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import GPU_RULES, RULES, STAGE_OF_RULE, VARIANT_RULES, user_env
+from conftest import GPU_RULES, RULES, STAGE_OF_RULE, OPTIONAL_GPU_RULES, user_env
 from doc_commands import copy_project, documented_commands
 
 pytestmark = pytest.mark.slurm
@@ -269,7 +269,7 @@ def test_profile_takes_cluster_values_from_environment(monkeypatch):
     unset = load()
     assert unset["executor"] == "slurm"
     assert not any(r.startswith(("slurm_partition", "slurm_account")) for r in unset["default-resources"])
-    for rule in GPU_RULES | VARIANT_RULES:
+    for rule in GPU_RULES | OPTIONAL_GPU_RULES:
         assert f"{rule}:slurm_partition=gpu" in unset["set-resources"]
         assert not any(r.startswith(f"{rule}:gpu_model") for r in unset["set-resources"])
 
@@ -281,7 +281,7 @@ def test_profile_takes_cluster_values_from_environment(monkeypatch):
     )
     assert "slurm_partition=short" in set_["default-resources"]
     assert "slurm_account=proj42" in set_["default-resources"]
-    for rule in GPU_RULES | VARIANT_RULES:
+    for rule in GPU_RULES | OPTIONAL_GPU_RULES:
         assert f"{rule}:slurm_partition=gpu-a100" in set_["set-resources"]
         assert f"{rule}:gpu_model=a100" in set_["set-resources"]
     # Placement is the profile's business only: not in the rules, config/ or the test overlay.

@@ -7,7 +7,7 @@ import h5py
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, VARIANT_RULES, job_counts, snakemake
+from conftest import ROOT, TINY, OPTIONAL_RULES, job_counts, snakemake
 from sftdpo.io import read_parquet
 
 EDGES = {
@@ -70,7 +70,7 @@ def test_dry_run_lists_every_rule(tmp_path):
 
 def test_every_rule_says_what_it_does(tmp_path):
     listed = dict(re.findall(r"^(\w+) \((.+)\)$", snakemake("--list-rules", cwd=tmp_path).stdout, re.M))
-    assert set(listed) == {rule for edge in EDGES for rule in edge} | VARIANT_RULES
+    assert set(listed) == {rule for edge in EDGES for rule in edge} | OPTIONAL_RULES
     assert all(len(text) > 20 for text in listed.values()), listed
 
 

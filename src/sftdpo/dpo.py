@@ -272,6 +272,7 @@ def train_dpo(
         dpop_lambda=dpop_lambda,
         train=train,
         seed=seed,
+        start_model=sft_dir,  # also the reference: the SFT model, or the previous round's DPO model
     )
     history = metrics["log_history"]
     for key in ("rewards/accuracies", "rewards/margins", "loss", "eval_rewards/accuracies", "eval_loss"):

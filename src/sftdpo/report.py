@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +111,24 @@ def select_dpo(
         for stage in runs
     }
     best = max(runs, key=lambda stage: (table[stage]["val"]["accuracy"], -runs.index(stage)))
+    # Round 1 is the main run (dpo); later rounds (dpo.rounds) are dpo-round<r>.
+    rounds = ["dpo", *sorted((s for s in runs if re.fullmatch(r"dpo-round\d+", s)), key=lambda s: int(s[9:]))]
     return {
         "metric": "val accuracy (greedy); test is not used to choose",
         "selected": best,
         "sft_val": accuracy(val["sft"]),
         "runs": table,
+        "by_round": [
+            {
+                "round": r,
+                "stage": stage,
+                "val": table[stage]["val"]["accuracy"],
+                "test": table[stage]["test"]["accuracy"],
+            }
+            for r, stage in enumerate(rounds, start=1)
+        ]
+        if len(rounds) > 1
+        else [],
     }
 
 
@@ -200,6 +214,10 @@ def selection_markdown(selection: dict[str, Any] | None) -> list[str]:
             f"{test['accuracy']:.3f} | {dt['mean']:+.3f} [{dt['ci95'][0]:+.3f}, {dt['ci95'][1]:+.3f}] | "
             f"{'yes' if stage == selection['selected'] else ''} |"
         )
+    if selection.get("by_round"):
+        lines += ["", "Accuracy by DPO round (round r samples from and starts at round r-1's model):", ""]
+        lines += ["| round | run | val | test |", "|---|---|---|---|"]
+        lines += [f"| {r['round']} | {r['stage']} | {r['val']:.3f} | {r['test']:.3f} |" for r in selection["by_round"]]
     return lines
 
 

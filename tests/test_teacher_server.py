@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import TINY, scratch_base_model, snakemake
+from test_teacher import collect  # collect_shard of the teacher, its test defaults
 
 from sftdpo.chat import prompt_ids
-from sftdpo.collect import collect_shard
 from sftdpo.io import read_json
 from sftdpo.modeling import load_tokenizer
 from sftdpo.tasks import get_task
@@ -135,11 +135,11 @@ def test_collect_through_snakemake_survives_a_server_restart(server, tmp_path):
     config = teacher_config(tmp_path / "teacher.yaml", options, shards=2)
     result = {}
 
-    def collect():
+    def run_snakemake():
         target = "results/demos/demos.parquet"
         result["proc"] = snakemake(target, "-c2", "--configfile", TINY, config, cwd=tmp_path, check=False, timeout=900)
 
-    run = threading.Thread(target=collect)
+    run = threading.Thread(target=run_snakemake)
     started = time.monotonic()
     run.start()
     while len(progress_rows(tmp_path / "work")) < 10 and run.is_alive():
@@ -185,22 +185,8 @@ def test_collect_through_snakemake_survives_a_server_restart(server, tmp_path):
 
     # The same rows as an uninterrupted run against the restarted server.
     uninterrupted = {**options, "workers": 4}
-    again = pd.concat(
-        collect_shard(
-            task="arithmetic",
-            task_options={},
-            n_problems=N_PROBLEMS,
-            expert="teacher",
-            expert_options=uninterrupted,
-            seed=0,
-            shard=s,
-            n_shards=2,
-            work_dir=str(tmp_path / "again"),
-            out_path=str(tmp_path / "again" / f"{s}.parquet"),
-            flush_every=20,
-        )
-        for s in range(2)
-    ).sort_values("id", ignore_index=True)
+    shards = [collect(tmp_path, uninterrupted, shard=s, n_shards=2, n=N_PROBLEMS, tag="again") for s in range(2)]
+    again = pd.concat(shards).sort_values("id", ignore_index=True)
     columns = ["id", "prompt", "completion", "answer", "correct"]
     pd.testing.assert_frame_equal(frame[columns].reset_index(drop=True), again[columns])
     assert [m["usage"] for m in metas] == [json.loads(m)["usage"] for m in again["meta"]]

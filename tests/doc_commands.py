@@ -42,6 +42,8 @@ COMMAND_WORDS = (
     "export",
     "bash",
     "git",
+    "vllm",
+    "transformers",
 )
 
 SNAKEMAKE = r"^(?:SFTDPO_\w+=\S+ )*(?:\.venv/bin/)?snakemake\b"
@@ -57,6 +59,8 @@ SNAKEMAKE = r"^(?:SFTDPO_\w+=\S+ )*(?:\.venv/bin/)?snakemake\b"
 #   pip-dry     pip install --dry-run --no-deps ... (installs nothing)
 #   accelerate  parsed by accelerate's own launch parser (needs several GPUs to run)
 #   help        a benchmark that runs for minutes: the script with --help (it imports, its options parse)
+#   serve-help  a model server (runs until stopped): its --help lists every option the command uses; skipped
+#               when the tool is not installed (vllm: the gpu extra). tests/test_teacher_server.py runs one.
 #   mention     a tool's name with its subcommand, not a command line
 #   slurm       needs the Slurm cluster: run by tests/test_slurm.py after its run
 RULES: list[tuple[str, str]] = [
@@ -73,6 +77,8 @@ RULES: list[tuple[str, str]] = [
     (r"^pip install ", "pip-dry"),
     (r"^(\.venv/bin/)?pip cache dir$", "as-is"),
     (r"^accelerate launch --", "accelerate"),
+    (r"^(vllm|transformers) serve ", "serve-help"),
+    (r"^(vllm|transformers) serve$", "mention"),
     (r"^accelerate launch$", "mention"),
     (r"^sbatch -[-\w=]+$", "mention"),
     (r"^(sacct|squeue|scancel|tail -f) ", "slurm"),

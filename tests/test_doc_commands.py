@@ -25,7 +25,7 @@ from doc_commands import RULES, documented_commands
 COMMANDS = documented_commands()
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 NEEDS_DATA = "config/examples/gsm8k-qwen.yaml"  # its data paths: ../shared/datasets/gsm8k
-FAST_MODES = {"make-n", "pipe", "conda", "as-is", "dry-run", "collect", "pip-dry", "accelerate", "help"}
+FAST_MODES = {"make-n", "pipe", "conda", "as-is", "dry-run", "collect", "pip-dry", "accelerate", "help", "serve-help"}
 NOT_RUN_HERE = {"env", "mention", "slurm", "after-run"}
 
 
@@ -130,6 +130,13 @@ def test_documented_command_runs(doc, project):
         out = check(bash(project, f"{prefix}.venv/bin/python {script_path} --help"), command)
         for option in re.findall(r"(--[\w-]+)", command):
             assert option in out, f"{command}: {option} is not an option of {script_path}:\n{out}"
+    elif mode == "serve-help":
+        tool = command.split()[0]
+        if shutil.which(tool, path=user_env()["PATH"]) is None:
+            pytest.skip(f"{tool} is not installed here (vllm: pip install .[gpu] on a GPU machine)")
+        out = check(bash(project, f"{prefix}{tool} serve --help"), command)
+        for option in re.findall(r"(--[\w-]+)", command):
+            assert option in out, f"{command}: {option} is not an option of `{tool} serve`:\n{out[-3000:]}"
     elif mode == "accelerate":
         from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 

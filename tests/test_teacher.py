@@ -2,7 +2,9 @@
 
 The server computes the arithmetic prompts' answers (wrong on purpose when the answer is a multiple
 of 7, so the verifier has failures to count) and can be told to answer a prompt's next requests with
-429, 500/503, a slow reply (client timeout), malformed JSON, a reply without choices, or a 401.
+an HTTP error (ERRORS: 400/401/404/422/429/5xx, with bodies shaped as real servers send them), a slow
+reply (client timeout), malformed JSON or a reply without choices. tests/test_teacher_server.py runs
+the teacher against a real server (`transformers serve`).
 """
 
 import json
@@ -22,7 +24,14 @@ import pytest
 from sftdpo.collect import collect_shard, progress_key
 from sftdpo.io import read_json
 from sftdpo.tasks import get_task
-from sftdpo.teacher import RateLimiter, TeacherClient, TeacherError, backoff_delay
+from sftdpo.teacher import (
+    DEFAULT_SYSTEM_PROMPT,
+    RateLimiter,
+    TeacherClient,
+    TeacherError,
+    backoff_delay,
+    server_reason,
+)
 
 SECRET = "sk-test-0123456789abcdef-SECRET"
 EXPR = re.compile(r"What is ([0-9+\-*]+)\?")
@@ -41,6 +50,20 @@ def solve(prompt: str) -> tuple[str, int]:
 
 def wrong(value: int) -> bool:
     return value % 7 == 0
+
+
+# Error replies by fault mode: (status, body). Bodies in the shapes real servers send, "{auth}" replaced by the
+# request's Authorization header (a server echoing the key).
+ERRORS = {
+    "400": (400, '{"error": {"message": "Invalid value for max_tokens: -1", "type": "invalid_request_error"}}'),
+    "401": (401, '{"error": {"message": "injected 401: Incorrect API key provided: {auth}", "type": "auth"}}'),
+    "404": (404, '{"detail": "Not Found"}'),  # FastAPI
+    "422": (422, '{"detail": [{"loc": ["body", "top_k"], "msg": "Extra inputs are not permitted"}]}'),  # pydantic
+    "429": (429, '{"error": "rate limit: 2 requests/s"}'),  # a bare error string (llama.cpp, gateways)
+    "500": (500, '{"object": "error", "message": "The model crashed", "type": "InternalServerError", "code": 500}'),
+    "502": (502, ""),  # no body at all
+    "503": (503, "upstream connect error or disconnect/reset before headers"),  # plain text from a proxy
+}
 
 
 class FakeOpenAI:
@@ -102,10 +125,13 @@ class FakeOpenAI:
         try:
             if self.delay:
                 time.sleep(self.delay)
-            if mode in ("429", "500", "503", "401"):
-                payload = {"error": {"message": f"injected {mode}", "type": "test", "code": mode}}
+            if mode in ERRORS:
+                status, body = ERRORS[mode]
                 headers = {"Retry-After": "0"} if mode == "429" else {}
-                return self.send(h, int(mode), json.dumps(payload).encode(), headers)
+                if not body.startswith("{"):
+                    headers["Content-Type"] = "text/plain"
+                body = body.replace("{auth}", h.headers.get("Authorization", ""))
+                return self.send(h, status, body.encode(), headers)
             if mode == "slow":
                 time.sleep(self.slow_seconds)
             if mode == "malformed":
@@ -142,9 +168,9 @@ class FakeOpenAI:
     @staticmethod
     def send(h, status: int, data: bytes, headers: dict | None = None) -> None:
         h.send_response(status)
-        h.send_header("Content-Type", "application/json")
+        headers = {"Content-Type": "application/json", **(headers or {})}
         h.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
+        for k, v in headers.items():
             h.send_header(k, v)
         h.end_headers()
         h.wfile.write(data)
@@ -215,6 +241,7 @@ def test_faults_are_retried_and_no_id_is_lost_or_duplicated(tmp_path, key_env, c
     assert len(server.requests) == 40 + sum(expected_retries.values())
     assert {r["auth"] for r in server.requests} == {f"Bearer {SECRET}"}
     assert {r["path"] for r in server.requests} == {"/v1/chat/completions"}
+    assert {r["body"]["messages"][0]["content"] for r in server.requests} == {DEFAULT_SYSTEM_PROMPT}
     summaries = [read_json(tmp_path / "run" / f"{s}.json") for s in range(2)]
     retries = Counter()
     for s in summaries:
@@ -232,6 +259,7 @@ def test_faults_are_retried_and_no_id_is_lost_or_duplicated(tmp_path, key_env, c
         assert meta["usage"]["completion_tokens"] == len(row.completion.split())
         assert meta["teacher"]["model"] == "fake-teacher" and meta["teacher"]["base_url"] == server.base_url
         assert meta["teacher"]["sampling"] == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 512}
+        assert meta["teacher"]["system_prompt"] == DEFAULT_SYSTEM_PROMPT  # what was sent, in every row
         assert meta["latency_s"] > 0 and meta["finish_reason"] == "stop"
     assert rows[problems[2].id] is not None and json.loads(rows[problems[2].id].meta)["elapsed_s"] >= 0.5
     n_wrong = sum(wrong(solve(p.prompt)[1]) for p in problems)
@@ -346,6 +374,53 @@ def test_rejected_request_stops_at_once_with_a_key_hint(tmp_path, key_env):
         with pytest.raises(TeacherError, match=r"rejected the request .*HTTP 401.*check the key in \$SFTDPO_TEST_KEY"):
             collect(tmp_path, options(server, key_env, workers=1), n=5)
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "mode, reason, hint",
+    [
+        ("400", "HTTP 400 BadRequestError, the server said: Invalid value for max_tokens: -1", "collect.teacher.model"),
+        ("401", "HTTP 401 AuthenticationError, the server said: injected 401: Incorrect API key provided: Bearer ***",
+         "check the key in $SFTDPO_TEST_KEY"),
+        ("404", "HTTP 404 NotFoundError, the server said: Not Found", "collect.teacher.base_url ends in"),
+        ("422", "HTTP 422 UnprocessableEntityError, the server said: body.top_k: Extra inputs are not permitted",
+         "remove it from collect.teacher.extra_body"),
+        ("429", "HTTP 429 RateLimitError, the server said: rate limit: 2 requests/s", None),
+        ("500", "HTTP 500 InternalServerError, the server said: The model crashed", None),
+        ("502", "HTTP 502 InternalServerError, Error code: 502 (the reply gave no reason)", None),
+        ("503", "HTTP 503 InternalServerError, the server said: upstream connect error or disconnect/reset before "
+         "headers", None),
+    ],
+)  # fmt: skip
+def test_errors_carry_the_servers_reason(tmp_path, key_env, caplog, mode, reason, hint):
+    """Every teacher error says what the server said (retried errors: in each retry's log line and the final
+    error), with the API key masked if the server echoes it."""
+    problem = get_task("arithmetic").problems(1, seed=0)[0]
+    caplog.set_level("WARNING")
+    with FakeOpenAI() as server:
+        server.always = mode
+        with pytest.raises(TeacherError) as err:
+            collect(tmp_path, options(server, key_env, workers=1, max_retries=1), n=1)
+    message = str(err.value)
+    assert message.startswith(f"teacher {server.base_url} (model 'fake-teacher') ")
+    assert f"for problem {problem.id}: " in message and reason in message
+    if hint is None:  # retried: out of retries, and the retry's log line has the reason too
+        assert len(server.requests) == 2 and "kept failing" in message and "2 attempts, last error: " in message
+        assert reason in caplog.text and "retrying" in caplog.text
+    else:  # refused: stops at once with what to check
+        assert len(server.requests) == 1 and "rejected the request" in message and hint in message.split(reason)[1]
+    assert SECRET not in message and SECRET not in caplog.text
+
+
+def test_server_reason_shapes_and_length():
+    assert server_reason({"message": "a"}) == "a"
+    assert server_reason({"detail": {"message": "nested"}}) == "nested"
+    assert server_reason({"detail": [{"loc": ["body", "n"], "msg": "too big"}, "other"]}) == "body.n: too big; other"
+    assert server_reason({"code": 7}) == '{"code": 7}'
+    assert server_reason("<html>\n  <h1>Bad   Gateway</h1>\n</html>") == "<html> <h1>Bad Gateway</h1> </html>"
+    assert server_reason(None) is None and server_reason("") is None
+    long = server_reason("x" * 5000)
+    assert long == "x" * 300 + "..."
 
 
 def test_out_of_retries_stops_the_shard_and_keeps_answered_rows(tmp_path, key_env):

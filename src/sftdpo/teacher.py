@@ -12,8 +12,11 @@ into rows, summaries, logs or the progress file (only the variable's name is rec
   a 429's Retry-After is honoured up to the cap). Other HTTP errors (400, 401, 404, ...) stop at once.
 - A problem that still fails stops the shard with an error naming the endpoint; the rows already
   answered are in the shard's progress file, so a rerun asks only for the rest.
-- Each row's `meta` records the endpoint, model, sampling parameters, token usage, latency and the
-  number of attempts; the shard summary adds totals, latency percentiles and retries by reason.
+- Every error and retry message carries the server's own reason from the error body (OpenAI's
+  `error.message`, FastAPI's `detail`, or the text), shortened, with the API key masked.
+- Each row's `meta` records the endpoint, model, sampling parameters, the system prompt, token usage,
+  latency and the number of attempts; the shard summary adds totals, latency percentiles and retries
+  by reason.
 """
 
 from __future__ import annotations
@@ -41,6 +44,16 @@ DEFAULT_SYSTEM_PROMPT = (
     "End with a last line of the form '#### <answer>', the final answer as a plain number."
 )
 RETRY_STATUS = {408, 409, 429}
+REASON_CHARS = 300  # the server's reason in an error message is cut to this length
+# What to check when the server refuses a request (its own reason comes first in the message).
+REJECTED_HINTS = {
+    400: "check that collect.teacher.model is exactly the name the server serves (for `transformers serve`: "
+    "the path it was started with) and that the server accepts every request field",
+    404: "check that collect.teacher.base_url ends in the API's root (usually /v1) and that the server has "
+    "collect.teacher.model",
+    422: "the server refuses a request field: remove it from collect.teacher.extra_body, or set request_seed: "
+    "false if it is the seed (strict servers such as `transformers serve` accept only the fields they know)",
+}
 
 
 class TeacherError(RuntimeError):
@@ -134,6 +147,7 @@ class TeacherClient:
                 )
         else:
             api_key = "no-key"
+        self._secret = api_key if api_key_env else None
         # Requests and headers stay out of the rule log: the client logs them at DEBUG (httpx at INFO).
         for name in ("openai", "httpx", "httpx2", "httpcore"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -159,9 +173,14 @@ class TeacherClient:
             "model": self.model,
             "api_key_env": self.api_key_env,
             "sampling": {k: v for k, v in self.sampling.items() if v is not None},
+            "system_prompt": self.system_prompt,
             "system_prompt_sha256": hashlib.sha256(system.encode()).hexdigest()[:16] if system else None,
             "extra_body": self.extra_body,
         }
+
+    def _mask(self, text: str) -> str:
+        """The text with the API key replaced by *** (a server may echo the key in its error reply)."""
+        return text.replace(self._secret, "***") if self._secret else text
 
     def messages(self, prompt: str) -> list[dict[str, str]]:
         head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -219,18 +238,17 @@ class TeacherClient:
                 text, usage, finish, served_by = self._request(prompt, seed)
             except Exception as err:
                 reason, retry_after = self._classify(err)
-                detail = _describe(err)
+                detail = self._mask(_describe(err))
                 if reason is None or attempt > self.max_retries:
                     self.cancelled.set()  # the other workers stop before their next request
                 if reason is None:
+                    status = getattr(err, "status_code", None)
                     hint = (
-                        f" (check the key in ${self.api_key_env})"
-                        if getattr(err, "status_code", None) in (401, 403)
-                        else ""
+                        f"check the key in ${self.api_key_env}" if status in (401, 403) else REJECTED_HINTS.get(status)
                     )
                     raise TeacherError(
                         f"teacher {self.base_url} (model {self.model!r}) rejected the request for "
-                        f"{label}: {detail}{hint}"
+                        f"{label}: {detail}" + (f" ({hint})" if hint else "")
                     ) from None
                 if attempt > self.max_retries:
                     what = (
@@ -277,15 +295,54 @@ class TeacherClient:
 
 
 def _describe(err: Exception) -> str:
+    """One line about a failed request: HTTP status, error type, and the server's reason when it gave one."""
     status = getattr(err, "status_code", None)
     name = type(err).__name__
-    message = str(err).strip().replace("\n", " ")
+    if status:
+        reason = server_reason(getattr(err, "body", None))
+        said = f"the server said: {reason}" if reason else f"{err} (the reply gave no reason)"
+        return f"HTTP {status} {name}, {said}"
+    message = _shorten(str(err))
     cause = err.__cause__ or err.__context__
-    if cause is not None and not status and str(cause) and str(cause) not in message:
-        message = f"{message} ({type(cause).__name__}: {cause})"
-    if len(message) > 300:
-        message = message[:300] + "..."
-    return f"HTTP {status} {name}: {message}" if status else f"{name}: {message}"
+    if cause is not None and str(cause) and str(cause) not in message:
+        message = _shorten(f"{message} ({type(cause).__name__}: {cause})")
+    return f"{name}: {message}"
+
+
+def server_reason(body: Any) -> str | None:
+    """The server's explanation in an error reply's body, shortened; None when it gave none.
+
+    `body` is what the openai client kept: the parsed JSON (with an OpenAI `{"error": {...}}` already
+    unwrapped to the inner object), or the text when the reply was not JSON. Understood: OpenAI's and
+    vLLM's `message`, FastAPI's `detail` (a string, or a list of validation errors), a bare `error`
+    string (llama.cpp and gateways); any other JSON is shown compactly.
+    """
+    if body is None or body == "":
+        return None
+    if isinstance(body, dict):
+        for field in ("message", "detail", "error"):
+            value = body.get(field)
+            if isinstance(value, str) and value.strip():
+                return _shorten(value)
+            if isinstance(value, dict):
+                return server_reason(value)
+            if isinstance(value, list) and value:
+                return _shorten("; ".join(_validation_error(item) for item in value))
+        return _shorten(json.dumps(body, sort_keys=True, default=str))
+    return _shorten(str(body))
+
+
+def _validation_error(item: Any) -> str:
+    """One FastAPI/pydantic validation error (`{"loc": ["body", "top_k"], "msg": "..."}`) as text."""
+    if isinstance(item, dict) and "msg" in item:
+        where = ".".join(str(part) for part in item.get("loc", ()))
+        return f"{where}: {item['msg']}" if where else str(item["msg"])
+    return str(item)
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())  # one line, whatever the server sent (HTML, tracebacks, JSON)
+    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS] + "..."
 
 
 def problem_seed(seed: int, problem_id: str) -> int:
@@ -319,7 +376,6 @@ class TeacherExpert(Expert):
         """What the answers depend on besides the prompt: endpoint, model, sampling, system prompt."""
         lineage = {
             **self.client.lineage(),
-            "system_prompt": self.client.system_prompt,
             "request_seed": self.client.request_seed,
             "seed": self.seed,
         }

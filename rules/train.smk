@@ -41,11 +41,7 @@ rule sft:
 
 
 rule dpo:
-    """DPO from the SFT model, reference = SFT, no merge (GPU rule; resumes from work/dpo/).
-
-    Its variants (dpo_variant) train the same way with other settings; round r > 1 (dpo_round) starts from
-    round r-1's model, which is also its reference, on pairs sampled from that model.
-    """
+    """DPO from the SFT model, reference = SFT, no merge; dpo_variant: other settings, dpo_round: from round r-1's model (GPU rule; resumable)."""
     input:
         model="results/sft/adapter",
         pairs="results/prefs/pairs.parquet",

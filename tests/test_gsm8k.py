@@ -230,6 +230,7 @@ def test_gsm8k_qwen_example_plans_every_rule(tmp_path):
         "preferences": "1",
         "dpo": "1",
         "evaluate": "3",
+        "evaluate_val": "2",
         "report": "1",
         "all": "1",
     }

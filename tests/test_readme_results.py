@@ -1,0 +1,26 @@
+"""The README's results table is what benchmarks/seed_noise.py renders from the saved run summaries."""
+
+import importlib.util
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("seed_noise", ROOT / "benchmarks/seed_noise.py")
+seed_noise = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(seed_noise)
+
+
+def test_readme_table_matches_the_saved_summaries():
+    records = seed_noise.saved_records()
+    assert records, "no saved summaries in benchmarks/results/seeds/"
+    assert seed_noise.readme_table(seed_noise.README.read_text()) == seed_noise.render(records)
+
+
+def test_render_reads_the_numbers_of_each_summary():
+    def record(seed, sft, dpo, delta, lo, hi):
+        stages = {"sft": {"accuracy": sft, "n": 1500}, "dpo": {"accuracy": dpo, "run": "dpo"}}
+        return {"seed": seed, "wall_seconds": 540, "configfiles": [],
+                "summary": {"stages": stages, "deltas": {"dpo-sft": {"mean": delta, "ci95": [lo, hi]}}}}  # fmt: skip
+
+    table = seed_noise.render([record(0, 0.8, 0.86, 0.06, 0.04, 0.08), record(1, 0.7, 0.71, 0.01, -0.01, 0.03)])
+    assert "| 0 | 1500 | 0.800 | dpo | 0.860 | +0.060 [+0.040, +0.080] | 9.0 min |" in table
+    assert "mean +0.035, range +0.010 to +0.060; CI95 lower bound above 0 on 1 of 2 seeds" in table

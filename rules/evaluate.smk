@@ -31,7 +31,7 @@ rule evaluate:
 
 
 rule report:
-    """Accuracy per stage and difficulty with paired bootstrap CIs: summary, plot, markdown."""
+    """Accuracy per stage and difficulty with paired bootstrap CIs: summary, plot, tables (markdown, HTML)."""
     input:
         evals=expand("results/eval/{stage}.parquet", stage=EVAL_STAGES),
         validation="results/demos/validation.json",
@@ -47,6 +47,26 @@ rule report:
             category="3. Evaluation",
         ),
         markdown="results/report/report.md",
+        accuracy=report(
+            "results/report/accuracy.html",
+            caption="../workflow/report/accuracy.rst",
+            category="3. Evaluation",
+        ),
+        samples=report(
+            "results/report/samples.html",
+            caption="../workflow/report/samples.rst",
+            category="3. Evaluation",
+        ),
+        rejections=report(
+            "results/report/rejections.html",
+            caption="../workflow/report/rejections.rst",
+            category="1. Validation",
+        ),
+        pairs=report(
+            "results/report/pairs.html",
+            caption="../workflow/report/pairs.rst",
+            category="2. Training",
+        ),
     log:
         "logs/report.log",
     benchmark:
@@ -56,6 +76,7 @@ rule report:
     params:
         code=code_fingerprint("sftdpo.report"),
         bootstrap_samples=config["report"]["bootstrap_samples"],
+        samples_shown=config["report"]["samples_shown"],
         seed=config["seed"],
     script:
         "../workflow/scripts/report.py"

@@ -10,7 +10,18 @@ from sftdpo.fingerprint import _imports, dependencies
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sftdpo"
 LAYERS = {
-    "plumbing": {"io", "records", "tables", "chat", "fingerprint", "runner", "plots", "config_checks", "answers"},
+    "plumbing": {
+        "io",
+        "records",
+        "tables",
+        "chat",
+        "fingerprint",
+        "runner",
+        "plots",
+        "pages",
+        "config_checks",
+        "answers",
+    },
     "domain": {"tasks", "tasks.arithmetic", "tasks.gsm8k", "modeling"},
     "services": {"generation", "training", "launch", "experts", "teacher", "importers"},
     "stages": {

@@ -50,3 +50,12 @@ rule all:
         # The shards too: a deleted shard is rebuilt, and being newer it reruns what depends on it.
         expand("results/demos/shards/{shard}.parquet", shard=shards("collect")),
         expand("results/rollouts/shards/{shard}.parquet", shard=shards("rollouts")),
+
+
+# After a successful run: accuracy per stage with CIs, and where the report is (nothing if there is no summary yet).
+onsuccess:
+    from sftdpo.report import run_summary
+
+    summary = run_summary("results/report/summary.json", "results/report/report.md")
+    if summary:
+        print(summary)

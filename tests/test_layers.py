@@ -19,6 +19,7 @@ LAYERS = {
         "runner",
         "plots",
         "pages",
+        "progress",
         "config_checks",
         "answers",
     },

@@ -261,7 +261,7 @@ def train_dpo(
         loss_type,
         "SFT adapter copy" if is_adapter else "SFT model, adapters disabled" if lora else "frozen SFT copy",
     )
-    metrics = run_training(trainer, ckpt, out_dir, tokenizer)
+    metrics = run_training(trainer, ckpt, out_dir, tokenizer, "dpo")
     metrics.update(
         n_pairs=len(datasets["train"]),
         n_heldout_pairs=len(datasets["heldout"]),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -251,6 +253,23 @@ def report_tables(
 def markdown(summary: dict[str, Any], tables: dict[str, list[Table]]) -> str:
     header = ["# sftdpo report", "", f"Test items: {summary['n_items']} (greedy decoding).", ""]
     return "\n".join(header) + "\n" + pages.markdown([t for page in tables.values() for t in page])
+
+
+def run_summary(summary_path: str, markdown_path: str) -> str:
+    """What the console shows after a successful run: accuracy per stage, the paired differences, and
+    where the report is."""
+    if not Path(summary_path).exists():
+        return ""
+    summary = read_json(summary_path)
+    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(Path(summary_path).stat().st_mtime))
+    return "\n".join([
+        f"Test accuracy ({summary_path}, written {written}):",
+        pages.text(accuracy_table(summary)),
+        "",
+        pages.text(delta_table(summary)),
+        "",
+        f"Report: {markdown_path}; the HTML report with every table and plot: snakemake --report report.html",
+    ])  # fmt: skip
 
 
 def make_report(

@@ -64,7 +64,7 @@ def train_sft(
         peft_config=lora_config(lora) if lora else None,
     )
     log.info("SFT: %d train rows, %d val rows, %s", len(train_ds), len(val_rows), "LoRA" if lora else "full")
-    metrics = run_training(trainer, ckpt, out_dir, tokenizer)
+    metrics = run_training(trainer, ckpt, out_dir, tokenizer, "sft")
     metrics.update(n_train=len(train_ds), n_val=len(val_rows), lora=lora)
     evals = [h["eval_loss"] for h in metrics["log_history"] if "eval_loss" in h]
     metrics["final_eval_loss"] = evals[-1] if evals else None

@@ -18,6 +18,7 @@ from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import atomic_path, resume_dir, write_json
 from sftdpo.modeling import device, use_bf16
 from sftdpo.plots import plot_curve
+from sftdpo.progress import console, duration, rate_and_eta
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,53 @@ def trainer_kwargs(train: dict[str, Any], output_dir: Path, seed: int, *, evalua
     )
 
 
-def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer) -> dict[str, Any]:
+def log_line(label: str, step: int, max_steps: int, logs: dict[str, Any], rate: str) -> str:
+    """`sft step 40/200 loss 1.702 eval_loss 1.65 | 1.9 steps/s, ETA 1m24s` from a Trainer's log record."""
+    shown = [f"{key} {logs[key]:.4g}" for key in CONSOLE_KEYS if isinstance(logs.get(key), (int, float))]
+    return f"{label} step {step}/{max_steps} " + " ".join(shown) + f" | {rate}"
+
+
+# What a training log line shows, when the record has it (SFT, DPO, and their held-out evaluations).
+CONSOLE_KEYS = ("loss", "eval_loss", "rewards/accuracies", "eval_rewards/accuracies", "rewards/margins")
+
+
+def console_progress(label: str):
+    """Trainer callbacks: one compact console line per logging step, and tqdm bars without the dicts of
+    numbers that transformers writes beside them (the bars stay in the rule's log)."""
+    from transformers import ProgressCallback, TrainerCallback
+
+    class BarsOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    class ConsoleLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first_step, self.started = state.global_step, time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or "train_loss" in (logs or {}):  # the run's summary record
+                return
+            done = state.global_step - self.first_step
+            rate = rate_and_eta(done, state.max_steps - self.first_step, time.monotonic() - self.started, "steps")
+            console(log_line(label, state.global_step, state.max_steps, logs, rate))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                elapsed = duration(time.monotonic() - self.started)
+                console(f"{label} done: {state.global_step}/{state.max_steps} steps in {elapsed}")
+
+    return BarsOnly, ConsoleLog()
+
+
+def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer, label: str) -> dict[str, Any]:
     """Train (resuming if a checkpoint exists), then save model + tokenizer atomically."""
     import torch
+    from transformers import ProgressCallback
 
+    bars, console_log = console_progress(label)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(bars)
+    trainer.add_callback(console_log)
     resume = last_checkpoint(ckpt_dir)
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume)

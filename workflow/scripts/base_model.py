@@ -20,5 +20,6 @@ run(
         tokenizer_files=p.tokenizer_files,
         trust_remote_code=p.trust_remote_code,
         seed=p.seed,
+        revision=p.revision,
     ),
 )

@@ -13,13 +13,17 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from sftdpo.config_checks import coerce_by_schema, schema_error_message
+
+# `--config dpo='{beta: 0.2}'` gives the string "0.2": read it as the number the schema wants.
+config.update(
+    coerce_by_schema(config, os.path.join(workflow.basedir, "config/schema.yaml"))
+)
 # Snakemake's own message prints the whole sub-schema; ours names the key, the value and the rule.
 try:
     validate(config, "config/schema.yaml")
 except WorkflowError as err:
-    sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-    from sftdpo.config_checks import schema_error_message
-
     raise WorkflowError(schema_error_message(err)) from None
 
 

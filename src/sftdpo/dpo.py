@@ -31,7 +31,7 @@ from sftdpo.config_checks import DPO_NOT_IN_TRL, DPO_OWN_LOSSES, loss_problems
 from sftdpo.io import file_digest, read_parquet, write_json
 from sftdpo.modeling import load_model, load_tokenizer
 from sftdpo.plots import plot_panels
-from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_kwargs
+from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_config
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,13 @@ def train_dpo(
         },
         "sftdpo.dpo",
     )
-    args = DPOConfig(
-        **trainer_kwargs(train, ckpt, seed, evaluate=heldout is not None),
+    args = trainer_config(
+        DPOConfig,
+        "dpo.train",
+        train,
+        ckpt,
+        seed,
+        evaluate=heldout is not None,
         beta=beta,
         loss_type=loss_type,
         loss_weights=loss_weights,

@@ -8,7 +8,7 @@ from typing import Any
 from sftdpo.io import file_digest, read_parquet
 from sftdpo.modeling import load_model, load_tokenizer
 from sftdpo.tables import read_token_rows
-from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_kwargs, write_metrics
+from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_config, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,13 @@ def train_sft(
         },
         "sftdpo.sft",
     )
-    args = SFTConfig(
-        **trainer_kwargs(train, ckpt, seed, evaluate=val_ds is not None),
+    args = trainer_config(
+        SFTConfig,
+        "sft.train",
+        train,
+        ckpt,
+        seed,
+        evaluate=val_ds is not None,
         completion_only_loss=True,
         packing=False,
         include_num_input_tokens_seen="non_padding",

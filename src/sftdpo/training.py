@@ -120,6 +120,33 @@ def console_progress(label: str):
     return BarsOnly, ConsoleLog()
 
 
+def trainer_config(config_class, key: str, train: dict[str, Any], output_dir: Path, seed: int, *, evaluate: bool,
+                   **stage: Any):  # fmt: skip
+    """`config_class` (TRL's SFTConfig or DPOConfig) from the stage's `train` block, the stage's own arguments
+    and `train.extra`: any other field of the class, checked against its fields (`key` names the block)."""
+    args = {**trainer_kwargs(train, output_dir, seed, evaluate=evaluate), **stage}
+    extra = train.get("extra") or {}
+    check_extra(config_class, f"{key}.extra", extra, set(args))
+    return config_class(**args, **extra)
+
+
+def check_extra(config_class, key: str, extra: dict[str, Any], set_by_sftdpo: set[str]) -> None:
+    import dataclasses
+    import difflib
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    problems = []
+    for name in sorted(extra):
+        if name in set_by_sftdpo:
+            problems.append(f"{name} is set by sftdpo from its own keys (see config/schema.yaml); set it there")
+        elif name not in fields:
+            close = difflib.get_close_matches(name, fields, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            problems.append(f"{name} is not a field of TRL's {config_class.__name__}{hint}")
+    if problems:
+        raise ValueError(f"{key}: " + "; ".join(problems))
+
+
 def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer, label: str) -> dict[str, Any]:
     """Train (resuming if a checkpoint exists), then save model + tokenizer atomically."""
     import torch

@@ -42,6 +42,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/rollouts.smk"
 include: "rules/evaluate.smk"
+include: "rules/export.smk"
 
 
 rule all:

@@ -37,6 +37,7 @@ LAYERS = {
         "dpo",
         "evaluate",
         "report",
+        "export",
     },
 }
 ORDER = list(LAYERS)

@@ -250,6 +250,19 @@ def load_model(model_dir: str, *, dtype: str = "float32", trainable_adapter: boo
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=_trust(model_dir))
 
 
+def lineage(model_dir: str) -> list[dict[str, Any]]:
+    """The model directory, then the one each adapter was trained on, down to the base: path, kind
+    (adapter, model, reference, hub) and, for a reference or a Hub download, where it came from."""
+    chain: list[dict[str, Any]] = []
+    path = Path(model_dir)
+    while (path / "adapter_config.json").exists():
+        chain.append({"path": str(path), "kind": "adapter"})
+        path = Path(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+    info = next((json.loads((path / n).read_text()) for n in (REFERENCE_FILE, SOURCE_FILE) if (path / n).exists()), {})
+    chain.append({"path": str(path), "kind": info.get("kind", "model"), **({"source": info} if info else {})})
+    return chain
+
+
 def device() -> str:
     import torch
 

@@ -36,6 +36,7 @@ def build_base_model(
     trust_remote_code: bool,
     seed: int,
     revision: str,
+    chat_template: str | None,
 ) -> dict[str, Any]:
     """Write the base model directory (see sftdpo.modeling.make_base_model); returns its info."""
     texts = None
@@ -51,4 +52,5 @@ def build_base_model(
         trust_remote_code=trust_remote_code,
         seed=seed,
         revision=revision,
+        chat_template=chat_template,
     )

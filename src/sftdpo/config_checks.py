@@ -12,6 +12,8 @@ from typing import Any
 
 NEEDS_OPTIONS = ("teacher", "policy", "files")
 SPLITS = ("train", "val", "test")
+# Named chat templates of model.chat_template (sftdpo.modeling.CHAT_TEMPLATES holds their text).
+CHAT_TEMPLATE_PRESETS = ("sftdpo",)
 # Columns of chat.parquet a split can be stratified by.
 STRATA_COLUMNS = ("difficulty", "task", "expert", "answer")
 
@@ -80,6 +82,12 @@ def config_problems(config: dict[str, Any]) -> list[str]:
                     f"{key} ({length}) > model.scratch.max_positions ({positions}): the scratch model cannot "
                     f"read rows that long; raise model.scratch.max_positions or lower {key}"
                 )
+    template = config["model"]["chat_template"]
+    if template and template not in CHAT_TEMPLATE_PRESETS and not os.path.isfile(template):
+        problems.append(
+            f"model.chat_template: {template} is neither a preset ({', '.join(CHAT_TEMPLATE_PRESETS)}) nor a file "
+            f"(working directory {os.getcwd()}); give a Jinja file, a preset, or null for the tokenizer's own"
+        )
     arithmetic = config["task"].get("arithmetic") or {}
     if task == "arithmetic" and arithmetic.get("min_ops", 1) > arithmetic.get("max_ops", 3):
         problems.append(

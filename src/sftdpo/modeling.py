@@ -94,6 +94,14 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"
 )
 
+# model.chat_template presets (sftdpo.config_checks.CHAT_TEMPLATE_PRESETS names them).
+CHAT_TEMPLATES = {"sftdpo": CHAT_TEMPLATE}
+
+
+def chat_template_text(template: str) -> str:
+    """A preset's template, or the text of a Jinja file."""
+    return CHAT_TEMPLATES[template] if template in CHAT_TEMPLATES else Path(template).read_text()
+
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE trained on task text; digits are always single tokens (arithmetic-friendly)."""
@@ -160,9 +168,11 @@ def make_base_model(
     trust_remote_code: bool,
     seed: int,
     revision: str | None = None,
+    chat_template: str | None = None,
 ) -> dict[str, Any]:
     """Write the base model directory. Returns the info recorded in it. `revision`: a Hub id's branch, tag
-    or commit (None: its default branch)."""
+    or commit (None: its default branch); `chat_template`: a preset or a Jinja file that replaces the
+    tokenizer's template (None keeps it)."""
     with atomic_path(out_dir) as tmp:
         if name_or_path == "scratch":
             tokenizer = train_tokenizer(tokenizer_texts or [], scratch["tokenizer_vocab_size"])
@@ -186,6 +196,9 @@ def make_base_model(
             tmp.mkdir(parents=True)
             info = {"kind": "reference", "name_or_path": name_or_path, "trust_remote_code": trust_remote_code}
             (tmp / REFERENCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if chat_template:
+            tokenizer.chat_template = chat_template_text(chat_template)
+            info["chat_template"] = chat_template
         tokenizer.save_pretrained(tmp)
         info["vocab_size"] = len(tokenizer)
         info["tokenizer_hash"] = tokenizer_hash(tokenizer)

@@ -21,5 +21,6 @@ run(
         trust_remote_code=p.trust_remote_code,
         seed=p.seed,
         revision=p.revision,
+        chat_template=p.chat_template,
     ),
 )

@@ -220,21 +220,18 @@ def train_dpo(
         for name, s in (("train", "train"), ("heldout", "val"))
     }
     heldout = datasets["heldout"] if len(datasets["heldout"]) else None
-    ckpt = checkpoint_dir(
-        work_dir,
-        {
-            "train": train,
-            "beta": beta,
-            "loss_type": loss_type,
-            "loss_weights": loss_weights,
-            "label_smoothing": label_smoothing,
-            "dpop_lambda": dpop_lambda,
-            "lora": lora,
-            "seed": seed,
-            "inputs": [file_digest(p) for p in (sft_dir, pairs_path)],
-        },
-        "sftdpo.dpo",
-    )
+    settings = {
+        "train": train,
+        "beta": beta,
+        "loss_type": loss_type,
+        "loss_weights": loss_weights,
+        "label_smoothing": label_smoothing,
+        "dpop_lambda": dpop_lambda,
+        "lora": lora,
+        "seed": seed,
+    }
+    inputs = {"SFT model": sft_dir, "pairs": pairs_path}
+    ckpt = checkpoint_dir(work_dir, {**settings, "inputs": [file_digest(p) for p in inputs.values()]}, "sftdpo.dpo")
     args = trainer_config(
         DPOConfig,
         "dpo.train",
@@ -266,7 +263,7 @@ def train_dpo(
         loss_type,
         "SFT adapter copy" if is_adapter else "SFT model, adapters disabled" if lora else "frozen SFT copy",
     )
-    metrics = run_training(trainer, ckpt, out_dir, tokenizer, "dpo")
+    metrics = run_training(trainer, ckpt, out_dir, tokenizer, "dpo", inputs=inputs, config=settings)
     metrics.update(
         n_pairs=len(datasets["train"]),
         n_heldout_pairs=len(datasets["heldout"]),

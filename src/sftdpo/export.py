@@ -7,8 +7,6 @@ import json
 import logging
 from typing import Any
 
-import yaml
-
 import sftdpo.pages as pages
 from sftdpo.io import atomic_path, read_json
 from sftdpo.modeling import lineage, load_model, load_tokenizer
@@ -35,20 +33,16 @@ def export_model(
 def model_card(stage: str, chain: list[dict[str, Any]], summary: dict[str, Any], config: dict[str, Any]) -> str:
     """A Hugging Face model card: what the model is, where it came from, how it scored, the config used."""
     hub = next((step["source"] for step in chain if step.get("source", {}).get("kind") == "hub"), None)
-    front = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": ["sftdpo", stage]}
-    if hub:
-        front["base_model"] = hub["name_or_path"]
-    tables = [lineage_table(chain), accuracy_table(stage, summary)]
-    return "\n".join([
-        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-        f"# sftdpo: the {stage} model",
-        "",
-        f"The `{stage}` stage of an sftdpo run (expert demonstrations, SFT, preference pairs, DPO), with any "
+    return pages.model_card(
+        title=f"sftdpo: the {stage} model",
+        intro=f"The `{stage}` stage of an sftdpo run (expert demonstrations, SFT, preference pairs, DPO), with any "
         "adapters merged into their base: load it with `AutoModelForCausalLM.from_pretrained` and its tokenizer "
         "(chat template included) with `AutoTokenizer.from_pretrained`.",
-        "", pages.markdown(tables),
-        "## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=True).strip(), "```", "",
-    ])  # fmt: skip
+        tags=[stage],
+        tables=[lineage_table(chain), accuracy_table(stage, summary)],
+        config=config,
+        base_model=hub["name_or_path"] if hub else None,
+    )
 
 
 def lineage_table(chain: list[dict[str, Any]]) -> pages.Table:

@@ -72,6 +72,21 @@ def text(table: Table) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
+def model_card(*, title: str, intro: str, tags: list[str], tables: list[Table], config: dict[str, Any],
+               base_model: str | None = None) -> str:  # fmt: skip
+    """A Hugging Face model card (README.md of a model directory): front matter, what the model is, the
+    tables (lineage, data, metrics) and the config it was made with."""
+    import yaml
+
+    front = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": ["sftdpo", *tags]}
+    if base_model:
+        front["base_model"] = base_model
+    return "\n".join([
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", "", intro, "",
+        markdown(tables), "## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=True).strip(), "```", "",
+    ])  # fmt: skip
+
+
 def html_fragment(tables: list[Table]) -> str:
     """A `<div class="sftdpo">` with the tables (no document around it)."""
     return '<div class="sftdpo">\n' + "\n".join(_html_table(t) for t in tables) + "</div>\n"

@@ -17,6 +17,7 @@ from typing import Any
 from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import atomic_path, resume_dir, write_json
 from sftdpo.modeling import device, use_bf16
+import sftdpo.pages as pages
 from sftdpo.plots import plot_curve
 from sftdpo.progress import console, duration, rate_and_eta
 
@@ -147,8 +148,11 @@ def check_extra(config_class, key: str, extra: dict[str, Any], set_by_sftdpo: se
         raise ValueError(f"{key}: " + "; ".join(problems))
 
 
-def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer, label: str) -> dict[str, Any]:
-    """Train (resuming if a checkpoint exists), then save model + tokenizer atomically."""
+def run_training(
+    trainer, ckpt_dir: Path, out_dir: str, tokenizer, label: str, *, inputs: dict[str, str], config: dict[str, Any]
+) -> dict[str, Any]:
+    """Train (resuming if a checkpoint exists), then save model + tokenizer + a model card atomically.
+    `inputs` (name -> path) and `config` (the stage's settings) go into the card."""
     import torch
     from transformers import ProgressCallback
 
@@ -160,12 +164,14 @@ def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer, label: str) -
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     elapsed = time.time() - started
+    state = trainer.state
     with atomic_path(out_dir) as tmp:
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        figures = {"steps": state.global_step, "train loss": result.training_loss, "resumed from": resume}
+        (tmp / "README.md").write_text(training_card(label, tmp, inputs, figures, config), encoding="utf-8")
     # The output holds the result now; checkpoints (GBs for real models) are only a resume point.
     shutil.rmtree(ckpt_dir)
-    state = trainer.state
     return {
         "global_step": state.global_step,
         "resumed_from": resume,
@@ -176,6 +182,23 @@ def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer, label: str) -
         "torch_threads": torch.get_num_threads(),
         "log_history": state.log_history,
     }
+
+
+def training_card(label: str, model_dir: Path, inputs: dict[str, str], figures: dict[str, Any], config: dict[str, Any]):
+    """The model card of a trained model or adapter (instead of PEFT's blank template)."""
+    adapter = (model_dir / "adapter_config.json").exists()
+    what = "a PEFT (LoRA) adapter over the model in the input above" if adapter else "a full model"
+    return pages.model_card(
+        title=f"sftdpo: the {label} model",
+        intro=f"Trained by the `{label}` stage of an sftdpo run: {what}. `results/export/<stage>/` holds it merged, "
+        "loadable without sftdpo.",
+        tags=[label, "peft" if adapter else "full"],
+        tables=[
+            pages.Table("Inputs", ["input", "path"], [[name, path] for name, path in inputs.items()]),
+            pages.Table("Training", ["figure", "value"], [[k, pages.fmt(v, ".4g")] for k, v in figures.items()]),
+        ],
+        config=config,
+    )
 
 
 def write_metrics(metrics: dict[str, Any], metrics_path: str, curve_path: str, curve_keys: list[str], title: str):

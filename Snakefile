@@ -13,13 +13,17 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from sftdpo.config_checks import coerce_by_schema, schema_error_message
+
+# `--config dpo='{beta: 0.2}'` gives the string "0.2": read it as the number the schema wants.
+config.update(
+    coerce_by_schema(config, os.path.join(workflow.basedir, "config/schema.yaml"))
+)
 # Snakemake's own message prints the whole sub-schema; ours names the key, the value and the rule.
 try:
     validate(config, "config/schema.yaml")
 except WorkflowError as err:
-    sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-    from sftdpo.config_checks import schema_error_message
-
     raise WorkflowError(schema_error_message(err)) from None
 
 
@@ -39,6 +43,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/rollouts.smk"
 include: "rules/evaluate.smk"
+include: "rules/export.smk"
 
 
 rule all:
@@ -51,3 +56,12 @@ rule all:
         # The shards too: a deleted shard is rebuilt, and being newer it reruns what depends on it.
         expand("results/demos/shards/{shard}.parquet", shard=shards("collect")),
         expand("results/rollouts/shards/{shard}.parquet", shard=shards("rollouts")),
+
+
+# After a successful run: accuracy per stage with CIs, and where the report is (nothing if there is no summary yet).
+onsuccess:
+    from sftdpo.report import run_summary
+
+    summary = run_summary("results/report/summary.json", "results/report/report.md")
+    if summary:
+        print(summary)

@@ -135,11 +135,13 @@ def tokenizer_files():
 
 
 def base_model_inputs(wildcards):
-    """Data the scratch tokenizer is trained on (none for a Hugging Face model)."""
+    """Data the scratch tokenizer is trained on (none for a Hugging Face model), and a chat template file."""
+    template = config["model"]["chat_template"]
+    templates = [template] if template and os.path.isfile(template) else []
     if config["model"]["name_or_path"] != "scratch":
-        return []
+        return templates
     files = tokenizer_files()
-    return list(files["paths"]) if files else task_data_files()
+    return (list(files["paths"]) if files else task_data_files()) + templates
 
 
 def base_model_code():

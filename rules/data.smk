@@ -16,6 +16,8 @@ rule base_model:
     params:
         code=base_model_code(),
         name_or_path=config["model"]["name_or_path"],
+        revision=config["model"]["revision"],
+        chat_template=config["model"]["chat_template"],
         scratch=config["model"]["scratch"],
         trust_remote_code=config["model"]["trust_remote_code"],
         task=config["task"]["name"],

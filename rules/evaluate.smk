@@ -43,7 +43,7 @@ use rule evaluate as evaluate_val with:
 
 
 rule report:
-    """Accuracy per stage and difficulty with paired bootstrap CIs; the DPO run with the best val accuracy is "DPO"."""
+    """Accuracy per stage with paired bootstrap CIs, tables (markdown, HTML); the DPO run best on val is "DPO"."""
     input:
         evals=expand(
             "results/eval/{stage}.parquet", stage=["base", "sft", *dpo_stages()]
@@ -64,6 +64,26 @@ rule report:
             category="3. Evaluation",
         ),
         markdown="results/report/report.md",
+        accuracy=report(
+            "results/report/accuracy.html",
+            caption="../workflow/report/accuracy.rst",
+            category="3. Evaluation",
+        ),
+        samples=report(
+            "results/report/samples.html",
+            caption="../workflow/report/samples.rst",
+            category="3. Evaluation",
+        ),
+        rejections=report(
+            "results/report/rejections.html",
+            caption="../workflow/report/rejections.rst",
+            category="1. Validation",
+        ),
+        pairs=report(
+            "results/report/pairs.html",
+            caption="../workflow/report/pairs.rst",
+            category="2. Training",
+        ),
     log:
         "logs/report.log",
     benchmark:
@@ -74,6 +94,7 @@ rule report:
         code=code_fingerprint("sftdpo.report"),
         bootstrap_samples=config["report"]["bootstrap_samples"],
         dpo_stages=dpo_stages(),
+        samples_shown=config["report"]["samples_shown"],
         seed=config["seed"],
     script:
         "../workflow/scripts/report.py"

@@ -126,11 +126,23 @@ def user_env(extra: dict | None = None, project: Path | None = None) -> dict:
 @pytest.fixture(scope="session")
 def project(tmp_path_factory):
     """A fresh clone of this working tree after the README's set-up (`.venv` linked to the
-    environment running the tests), with shared/ beside it as in CI (the GSM8K example's
-    ../shared/datasets paths)."""
+    environment running the tests), with shared/ beside it as in CI, and the GSM8K example's
+    data/gsm8k linked to shared/datasets/gsm8k."""
     from doc_commands import copy_project
 
     base = tmp_path_factory.mktemp("clone")
     if (ROOT.parent / "shared").exists():
         (base / "shared").symlink_to(ROOT.parent / "shared")
-    return copy_project(base / "sftdpo")
+    project = copy_project(base / "sftdpo")
+    link_gsm8k(project)
+    return project
+
+
+GSM8K = ROOT.parent / "shared" / "datasets" / "gsm8k"  # this workplace's copy of openai/grade-school-math
+
+
+def link_gsm8k(project: Path) -> None:
+    """data/gsm8k of a project directory -> the GSM8K copy (what config/examples/gsm8k-qwen.yaml reads)."""
+    if GSM8K.exists():
+        (project / "data").mkdir(exist_ok=True)
+        (project / "data" / "gsm8k").symlink_to(GSM8K)

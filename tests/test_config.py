@@ -5,8 +5,8 @@ import copy
 import pytest
 import yaml
 
-from conftest import ROOT
-from sftdpo.config_checks import check_config, config_problems
+from conftest import ROOT, snakemake
+from sftdpo.config_checks import check_config, coerce_by_schema, config_problems
 
 SCHEMA = str(ROOT / "config" / "schema.yaml")
 TRAIN = {"max_steps": 10, "batch_size": 2, "learning_rate": 1e-3}
@@ -73,3 +73,17 @@ def test_cross_field_problems_stop_with_the_keys_to_change(change, message):
     config = filled({**MINIMAL, **change})
     with pytest.raises(ValueError, match=message):
         check_config(config)
+
+
+def test_command_line_values_are_read_by_schema_type(tmp_path):
+    """`--config dpo='{beta: 0.2}'` gives strings (YAML's BaseLoader): they are read as the schema's types."""
+    given = {"dpo": {"beta": "0.2", "loss_weights": ["1", "0.5"], "lora": {"r": "8"}}, "sft": {"lora": "null"},
+             "seed": "3", "evaluate": {"batch_size": "many"}, "model": {"name_or_path": "123"}}  # fmt: skip
+    assert coerce_by_schema(given, SCHEMA) == {
+        "dpo": {"beta": 0.2, "loss_weights": [1, 0.5], "lora": {"r": 8}}, "sft": {"lora": None},
+        "seed": 3, "evaluate": {"batch_size": "many"}, "model": {"name_or_path": "123"},
+    }  # fmt: skip
+    out = snakemake("-n", "results/dpo/adapter", "--config", "dpo={beta: 0.2, train: {max_steps: 7}}", cwd=tmp_path)
+    assert "dpo" in out.stdout
+    bad = snakemake("-n", "--config", "dpo={beta: high}", cwd=tmp_path, check=False)
+    assert bad.returncode != 0 and "dpo.beta = 'high': 'high' is not of type 'number'" in bad.stdout + bad.stderr

@@ -24,7 +24,7 @@ from doc_commands import RULES, documented_commands
 
 COMMANDS = documented_commands()
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-NEEDS_DATA = "config/examples/gsm8k-qwen.yaml"  # its data paths: ../shared/datasets/gsm8k
+NEEDS_DATA = "config/examples/gsm8k-qwen.yaml"  # its data path: data/gsm8k (conftest.link_gsm8k)
 FAST_MODES = {"make-n", "pipe", "conda", "as-is", "dry-run", "collect", "pip-dry", "accelerate", "help", "serve-help"}
 NOT_RUN_HERE = {"env", "mention", "slurm", "after-run"}
 
@@ -67,19 +67,22 @@ def test_extractor_finds_the_commands_users_type():
         ("README.md", "make test"),
         ("README.md", ".venv/bin/snakemake --profile slurm"),
         ("README.md", ".venv/bin/snakemake -n"),
-        ("config/examples/gsm8k-qwen.yaml", "snakemake --profile slurm --configfile config/examples/gsm8k-qwen.yaml"),
+        (
+            "config/examples/gsm8k-qwen.yaml",
+            ".venv/bin/snakemake --profile slurm --configfile config/examples/gsm8k-qwen.yaml",
+        ),
     ]:
         assert expected in found, f"{expected} not extracted"
     # Every export of a block reaches the commands after it.
     exported = [c for c in COMMANDS if c.exports]
-    assert exported and all(c.exports[0].startswith("export SFTDPO_") for c in exported)
+    assert exported and all(c.exports[0].startswith(("export SFTDPO_", "export HF_HOME=")) for c in exported)
 
 
 # ---------------------------------------------------------------- fast modes
 @pytest.mark.parametrize("doc", params(FAST_MODES))
 def test_documented_command_runs(doc, project):
-    if NEEDS_DATA in doc.command and not (project.parent / "shared/datasets/gsm8k/train.jsonl").exists():
-        pytest.skip("the GSM8K example's data (../shared/datasets/gsm8k) is not beside the project")
+    if NEEDS_DATA in doc.command and not (project / "data/gsm8k/train.jsonl").exists():
+        pytest.skip("the GSM8K example's data (data/gsm8k, linked to ../shared/datasets/gsm8k) is not there")
     script = doc.script()
     *exports, command = script.split("\n")
     prefix = "\n".join(exports + [""])

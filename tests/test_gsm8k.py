@@ -3,7 +3,6 @@ GSM8K files, and real data through the snakemake CLI: import -> validate -> conv
 evaluate."""
 
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -11,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, snakemake
+from conftest import GSM8K, ROOT, TINY, link_gsm8k, snakemake
 from sftdpo.experts import ProgramExpert
 from sftdpo.io import read_parquet
 from sftdpo.tasks import get_task
 from sftdpo.tasks.gsm8k import bucket, check_annotations, extract_answer, normalise_number
 
-DATA = ROOT.parent / "shared" / "datasets" / "gsm8k"
+DATA = GSM8K
 OVERLAY = ROOT / "tests" / "config" / "gsm8k.yaml"
 needs_data = pytest.mark.skipif(
     not (DATA / "train.jsonl").exists(), reason=f"GSM8K not found at {DATA} (the repository's ../shared/datasets/gsm8k)"
@@ -214,7 +213,7 @@ def test_gsm8k_qwen_example_plans_every_rule(tmp_path):
     """config/examples/gsm8k-qwen.yaml passes schema validation and plans the whole DAG (dry run)."""
     work = tmp_path / "work"
     work.mkdir()
-    os.symlink(DATA.parents[1], tmp_path / "shared")  # the example's ../shared/datasets/gsm8k
+    link_gsm8k(work)  # the example's data/gsm8k
     out = snakemake("-n", "--configfile", ROOT / "config/examples/gsm8k-qwen.yaml", cwd=work).stdout
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("total")[0], re.M))
     assert counts == {

@@ -10,7 +10,19 @@ from sftdpo.fingerprint import _imports, dependencies
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sftdpo"
 LAYERS = {
-    "plumbing": {"io", "records", "tables", "chat", "fingerprint", "runner", "plots", "config_checks", "answers"},
+    "plumbing": {
+        "io",
+        "records",
+        "tables",
+        "chat",
+        "fingerprint",
+        "runner",
+        "plots",
+        "pages",
+        "progress",
+        "config_checks",
+        "answers",
+    },
     "domain": {"tasks", "tasks.arithmetic", "tasks.gsm8k", "modeling"},
     "services": {"generation", "training", "launch", "experts", "teacher", "importers"},
     "stages": {
@@ -25,6 +37,7 @@ LAYERS = {
         "dpo",
         "evaluate",
         "report",
+        "export",
     },
 }
 ORDER = list(LAYERS)

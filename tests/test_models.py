@@ -67,6 +67,10 @@ def test_hf_model_lora_sft_dpo_and_evaluation(hf_dir, tmp_path):
     adapter = json.loads((sft_dir / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and adapter["base_model_name_or_path"] == str(hf_dir)
     assert (sft_dir / "tokenizer_config.json").exists()
+    card = (sft_dir / "README.md").read_text()  # sftdpo's model card, not PEFT's blank template
+    assert "# sftdpo: the sft model" in card and "a PEFT (LoRA) adapter" in card and "| steps | 4 |" in card
+    assert f"| base model | {base} |" in card and f"| train split | {paths['train']} |" in card
+    assert "lora:\n  alpha:" in card and "max_steps: 4" in card
 
     pairs = pd.DataFrame(
         [
@@ -97,6 +101,8 @@ def test_hf_model_lora_sft_dpo_and_evaluation(hf_dir, tmp_path):
         seed=0,
     )
     assert dpo["global_step"] == 4 and dpo["final_rewards_accuracies"] is not None
+    card = (dpo_dir / "README.md").read_text()
+    assert "# sftdpo: the dpo model" in card and f"| SFT model | {sft_dir} |" in card and "beta:" in card
     # The SFT adapter was trained further; the frozen "ref" copy served as the reference.
     assert json.loads((dpo_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(hf_dir)
     model = load_model(str(dpo_dir))

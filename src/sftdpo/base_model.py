@@ -1,5 +1,5 @@
-"""The base model: a tiny model built from scratch with a tokenizer trained on task text, or a reference
-to a Hugging Face id/path with its tokenizer saved beside it."""
+"""The base model: a tiny model built from scratch with a tokenizer trained on task text, a Hugging Face Hub
+model downloaded into the directory, or a reference to a local model directory (tokenizer saved beside it)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def build_base_model(
     tokenizer_files: dict[str, Any] | None,
     trust_remote_code: bool,
     seed: int,
+    revision: str,
+    chat_template: str | None,
 ) -> dict[str, Any]:
     """Write the base model directory (see sftdpo.modeling.make_base_model); returns its info."""
     texts = None
@@ -49,4 +51,6 @@ def build_base_model(
         tokenizer_texts=texts,
         trust_remote_code=trust_remote_code,
         seed=seed,
+        revision=revision,
+        chat_template=chat_template,
     )

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from sftdpo.experts import EXPERT_MODULES, get_expert
 from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import ShardProgress, params_hash, resume_dir, write_json, write_parquet
+from sftdpo.progress import Progress
 from sftdpo.tables import DEMO_COLUMNS
 from sftdpo.tasks import get_task
 
@@ -139,6 +140,7 @@ def collect_shard(
     todo = [p for p in problems if keys[p.id] not in progress.done]
     resumed = len(problems) - len(todo)
     log.info("shard %d/%d: %d problems, %d already done (%s)", shard, n_shards, len(problems), resumed, progress_path)
+    console = Progress(f"collect shard {shard}", len(problems), unit="demos", resumed=resumed)
     batch: list[dict] = []
     last_flush = time.monotonic()
     try:
@@ -155,12 +157,14 @@ def collect_shard(
                     "meta": json.dumps(meta, sort_keys=True, default=str),
                 }
             )
+            console.update()
             if len(batch) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
                 progress.append(batch)
                 batch, last_flush = [], time.monotonic()
     finally:
         progress.append(batch)
         progress.close()
+    console.close()
 
     answered = {row["key"]: row for row in progress.rows}
     rows, failures = [], Counter()

@@ -12,6 +12,8 @@ from typing import Any
 
 NEEDS_OPTIONS = ("teacher", "policy", "files")
 SPLITS = ("train", "val", "test")
+# Named chat templates of model.chat_template (sftdpo.modeling.CHAT_TEMPLATES holds their text).
+CHAT_TEMPLATE_PRESETS = ("sftdpo",)
 # Columns of chat.parquet a split can be stratified by.
 STRATA_COLUMNS = ("difficulty", "task", "expert", "answer")
 
@@ -100,6 +102,12 @@ def config_problems(config: dict[str, Any]) -> list[str]:
                     f"{key} ({length}) > model.scratch.max_positions ({positions}): the scratch model cannot "
                     f"read rows that long; raise model.scratch.max_positions or lower {key}"
                 )
+    template = config["model"]["chat_template"]
+    if template and template not in CHAT_TEMPLATE_PRESETS and not os.path.isfile(template):
+        problems.append(
+            f"model.chat_template: {template} is neither a preset ({', '.join(CHAT_TEMPLATE_PRESETS)}) nor a file "
+            f"(working directory {os.getcwd()}); give a Jinja file, a preset, or null for the tokenizer's own"
+        )
     arithmetic = config["task"].get("arithmetic") or {}
     if task == "arithmetic" and arithmetic.get("min_ops", 1) > arithmetic.get("max_ops", 3):
         problems.append(
@@ -203,3 +211,71 @@ def schema_error_message(err: BaseException) -> str:
     if description:
         line += "\n  " + re.sub(r"\s+", " ", description)[:300]
     return line + "\n  (every key: config/schema.yaml)"
+
+
+# -- values given on the command line ------------------------------------------------------------------------
+def coerce_by_schema(config: dict[str, Any], schema_path: str) -> dict[str, Any]:
+    """The config with strings read as YAML where the schema wants a number, integer, boolean or null.
+
+    `--config dpo='{beta: 0.2}'` reaches the workflow as {"beta": "0.2"} (Snakemake reads nested values
+    with YAML's BaseLoader, where every scalar is a string); this makes it 0.2. A string that does not read
+    as the wanted type stays a string, so validation still names it.
+    """
+    import yaml
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    return _coerce(config, schema, schema)
+
+
+def _coerce(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    alternatives = _alternatives(schema, root)
+    if isinstance(value, dict):
+        objects = [s for s in alternatives if "properties" in s or isinstance(s.get("additionalProperties"), dict)]
+        shape = objects[0] if objects else {}
+        extra = shape.get("additionalProperties")
+        default = extra if isinstance(extra, dict) else {}
+        return {k: _coerce(v, shape.get("properties", {}).get(k, default), root) for k, v in value.items()}
+    if isinstance(value, list):
+        items = next((s["items"] for s in alternatives if isinstance(s.get("items"), dict)), {})
+        return [_coerce(v, items, root) for v in value]
+    if isinstance(value, str):
+        wanted = {t for s in alternatives for t in _types(s)}
+        if wanted and "string" not in wanted:
+            parsed = _yaml_scalar(value)
+            if any(_is_type(parsed, t) for t in wanted):
+                return parsed
+    return value
+
+
+def _alternatives(schema: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schema and each of its oneOf/anyOf branches, `$ref`s resolved."""
+    if "$ref" in schema:
+        node: Any = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            node = node[part]
+        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    branches = schema.get("oneOf", []) + schema.get("anyOf", [])
+    return [schema] + [alt for branch in branches for alt in _alternatives(branch, root)]
+
+
+def _types(schema: dict[str, Any]) -> list[str]:
+    kind = schema.get("type", [])
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def _yaml_scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _is_type(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {"boolean": isinstance(value, bool), "null": value is None}.get(kind, False)

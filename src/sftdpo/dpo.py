@@ -31,7 +31,7 @@ from sftdpo.config_checks import DPO_NOT_IN_TRL, DPO_OWN_LOSSES, loss_problems
 from sftdpo.io import file_digest, read_parquet, write_json
 from sftdpo.modeling import load_model, load_tokenizer
 from sftdpo.plots import plot_panels
-from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_kwargs
+from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_config
 
 log = logging.getLogger(__name__)
 
@@ -220,23 +220,25 @@ def train_dpo(
         for name, s in (("train", "train"), ("heldout", "val"))
     }
     heldout = datasets["heldout"] if len(datasets["heldout"]) else None
-    ckpt = checkpoint_dir(
-        work_dir,
-        {
-            "train": train,
-            "beta": beta,
-            "loss_type": loss_type,
-            "loss_weights": loss_weights,
-            "label_smoothing": label_smoothing,
-            "dpop_lambda": dpop_lambda,
-            "lora": lora,
-            "seed": seed,
-            "inputs": [file_digest(p) for p in (sft_dir, pairs_path)],
-        },
-        "sftdpo.dpo",
-    )
-    args = DPOConfig(
-        **trainer_kwargs(train, ckpt, seed, evaluate=heldout is not None),
+    settings = {
+        "train": train,
+        "beta": beta,
+        "loss_type": loss_type,
+        "loss_weights": loss_weights,
+        "label_smoothing": label_smoothing,
+        "dpop_lambda": dpop_lambda,
+        "lora": lora,
+        "seed": seed,
+    }
+    inputs = {"SFT model": sft_dir, "pairs": pairs_path}
+    ckpt = checkpoint_dir(work_dir, {**settings, "inputs": [file_digest(p) for p in inputs.values()]}, "sftdpo.dpo")
+    args = trainer_config(
+        DPOConfig,
+        "dpo.train",
+        train,
+        ckpt,
+        seed,
+        evaluate=heldout is not None,
         beta=beta,
         loss_type=loss_type,
         loss_weights=loss_weights,
@@ -261,7 +263,7 @@ def train_dpo(
         loss_type,
         "SFT adapter copy" if is_adapter else "SFT model, adapters disabled" if lora else "frozen SFT copy",
     )
-    metrics = run_training(trainer, ckpt, out_dir, tokenizer)
+    metrics = run_training(trainer, ckpt, out_dir, tokenizer, "dpo", inputs=inputs, config=settings)
     metrics.update(
         n_pairs=len(datasets["train"]),
         n_heldout_pairs=len(datasets["heldout"]),

@@ -9,6 +9,7 @@ import pandas as pd
 
 from sftdpo.generation import generate, load_for_inference
 from sftdpo.io import read_parquet, write_parquet
+from sftdpo.progress import Progress
 from sftdpo.tables import EVAL_COLUMNS
 from sftdpo.tasks import get_task
 
@@ -29,6 +30,7 @@ def evaluate(
     test = read_parquet(items_path)
     model, tokenizer = load_for_inference(model_dir)
     prompts = [messages[0]["content"] for messages in test["prompt"]]
+    progress = Progress(f"evaluate {stage}", len(prompts), unit="items")
     outputs = generate(
         model,
         tokenizer,
@@ -37,7 +39,9 @@ def evaluate(
         batch_size=batch_size,
         seed=seed,
         desc=f"evaluate {stage}",
+        progress=progress,
     )
+    progress.close()
     rows = []
     tasks = {name: get_task(name, **task_options.get(name, {})) for name in test["task"].unique()}
     for item, (sample,) in zip(test.itertuples(index=False), outputs):

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from sftdpo.chat import chat_messages, prompt_ids
 from sftdpo.modeling import device, load_model, load_tokenizer
+from sftdpo.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ def generate(
     batch_size: int,
     seed: int,
     desc: str = "generate",
+    progress: Progress | None = None,
 ) -> list[list[dict[str, Any]]]:
     """For each prompt, `k` completions as {"text", "n_tokens"}; temperature 0 means greedy.
+    `progress` (the caller's console progress) counts the prompts done.
 
     Each batch reseeds from (seed, batch index), so a batch's samples do not depend on what ran
     before it: a resumed shard reproduces the rows an uninterrupted run would have written.
@@ -73,6 +76,8 @@ def generate(
                 n = len([t for t in ids[:n] if t != pad])
                 samples.append({"text": tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), "n_tokens": n})
             out.append(samples)
+        if progress:
+            progress.update(len(batch))
     return out
 
 

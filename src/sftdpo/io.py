@@ -76,8 +76,12 @@ def resume_dir(work_dir: str | os.PathLike, params: dict[str, Any]) -> Path:
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
+    write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n", path)
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _json_default(value: Any) -> Any:

@@ -3,7 +3,9 @@
 A model directory written by this pipeline is one of:
 - a full `save_pretrained` model (the scratch base model, or full fine-tuning);
 - a PEFT adapter (`adapter_config.json`); its `base_model_name_or_path` is another such directory;
-- a reference to a Hugging Face id or path (`sftdpo_model.json`), with the tokenizer saved beside it.
+- a reference to a local model directory (`sftdpo_model.json`), with the tokenizer saved beside it;
+- a Hugging Face Hub model downloaded into it (config, safetensors weights, tokenizer; `sftdpo_source.json` says
+  which id, revision, commit and endpoint), so later rules load it without network (HF_HUB_OFFLINE=1).
 Every directory carries the tokenizer, so all stages format prompts with the same chat template.
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,64 @@ from sftdpo.io import atomic_path
 log = logging.getLogger(__name__)
 
 REFERENCE_FILE = "sftdpo_model.json"
+SOURCE_FILE = "sftdpo_source.json"
+# The files of a Hub model that loading it needs (no other frameworks' weights, no README or images).
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
+class HubDownloadError(RuntimeError):
+    pass
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def download_hub_model(repo_id: str, revision: str | None, out_dir: Path, *, trust_remote_code: bool) -> dict[str, Any]:
+    """Download a Hub model's files through the Hugging Face cache (HF_HOME) and place them in `out_dir`.
+
+    A model already in the cache (downloaded on a login node, or by an earlier run) is used without network.
+    Without network and cache, one line names the model, the endpoint and how to pre-download it.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
+    try:
+        snapshot = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HubDownloadError(
+            f"cannot download model {repo_id} (revision {revision}) from {hub_endpoint()}: {reason}. "
+            f"Download it once on a machine with network into a cache this node reads (HF_HOME={_hf_home()}): "
+            f"`HF_HOME=<shared dir> hf download {repo_id} --revision {revision}` or `snakemake results/base/model` "
+            "there; or set model.name_or_path to a local model directory"
+        ) from None
+    # Weights: hard links into the cache where the filesystem allows it (never rewritten), else copies; the
+    # small files are copied, since the tokenizer is saved over them.
+    shutil.copytree(snapshot, out_dir, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".*"))
+    return {"kind": "hub", "name_or_path": repo_id, "revision": revision, "commit": snapshot.name,
+            "endpoint": hub_endpoint(), "trust_remote_code": trust_remote_code}  # fmt: skip
+
+
+def _hf_home() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HOME
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    if src.endswith(".safetensors"):
+        try:
+            os.link(os.path.realpath(src), dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
 SPECIAL_TOKENS = {"pad": "<|pad|>", "eos": "<|eos|>", "roles": ["<|system|>", "<|user|>", "<|assistant|>"]}
 
 # The assistant turn ends with the eos token and nothing after it, so generation stops there and
@@ -31,6 +93,14 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"
 )
+
+# model.chat_template presets (sftdpo.config_checks.CHAT_TEMPLATE_PRESETS names them).
+CHAT_TEMPLATES = {"sftdpo": CHAT_TEMPLATE}
+
+
+def chat_template_text(template: str) -> str:
+    """A preset's template, or the text of a Jinja file."""
+    return CHAT_TEMPLATES[template] if template in CHAT_TEMPLATES else Path(template).read_text()
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -97,8 +167,12 @@ def make_base_model(
     tokenizer_texts: list[str] | None,
     trust_remote_code: bool,
     seed: int,
+    revision: str | None = None,
+    chat_template: str | None = None,
 ) -> dict[str, Any]:
-    """Write the base model directory. Returns the info recorded in it."""
+    """Write the base model directory. Returns the info recorded in it. `revision`: a Hub id's branch, tag
+    or commit (None: its default branch); `chat_template`: a preset or a Jinja file that replaces the
+    tokenizer's template (None keeps it)."""
     with atomic_path(out_dir) as tmp:
         if name_or_path == "scratch":
             tokenizer = train_tokenizer(tokenizer_texts or [], scratch["tokenizer_vocab_size"])
@@ -113,22 +187,35 @@ def make_base_model(
             )
             model.save_pretrained(tmp)
             info = {"kind": "scratch", "parameters": sum(p.numel() for p in model.parameters()), **scratch}
+        elif not os.path.isdir(os.path.expanduser(name_or_path)):
+            info = download_hub_model(name_or_path, revision, tmp, trust_remote_code=trust_remote_code)
+            (tmp / SOURCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+            tokenizer = hub_tokenizer(str(tmp), trust_remote_code)
         else:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-            if tokenizer.chat_template is None:
-                log.warning("%s has no chat template; using sftdpo's", name_or_path)
-                tokenizer.chat_template = CHAT_TEMPLATE
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
+            tokenizer = hub_tokenizer(name_or_path, trust_remote_code)
             tmp.mkdir(parents=True)
             info = {"kind": "reference", "name_or_path": name_or_path, "trust_remote_code": trust_remote_code}
             (tmp / REFERENCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if chat_template:
+            tokenizer.chat_template = chat_template_text(chat_template)
+            info["chat_template"] = chat_template
         tokenizer.save_pretrained(tmp)
         info["vocab_size"] = len(tokenizer)
         info["tokenizer_hash"] = tokenizer_hash(tokenizer)
     return info
+
+
+def hub_tokenizer(name_or_path: str, trust_remote_code: bool):
+    """A Hugging Face model's tokenizer, with sftdpo's chat template if it has none and a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.chat_template is None:
+        log.warning("%s has no chat template; using sftdpo's", name_or_path)
+        tokenizer.chat_template = CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -149,8 +236,11 @@ def load_tokenizer(model_dir: str):
 
 
 def _trust(model_dir: str) -> bool:
-    ref = Path(model_dir) / REFERENCE_FILE
-    return bool(ref.exists() and json.loads(ref.read_text()).get("trust_remote_code"))
+    for name in (REFERENCE_FILE, SOURCE_FILE):
+        info = Path(model_dir) / name
+        if info.exists():
+            return bool(json.loads(info.read_text()).get("trust_remote_code"))
+    return False
 
 
 def load_model(model_dir: str, *, dtype: str = "float32", trainable_adapter: bool = False):
@@ -170,7 +260,20 @@ def load_model(model_dir: str, *, dtype: str = "float32", trainable_adapter: boo
         return AutoModelForCausalLM.from_pretrained(
             info["name_or_path"], dtype=dtype, trust_remote_code=info.get("trust_remote_code", False)
         )
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=_trust(model_dir))
+
+
+def lineage(model_dir: str) -> list[dict[str, Any]]:
+    """The model directory, then the one each adapter was trained on, down to the base: path, kind
+    (adapter, model, reference, hub) and, for a reference or a Hub download, where it came from."""
+    chain: list[dict[str, Any]] = []
+    path = Path(model_dir)
+    while (path / "adapter_config.json").exists():
+        chain.append({"path": str(path), "kind": "adapter"})
+        path = Path(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+    info = next((json.loads((path / n).read_text()) for n in (REFERENCE_FILE, SOURCE_FILE) if (path / n).exists()), {})
+    chain.append({"path": str(path), "kind": info.get("kind", "model"), **({"source": info} if info else {})})
+    return chain
 
 
 def device() -> str:

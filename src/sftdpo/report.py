@@ -1,21 +1,25 @@
-"""The final report: accuracy per stage and difficulty, paired bootstrap CIs (JAX), plot, markdown."""
+"""The final report: accuracy per stage and difficulty, paired bootstrap CIs (JAX), plot, tables (markdown, HTML)."""
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sftdpo.io import atomic_path, read_json, read_parquet, write_json
-from sftdpo.tables import EVAL_STAGES
+import sftdpo.pages as pages
+from sftdpo.io import read_json, read_parquet, write_json, write_text
+from sftdpo.pages import Table, ci, fmt
 
 log = logging.getLogger(__name__)
 
 DELTAS = (("sft", "base"), ("dpo", "sft"))
+# The HTML pages of tables (results/report/<page>.html, outputs of rule report).
+TABLE_PAGES = ("accuracy", "rejections", "pairs", "samples")
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_samples: int, seed: int) -> dict[str, Any]:
@@ -43,15 +47,20 @@ def bootstrap_ci(x: np.ndarray, *, n_samples: int, seed: int) -> list[float]:
     return paired_bootstrap(x, np.zeros_like(x, dtype=np.float32), n_samples=n_samples, seed=seed)["ci95"]
 
 
-def summarise(evals: dict[str, pd.DataFrame], *, n_samples: int, seed: int) -> dict[str, Any]:
+def align(evals: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Each stage's rows for the items every stage evaluated, indexed and ordered by id."""
     ids = sorted(set.intersection(*(set(frame["id"]) for frame in evals.values())))
     if not ids:
         raise ValueError("the evaluation tables share no item ids; were they made from the same test split?")
-    aligned = {stage: frame.set_index("id").loc[ids] for stage, frame in evals.items()}
+    return {stage: frame.set_index("id").loc[ids] for stage, frame in evals.items()}
+
+
+def summarise(evals: dict[str, pd.DataFrame], *, n_samples: int, seed: int) -> dict[str, Any]:
+    aligned = align(evals)
     summary: dict[str, Any] = {
         "stages": {},
         "deltas": {},
-        "n_items": len(ids),
+        "n_items": len(next(iter(aligned.values()))),
         "bootstrap": {"samples": n_samples, "seed": seed},
     }
     for stage, frame in aligned.items():
@@ -74,6 +83,8 @@ def summarise(evals: dict[str, pd.DataFrame], *, n_samples: int, seed: int) -> d
                 n_samples=n_samples,
                 seed=seed,
             )
+    # summary.json is written with sorted keys: the order to show stages and deltas in.
+    summary["order"] = {"stages": list(summary["stages"]), "deltas": list(summary["deltas"])}
     return summary
 
 
@@ -132,15 +143,22 @@ def select_dpo(
     }
 
 
+def in_order(summary: dict[str, Any], key: str) -> list[tuple[str, dict[str, Any]]]:
+    """The entries of summary[key] ("stages" or "deltas") in the order the report shows them."""
+    names = summary.get("order", {}).get(key, list(summary[key]))
+    return [(name, summary[key][name]) for name in names]
+
+
 def plot_comparison(
     evals: dict[str, pd.DataFrame], summary: dict[str, Any], path: str, *, n_samples: int, seed: int
 ) -> None:
+    """Bars per stage and difficulty with CIs, each labelled with its value; a bar at 0 gets a visible mark."""
     from sftdpo.plots import plt, save_figure
 
     levels = sorted({str(d) for frame in evals.values() for d in frame["difficulty"]})
     groups = ["all", *levels]
     width = 0.8 / len(evals)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(groups) * len(evals) + 1.5), 4.2))
     for i, (stage, frame) in enumerate(evals.items()):
         means, errors = [], []
         for group in groups:
@@ -154,77 +172,193 @@ def plot_comparison(
             means.append(mean)
             errors.append([mean - lo, hi - mean])
         x = np.arange(len(groups)) + (i - (len(evals) - 1) / 2) * width
-        ax.bar(x, means, width, yerr=np.array(errors).T, capsize=3, label=stage)
+        bars = ax.bar(x, means, width, yerr=np.array(errors).T, capsize=3, label=stage, color=f"C{i}")
+        ax.bar_label(bars, labels=[f"{m:.2f}" for m in means], padding=2, fontsize=7)
+        # A bar of height 0 is invisible: mark it on the axis in the stage's colour.
+        zero = [xi for xi, m in zip(x, means) if m == 0]
+        ax.plot(zero, [0.004] * len(zero), linestyle="none", marker="_", markersize=width * 60, mew=3, color=f"C{i}")
     ax.set_xticks(np.arange(len(groups)), ["all" if g == "all" else f"difficulty {g}" for g in groups])
-    ax.set(ylabel="test accuracy (greedy)", ylim=(0, 1.18), title="Base vs SFT vs DPO (95% bootstrap CI)")
+    title = " vs ".join(evals) + " (95% bootstrap CI)"
+    ax.set(ylabel="test accuracy (greedy)", ylim=(0, 1.22), title=title)
     ax.legend(loc="upper center", ncol=len(evals), frameon=False)
     save_figure(fig, path)
 
 
-def markdown(summary: dict[str, Any], extras: dict[str, Any]) -> str:
-    lines = [
-        "# sftdpo report",
-        "",
-        f"Test items: {summary['n_items']} (greedy decoding).",
-        "",
-        "| stage | accuracy | 95% CI | "
-        + " | ".join(f"difficulty {lv}" for lv in next(iter(summary["stages"].values()))["by_difficulty"])
-        + " |",
-        "|---|---|---|" + "---|" * len(next(iter(summary["stages"].values()))["by_difficulty"]),
+# -- tables for people (report.md and the HTML tables of the Snakemake report) ------------------------------
+def accuracy_table(summary: dict[str, Any]) -> Table:
+    rows = [
+        [stage, s["accuracy"], ci(s["ci95"]), s["n"], fmt(s.get("mean_tokens"), ".1f")]
+        for stage, s in in_order(summary, "stages")
     ]
-    for stage, s in summary["stages"].items():
-        lines.append(
-            f"| {stage} | {s['accuracy']:.3f} | [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | "
-            + " | ".join(f"{v:.3f}" for v in s["by_difficulty"].values())
-            + " |"
-        )
-    lines += ["", "| delta | mean | 95% CI (paired bootstrap) |", "|---|---|---|"]
-    for name, d in summary["deltas"].items():
-        lines.append(f"| {name} | {d['mean']:+.3f} | [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] |")
+    resamples = summary["bootstrap"]["samples"]
+    note = f"{summary['n_items']} test items, greedy decoding; 95% CI from {resamples} bootstrap resamples."
+    return Table("Accuracy per stage", ["stage", "accuracy", "95% CI", "n", "mean tokens"], rows, note)
+
+
+def difficulty_table(summary: dict[str, Any]) -> Table:
+    """Accuracy per stage and difficulty; the stages are aligned on the same items, so n is per column."""
+    stages = in_order(summary, "stages")
+    counts = stages[0][1]["n_by_difficulty"]
+    columns = ["stage", *(f"difficulty {lv} (n={n})" for lv, n in counts.items())]
+    rows = [[stage, *(s["by_difficulty"].get(lv) for lv in counts)] for stage, s in stages]
+    return Table("Accuracy per difficulty", columns, rows)
+
+
+def delta_table(summary: dict[str, Any]) -> Table:
+    rows = [[name, fmt(d["mean"], "+.3f"), ci(d["ci95"], "+.3f"), d["n"]] for name, d in in_order(summary, "deltas")]
+    return Table("Paired differences", ["delta", "mean", "95% CI (paired bootstrap)", "n"], rows)
+
+
+def rejection_table(validation: dict[str, Any]) -> Table:
+    """Rows the pipeline did not use, by reason: the importer's bad rows, then validation's rejections."""
+    n_rows = validation.get("n_rows")
+    sources = (("import", validation.get("import", {}).get("bad_by_reason", {})),
+               ("validation", validation.get("rejections_by_reason", {})))  # fmt: skip
+    rows = [
+        [step, reason, count, fmt(count / n_rows if n_rows else None, ".1%")]
+        for step, reasons in sources
+        for reason, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    note = f"{validation.get('n_rejected', 0)} of {n_rows} demonstrations rejected by validation."
+    return Table("Rejected rows by reason", ["step", "reason", "rows", "share of rows"], rows, note)
+
+
+def pair_table(prefs: dict[str, Any]) -> Table:
+    rows = [
+        [by, value, count]
+        for by in ("kind", "difficulty", "split")
+        for value, count in prefs.get(f"pairs_by_{by}", {}).items()
+    ]
+    note = (
+        f"{prefs.get('n_pairs')} pairs from {prefs.get('n_rollouts')} rollouts "
+        f"(rollout accuracy {fmt(prefs.get('rollout_accuracy'))})."
+    )
+    return Table("Preference pairs", ["by", "value", "pairs"], rows, note)
+
+
+def outcome_table(prefs: dict[str, Any]) -> Table:
+    rows = [
+        [split, outcome, count]
+        for split, outcomes in prefs.get("prompts_by_outcome", {}).items()
+        for outcome, count in outcomes.items()
+    ]
+    return Table("Prompts by rollout outcome", ["split", "outcome", "prompts"], rows)
+
+
+def figures_table(summary: dict[str, Any]) -> Table:
+    """The scalar figures of each stage's report (steps, losses, counts)."""
+    rows = [
+        [name, key, fmt(value, ".4g")]
+        for name, data in summary["inputs"].items()
+        for key, value in sorted(data.items())
+    ]
+    return Table("Figures of the stages", ["stage", "figure", "value"], rows)
+
+
+def sample_ids(aligned: dict[str, pd.DataFrame], n: int) -> list[str]:
+    """Up to `n` items, one outcome pattern (which stages were right) after another, disagreements first."""
+    correct = pd.DataFrame({stage: frame["correct"].astype(bool) for stage, frame in aligned.items()})
+    patterns = correct.apply(tuple, axis=1)
+    by_pattern = {p: list(ids) for p, ids in patterns.groupby(patterns).groups.items()}
+    order = sorted(by_pattern, key=lambda p: (len(set(p)) == 1, p))  # mixed outcomes first
+    picked: list[str] = []
+    while len(picked) < min(n, len(correct)):
+        for p in order:
+            if by_pattern[p] and len(picked) < n:
+                picked.append(by_pattern[p].pop(0))
+    return picked
+
+
+def verdict_cell(row: pd.Series) -> str:
+    answer = "no answer" if row["prediction"] is None else f"answer {row['prediction']}"
+    completion = str(row["completion"]).strip() or "(empty completion)"
+    return f"{'right' if row['correct'] else 'wrong'}, {answer}\n{completion}"
+
+
+def samples_table(aligned: dict[str, pd.DataFrame], n: int) -> Table:
+    first = next(iter(aligned.values()))
+    rows = []
+    for item in sample_ids(aligned, n):
+        cells = [verdict_cell(frame.loc[item]) for frame in aligned.values()]
+        rows.append([item, first.loc[item, "difficulty"], first.loc[item, "gold"], *cells])
+    note = "The same test items side by side: each stage's verdict (its final answer) and completion."
+    return Table("Sample completions", ["item", "difficulty", "gold", *aligned], rows, note)
+
+
+def verdict_line(summary: dict[str, Any]) -> str:
     verdict = summary.get("dpo_diagnostics", {}).get("verdict")
-    if verdict:
-        lines += ["", f"DPO: {verdict}."]
-    lines += selection_markdown(summary.get("selection"))
-    for title, data in extras.items():
-        lines += ["", f"## {title}", "", "```json", _short_json(data), "```"]
-    return "\n".join(lines) + "\n"
+    return f"DPO: {verdict}." if verdict else ""
 
 
-def selection_markdown(selection: dict[str, Any] | None) -> list[str]:
-    """The table of DPO runs: val accuracy (what chose "DPO") and test accuracy (reported, not used)."""
+def report_tables(
+    summary: dict[str, Any], aligned: dict[str, pd.DataFrame], extras: dict[str, Any], n_samples_shown: int
+) -> dict[str, list[Table]]:
+    """The report's tables by page: accuracy, rejections, pairs, samples."""
+    accuracy = [accuracy_table(summary), difficulty_table(summary), delta_table(summary)]
+    if verdict_line(summary):
+        accuracy[-1].note = verdict_line(summary)
+    accuracy += selection_tables(summary.get("selection"))
+    prefs = extras.get("preferences", {})
+    return {
+        "accuracy": accuracy,
+        "rejections": [rejection_table(extras.get("validation", {}))],
+        "pairs": [pair_table(prefs), outcome_table(prefs), figures_table(summary)],
+        "samples": [samples_table(aligned, n_samples_shown)],
+    }
+
+
+def selection_tables(selection: dict[str, Any] | None) -> list[Table]:
+    """The DPO runs: val accuracy (what chose "DPO") and test accuracy (reported, not used); by round."""
     if not selection:
         return []
     sft = selection["sft_val"]
-    lines = [
-        "",
-        "## DPO runs, selected on val",
-        "",
-        f'"DPO" above is **{selection["selected"]}**, the run with the best val accuracy (SFT on val: '
+    note = (
+        f'"DPO" is **{selection["selected"]}**, the run with the best val accuracy (SFT on val: '
         f"{sft['accuracy']:.3f}, n {sft['n']}). The other runs' test numbers are information only: "
-        "nothing was chosen on test.",
-        "",
-        "| run | val | val − SFT (95% CI) | test | test − SFT (95% CI) | selected |",
-        "|---|---|---|---|---|---|",
-    ]
-    for stage, run in selection["runs"].items():
-        val, test = run["val"], run["test"]
-        dv, dt = run["val_minus_sft"], run["test_minus_sft"]
-        lines.append(
-            f"| {stage} | {val['accuracy']:.3f} | {dv['mean']:+.3f} [{dv['ci95'][0]:+.3f}, {dv['ci95'][1]:+.3f}] | "
-            f"{test['accuracy']:.3f} | {dt['mean']:+.3f} [{dt['ci95'][0]:+.3f}, {dt['ci95'][1]:+.3f}] | "
-            f"{'yes' if stage == selection['selected'] else ''} |"
-        )
+        "nothing was chosen on test."
+    )
+
+    def delta(d: dict[str, Any]) -> str:
+        return f"{d['mean']:+.3f} {ci(d['ci95'], '+.3f')}"
+
+    rows = [
+        [stage, fmt(run["val"]["accuracy"]), delta(run["val_minus_sft"]), fmt(run["test"]["accuracy"]),
+         delta(run["test_minus_sft"]), "yes" if stage == selection["selected"] else ""]
+        for stage, run in selection["runs"].items()
+    ]  # fmt: skip
+    columns = ["run", "val", "val − SFT (95% CI)", "test", "test − SFT (95% CI)", "selected"]
+    tables = [Table("DPO runs, selected on val", columns, rows, note)]
     if selection.get("by_round"):
-        lines += ["", "Accuracy by DPO round (round r samples from and starts at round r-1's model):", ""]
-        lines += ["| round | run | val | test |", "|---|---|---|---|"]
-        lines += [f"| {r['round']} | {r['stage']} | {r['val']:.3f} | {r['test']:.3f} |" for r in selection["by_round"]]
-    return lines
+        rounds = [[r["round"], r["stage"], fmt(r["val"]), fmt(r["test"])] for r in selection["by_round"]]
+        note = "Round r samples from, starts at and is referenced to round r-1's model."
+        tables.append(Table("Accuracy by DPO round", ["round", "run", "val", "test"], rounds, note))
+    return tables
 
 
-def _short_json(data: Any) -> str:
-    import json
+def selection_markdown(selection: dict[str, Any] | None) -> list[str]:
+    return pages.markdown(selection_tables(selection)).splitlines()
 
-    return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+def markdown(summary: dict[str, Any], tables: dict[str, list[Table]]) -> str:
+    header = ["# sftdpo report", "", f"Test items: {summary['n_items']} (greedy decoding).", ""]
+    return "\n".join(header) + "\n" + pages.markdown([t for page in tables.values() for t in page])
+
+
+def run_summary(summary_path: str, markdown_path: str) -> str:
+    """What the console shows after a successful run: accuracy per stage, the paired differences, and
+    where the report is."""
+    if not Path(summary_path).exists():
+        return ""
+    summary = read_json(summary_path)
+    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(Path(summary_path).stat().st_mtime))
+    return "\n".join([
+        f"Test accuracy ({summary_path}, written {written}):",
+        pages.text(accuracy_table(summary)),
+        "",
+        pages.text(delta_table(summary)),
+        "",
+        f"Report: {markdown_path}; the HTML report with every table and plot: snakemake --report report.html",
+    ])  # fmt: skip
 
 
 def make_report(
@@ -236,18 +370,22 @@ def make_report(
     summary_path: str,
     plot_path: str,
     markdown_path: str,
+    table_paths: dict[str, str],
     n_samples: int,
+    samples_shown: int,
     seed: int,
 ) -> dict[str, Any]:
-    """The report of a run. `eval_paths` / `val_eval_paths`: test / val evaluations by stage (base, sft and
-    every DPO run: dpo, dpo-<variant>); `dpo_metrics_paths`: each DPO run's metrics.json."""
+    """summary.json, the comparison plot, report.md and one HTML page of tables per key of `table_paths`
+    (accuracy, rejections, pairs, samples). `eval_paths` / `val_eval_paths`: test / val evaluations by stage
+    (base, sft and every DPO run: dpo, dpo-<variant>, dpo-round<r>); `dpo_metrics_paths`: each DPO run's
+    metrics.json."""
     tests = {stage: read_parquet(path) for stage, path in eval_paths.items()}
     vals = {stage: read_parquet(path) for stage, path in val_eval_paths.items()}
     selection = select_dpo(vals, tests, n_samples=n_samples, seed=seed)
     chosen = selection["selected"]
     selection["model"] = str(Path(dpo_metrics_paths[chosen]).parent / "adapter")
     # Base vs SFT vs DPO, where DPO is the run chosen on val.
-    evals = {stage: tests[stage] for stage in EVAL_STAGES if stage != "dpo"}
+    evals = {stage: tests[stage] for stage in ("base", "sft")}
     evals["dpo"] = tests[chosen]
     summary = summarise(evals, n_samples=n_samples, seed=seed)
     summary["stages"]["dpo"]["run"] = chosen
@@ -270,8 +408,10 @@ def make_report(
         "pair_shared_tokens": extras.get("preferences", {}).get("shared_tokens"),
     }
     plot_comparison(evals, summary, plot_path, n_samples=n_samples, seed=seed)
-    with atomic_path(markdown_path) as tmp:
-        tmp.write_text(markdown(summary, extras))
+    tables = report_tables(summary, align(evals), extras, samples_shown)
+    for name, path in table_paths.items():
+        write_text(pages.html_page(tables[name], f"sftdpo: {name}"), path)
+    write_text(markdown(summary, tables), markdown_path)
     write_json(summary, summary_path)
     log.info("report: %s (DPO = %s, chosen on val)", {s: v["accuracy"] for s, v in summary["stages"].items()}, chosen)
     return summary

@@ -19,6 +19,7 @@ import pandas as pd
 from sftdpo.generation import generate, generate_vllm, load_for_inference, vllm_available
 from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import ShardProgress, file_digest, read_parquet, resume_dir, write_parquet
+from sftdpo.progress import Progress
 from sftdpo.tables import ROLLOUT_COLUMNS
 from sftdpo.tasks import get_task
 
@@ -104,6 +105,7 @@ def rollout_shard(
 
     todo = [it for it in items if not done(it)]
     log.info("rollouts shard %d/%d: %d prompt variants, %d to do, k=%d", shard, n_shards, len(items), len(todo), k)
+    console = Progress(f"rollouts shard {shard}", len(items), unit="prompts", resumed=len(items) - len(todo))
     use_vllm = backend == "vllm" or (backend == "auto" and vllm_available())
     model = tokenizer = None
     if todo and not use_vllm:
@@ -165,7 +167,9 @@ def rollout_shard(
                     }
                 )
         progress.append(rows)
+        console.update(len(chunk))
     progress.close()
+    console.close()
     order = {f"{row.id}:{v}": i for i, (row, v, _) in enumerate(items)}
     done = [r for r in progress.rows if f"{r['prompt_id']}:{r['variant']}" in order]
     done.sort(key=lambda r: (order[f"{r['prompt_id']}:{r['variant']}"], r["sample"]))

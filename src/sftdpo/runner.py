@@ -6,6 +6,8 @@
   config): torch uses exactly that many intra-op threads, whatever `--cores` gives the job, so the
   floating-point reduction order, hence the model's result, is fixed by the config (Snakemake's own
   `threads` only schedules). Rules without it never import torch here;
+- those rules load model directories that base_model wrote (a Hub model is downloaded there), so they run
+  with the Hugging Face Hub offline (HF_HUB_OFFLINE=1): a GPU node without internet never waits on it;
 - test-only fault injection via environment variables (never config, so it cannot change results):
   SFTDPO_FAIL_ONCE=<rule>:<marker file> fails <rule> on its first attempt only;
   SFTDPO_FAIL_ALWAYS=<rule> fails it every time.
@@ -43,6 +45,14 @@ def compute_threads(snakemake: Any) -> int | None:
     return None if threads is None else max(1, int(threads))
 
 
+def hub_offline() -> None:
+    """HF_HUB_OFFLINE=1 for this job, also when the rule script imported huggingface_hub already (it reads
+    the variable once, at import)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "huggingface_hub.constants" in sys.modules:
+        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
+
+
 def run(snakemake: Any, stage: Callable[[], Any]) -> Any:
     """Run `stage()` with the rule's log as stderr and logging stream; re-raise its error after logging it."""
     log_path = snakemake.log[0]
@@ -65,6 +75,7 @@ def run(snakemake: Any, stage: Callable[[], Any]) -> Any:
                 threads if threads else "-",
             )
             if threads:
+                hub_offline()
                 import torch
 
                 torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ from typing import Any
 from sftdpo.io import file_digest, read_parquet
 from sftdpo.modeling import load_model, load_tokenizer
 from sftdpo.tables import read_token_rows
-from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_kwargs, write_metrics
+from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_config, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +38,16 @@ def train_sft(
     train_examples, val_examples = read_token_rows(tokens_path, train_rows, val_rows)
     train_ds = Dataset.from_list(train_examples)
     val_ds = Dataset.from_list(val_examples) if val_rows else None
-    ckpt = checkpoint_dir(
-        work_dir,
-        {
-            "train": train,
-            "lora": lora,
-            "seed": seed,
-            "eval_rows": eval_rows,
-            "inputs": [file_digest(p) for p in (base_dir, train_path, val_path, tokens_path)],
-        },
-        "sftdpo.sft",
-    )
-    args = SFTConfig(
-        **trainer_kwargs(train, ckpt, seed, evaluate=val_ds is not None),
+    settings = {"train": train, "lora": lora, "seed": seed, "eval_rows": eval_rows}
+    inputs = {"base model": base_dir, "train split": train_path, "val split": val_path, "tokens": tokens_path}
+    ckpt = checkpoint_dir(work_dir, {**settings, "inputs": [file_digest(p) for p in inputs.values()]}, "sftdpo.sft")
+    args = trainer_config(
+        SFTConfig,
+        "sft.train",
+        train,
+        ckpt,
+        seed,
+        evaluate=val_ds is not None,
         completion_only_loss=True,
         packing=False,
         include_num_input_tokens_seen="non_padding",
@@ -64,7 +61,7 @@ def train_sft(
         peft_config=lora_config(lora) if lora else None,
     )
     log.info("SFT: %d train rows, %d val rows, %s", len(train_ds), len(val_rows), "LoRA" if lora else "full")
-    metrics = run_training(trainer, ckpt, out_dir, tokenizer)
+    metrics = run_training(trainer, ckpt, out_dir, tokenizer, "sft", inputs=inputs, config=settings)
     metrics.update(n_train=len(train_ds), n_val=len(val_rows), lora=lora)
     evals = [h["eval_loss"] for h in metrics["log_history"] if "eval_loss" in h]
     metrics["final_eval_loss"] = evals[-1] if evals else None

@@ -17,7 +17,9 @@ from typing import Any
 from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import atomic_path, resume_dir, write_json
 from sftdpo.modeling import device, use_bf16
+import sftdpo.pages as pages
 from sftdpo.plots import plot_curve
+from sftdpo.progress import console, duration, rate_and_eta
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +83,95 @@ def trainer_kwargs(train: dict[str, Any], output_dir: Path, seed: int, *, evalua
     )
 
 
-def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer) -> dict[str, Any]:
-    """Train (resuming if a checkpoint exists), then save model + tokenizer atomically."""
-    import torch
+def log_line(label: str, step: int, max_steps: int, logs: dict[str, Any], rate: str) -> str:
+    """`sft step 40/200 loss 1.702 eval_loss 1.65 | 1.9 steps/s, ETA 1m24s` from a Trainer's log record."""
+    shown = [f"{key} {logs[key]:.4g}" for key in CONSOLE_KEYS if isinstance(logs.get(key), (int, float))]
+    return f"{label} step {step}/{max_steps} " + " ".join(shown) + f" | {rate}"
 
+
+# What a training log line shows, when the record has it (SFT, DPO, and their held-out evaluations).
+CONSOLE_KEYS = ("loss", "eval_loss", "rewards/accuracies", "eval_rewards/accuracies", "rewards/margins")
+
+
+def console_progress(label: str):
+    """Trainer callbacks: one compact console line per logging step, and tqdm bars without the dicts of
+    numbers that transformers writes beside them (the bars stay in the rule's log)."""
+    from transformers import ProgressCallback, TrainerCallback
+
+    class BarsOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    class ConsoleLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first_step, self.started = state.global_step, time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or "train_loss" in (logs or {}):  # the run's summary record
+                return
+            done = state.global_step - self.first_step
+            rate = rate_and_eta(done, state.max_steps - self.first_step, time.monotonic() - self.started, "steps")
+            console(log_line(label, state.global_step, state.max_steps, logs, rate))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                elapsed = duration(time.monotonic() - self.started)
+                console(f"{label} done: {state.global_step}/{state.max_steps} steps in {elapsed}")
+
+    return BarsOnly, ConsoleLog()
+
+
+def trainer_config(config_class, key: str, train: dict[str, Any], output_dir: Path, seed: int, *, evaluate: bool,
+                   **stage: Any):  # fmt: skip
+    """`config_class` (TRL's SFTConfig or DPOConfig) from the stage's `train` block, the stage's own arguments
+    and `train.extra`: any other field of the class, checked against its fields (`key` names the block)."""
+    args = {**trainer_kwargs(train, output_dir, seed, evaluate=evaluate), **stage}
+    extra = train.get("extra") or {}
+    check_extra(config_class, f"{key}.extra", extra, set(args))
+    return config_class(**args, **extra)
+
+
+def check_extra(config_class, key: str, extra: dict[str, Any], set_by_sftdpo: set[str]) -> None:
+    import dataclasses
+    import difflib
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    problems = []
+    for name in sorted(extra):
+        if name in set_by_sftdpo:
+            problems.append(f"{name} is set by sftdpo from its own keys (see config/schema.yaml); set it there")
+        elif name not in fields:
+            close = difflib.get_close_matches(name, fields, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            problems.append(f"{name} is not a field of TRL's {config_class.__name__}{hint}")
+    if problems:
+        raise ValueError(f"{key}: " + "; ".join(problems))
+
+
+def run_training(
+    trainer, ckpt_dir: Path, out_dir: str, tokenizer, label: str, *, inputs: dict[str, str], config: dict[str, Any]
+) -> dict[str, Any]:
+    """Train (resuming if a checkpoint exists), then save model + tokenizer + a model card atomically.
+    `inputs` (name -> path) and `config` (the stage's settings) go into the card."""
+    import torch
+    from transformers import ProgressCallback
+
+    bars, console_log = console_progress(label)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(bars)
+    trainer.add_callback(console_log)
     resume = last_checkpoint(ckpt_dir)
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     elapsed = time.time() - started
+    state = trainer.state
     with atomic_path(out_dir) as tmp:
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        figures = {"steps": state.global_step, "train loss": result.training_loss, "resumed from": resume}
+        (tmp / "README.md").write_text(training_card(label, tmp, inputs, figures, config), encoding="utf-8")
     # The output holds the result now; checkpoints (GBs for real models) are only a resume point.
     shutil.rmtree(ckpt_dir)
-    state = trainer.state
     return {
         "global_step": state.global_step,
         "resumed_from": resume,
@@ -105,6 +182,23 @@ def run_training(trainer, ckpt_dir: Path, out_dir: str, tokenizer) -> dict[str, 
         "torch_threads": torch.get_num_threads(),
         "log_history": state.log_history,
     }
+
+
+def training_card(label: str, model_dir: Path, inputs: dict[str, str], figures: dict[str, Any], config: dict[str, Any]):
+    """The model card of a trained model or adapter (instead of PEFT's blank template)."""
+    adapter = (model_dir / "adapter_config.json").exists()
+    what = "a PEFT (LoRA) adapter over the model in the input above" if adapter else "a full model"
+    return pages.model_card(
+        title=f"sftdpo: the {label} model",
+        intro=f"Trained by the `{label}` stage of an sftdpo run: {what}. `results/export/<stage>/` holds it merged, "
+        "loadable without sftdpo.",
+        tags=[label, "peft" if adapter else "full"],
+        tables=[
+            pages.Table("Inputs", ["input", "path"], [[name, path] for name, path in inputs.items()]),
+            pages.Table("Training", ["figure", "value"], [[k, pages.fmt(v, ".4g")] for k, v in figures.items()]),
+        ],
+        config=config,
+    )
 
 
 def write_metrics(metrics: dict[str, Any], metrics_path: str, curve_path: str, curve_keys: list[str], title: str):

@@ -20,5 +20,7 @@ run(
         tokenizer_files=p.tokenizer_files,
         trust_remote_code=p.trust_remote_code,
         seed=p.seed,
+        revision=p.revision,
+        chat_template=p.chat_template,
     ),
 )

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from sftdpo.runner import run
-from sftdpo.report import make_report
+from sftdpo.report import TABLE_PAGES, make_report
 
 sm = snakemake  # noqa: F821
 i, o = sm.input, sm.output
@@ -31,7 +31,9 @@ run(
         summary_path=o.summary,
         plot_path=o.plot,
         markdown_path=o.markdown,
+        table_paths={name: o[name] for name in TABLE_PAGES},
         n_samples=sm.params.bootstrap_samples,
+        samples_shown=sm.params.samples_shown,
         seed=sm.params.seed,
     ),
 )

@@ -1,0 +1,37 @@
+"""`sft.train.extra` / `dpo.train.extra`: any other field of TRL's SFTConfig / DPOConfig, checked against its fields."""
+
+import pytest
+
+from conftest import train_settings
+from sftdpo.training import trainer_config
+
+
+def test_extra_fields_reach_the_trl_config(tmp_path):
+    from trl import DPOConfig, SFTConfig
+
+    train = train_settings(extra={"max_grad_norm": 0.25, "optim": "adamw_torch", "adam_beta2": 0.95})
+    args = trainer_config(SFTConfig, "sft.train", train, tmp_path, 0, evaluate=False, packing=False)
+    assert (args.max_grad_norm, args.optim, args.adam_beta2, args.packing) == (0.25, "adamw_torch", 0.95, False)
+    args = trainer_config(DPOConfig, "dpo.train", train_settings(extra={"ld_alpha": 0.5}), tmp_path, 0,
+                          evaluate=False, beta=0.3)  # fmt: skip
+    assert (args.ld_alpha, args.beta, args.max_steps) == (0.5, 0.3, 2)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            {"max_grad_nrom": 1.0},
+            "sft.train.extra: max_grad_nrom is not a field of TRL's SFTConfig (did you mean max_grad_norm",
+        ),
+        ({"learning_rate": 1.0}, "sft.train.extra: learning_rate is set by sftdpo from its own keys"),
+        ({"packing": True}, "sft.train.extra: packing is set by sftdpo from its own keys"),
+        ({"beta": 0.2}, "sft.train.extra: beta is not a field of TRL's SFTConfig"),
+    ],
+)
+def test_unknown_or_owned_fields_stop_with_the_key(tmp_path, extra, message):
+    from trl import SFTConfig
+
+    with pytest.raises(ValueError) as err:
+        trainer_config(SFTConfig, "sft.train", train_settings(extra=extra), tmp_path, 0, evaluate=False, packing=False)
+    assert str(err.value).startswith(message)

@@ -29,7 +29,7 @@ def eval_table(stage, correct):
     })  # fmt: skip
 
 
-# Four stages, one more than today's three: the tables take whatever stages summary.json holds.
+# Two DPO runs: the report's stages are base, sft and the DPO run selected on val; the DPO runs' table has both.
 EVALS = {
     "base": eval_table("base", [False] * 8),
     "sft": eval_table("sft", [True, True, False, True, False, True, True, False]),
@@ -50,8 +50,11 @@ def report_files(tmp_path_factory):
     for name, data in extras.items():
         extra_paths[name] = str(root / f"{name}.json")
         (root / f"{name}.json").write_text(json.dumps(data))
+    dpo_runs = ("dpo", "dpo-beta0.5")  # val = test here: dpo-beta0.5 (7/8) is selected over dpo (6/8)
     make_report(
-        eval_paths=paths, extra_paths=extra_paths, summary_path=str(root / "summary.json"),
+        eval_paths=paths, val_eval_paths={s: paths[s] for s in ("sft", *dpo_runs)},
+        dpo_metrics_paths={s: extra_paths.pop("dpo") if s == "dpo" else str(root / "dpo.json") for s in dpo_runs},
+        extra_paths=extra_paths, summary_path=str(root / "summary.json"),
         plot_path=str(root / "comparison.png"), markdown_path=str(root / "report.md"),
         table_paths={page: str(root / f"{page}.html") for page in TABLE_PAGES}, n_samples=200, samples_shown=4, seed=0,
     )  # fmt: skip
@@ -61,7 +64,8 @@ def report_files(tmp_path_factory):
 def test_markdown_report_holds_every_stage_row_and_no_json_dumps(report_files):
     text = (report_files / "report.md").read_text()
     assert "```" not in text and "{" not in text
-    assert "| dpo-beta0.5 | 0.875 | [" in text and "| sft | 0.625 | [" in text
+    assert "| dpo | 0.875 | [" in text and "| sft | 0.625 | [" in text  # dpo: the run selected on val
+    assert re.search(r"\| dpo-beta0\.5 \| 0\.875 \| \+0\.250 \[[-+]\d\.\d{3}, \+\d\.\d{3}\] \| 0\.875 \|", text)
     assert "| base | 0.000 | [0.000, 0.000] | 8 |" in text
     assert "| stage | difficulty 1 (n=4) | difficulty 2 (n=4) |" in text
     assert "| sft | 0.500 | 0.750 |" in text  # items i0, i2, i4, i6 / i1, i3, i5, i7
@@ -90,7 +94,7 @@ def test_html_tables_escape_cells_and_render_in_chromium(report_files, tmp_path)
     text = visible_text(rendered_dom(page.as_uri()))
     assert "<b>not bold</b> & 1 < 2" in text
     assert "Sample completions" in text and "dpo-beta0.5" in text and "sft says" in text
-    assert sum(line.startswith("## ") for line in markdown(summary, tables).splitlines()) == 8
+    assert sum(line.startswith("## ") for line in markdown(summary, tables).splitlines()) == 9  # + DPO runs
 
 
 @pytest.mark.e2e

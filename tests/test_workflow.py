@@ -208,7 +208,7 @@ def test_end_to_end_artifacts(tiny_run):
         json.loads((r("dpo/adapter") / "adapter_config.json").read_text())["base_model_name_or_path"]
         == "results/sft/adapter"
     )
-    assert len(list((workdir / "results/benchmarks").rglob("*.tsv"))) == 17
+    assert len(list((workdir / "results/benchmarks").rglob("*.tsv"))) == 19  # 17 jobs + evaluate_val sft, dpo
 
 
 @pytest.mark.e2e

@@ -75,7 +75,7 @@ def dpo_metrics_files():
 
 
 def dpo_run(wildcards):
-    """Settings of one DPO run (main or variant), with its own resume directory."""
+    """Settings of one DPO run (the main run, a variant or a later round), with its own resume directory."""
     variant = getattr(wildcards, "variant", None)
     round_ = getattr(wildcards, "round", None)
     work_dir = (

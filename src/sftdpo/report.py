@@ -123,7 +123,8 @@ def select_dpo(
     }
     best = max(runs, key=lambda stage: (table[stage]["val"]["accuracy"], -runs.index(stage)))
     # Round 1 is the main run (dpo); later rounds (dpo.rounds) are dpo-round<r>.
-    rounds = ["dpo", *sorted((s for s in runs if re.fullmatch(r"dpo-round\d+", s)), key=lambda s: int(s[9:]))]
+    later = {int(m[1]): m[0] for m in (re.fullmatch(r"dpo-round(\d+)", s) for s in runs) if m}
+    rounds = ["dpo", *(later[r] for r in sorted(later))]
     return {
         "metric": "val accuracy (greedy); test is not used to choose",
         "selected": best,

@@ -57,9 +57,6 @@ PAIR_COLUMNS = [
 # results/eval/{stage}.parquet: one test item a row.
 EVAL_COLUMNS = ["id", "stage", "task", "difficulty", "completion", "prediction", "gold", "correct", "n_tokens"]
 
-# The models the report compares, in order (results/eval/{stage}.parquet).
-EVAL_STAGES = ("base", "sft", "dpo")
-
 # results/data/tokens.h5: `tokens` int32 [N, L, 3], right-padded, with these three channels.
 TOKEN_LAYOUT = "input_ids,attention_mask,loss_mask"
 

@@ -24,11 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+from readme_table import replace_table
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 SAVED = ROOT / "benchmarks/results/seeds"
-README = ROOT / "README.md"
-BEGIN, END = "<!-- results-table: begin (benchmarks/seed_noise.py --save) -->", "<!-- results-table: end -->"
+TABLE = ("results-table", "benchmarks/seed_noise.py --save")  # the README table's marker name and command
 
 
 def run_seed(seed: int, out: Path, configfiles: list[str]) -> Path:
@@ -80,19 +81,11 @@ def saved_records() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(SAVED.glob("seed-*.json"))]
 
 
-def readme_table(text: str) -> str:
-    """The table now in the README, between the markers."""
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
-
-
 def save(records: list[dict]) -> None:
     SAVED.mkdir(parents=True, exist_ok=True)
     for record in records:
         (SAVED / f"seed-{record['seed']}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    text = README.read_text()
-    before, rest = text.split(BEGIN, 1)
-    after = rest.split(END, 1)[1]
-    README.write_text(f"{before}{BEGIN}\n{render(saved_records())}\n{END}{after}")
+    replace_table(TABLE[0], render(saved_records()), TABLE[1])
 
 
 def main() -> None:

@@ -7,8 +7,9 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from sftdpo.config_checks import check_config, dpo_settings
 from sftdpo.experts import EXPERT_MODULES
 from sftdpo.fingerprint import code_fingerprint
+from sftdpo.tasks import size_problems
 
-check_config(config)
+check_config(config, size_problems(config))
 
 
 wildcard_constraints:

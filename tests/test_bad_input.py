@@ -15,6 +15,7 @@ import yaml
 from conftest import ROOT, scratch_base_model, snakemake
 from sftdpo.collect import collect_shard
 from sftdpo.config_checks import check_config, schema_error_message
+from sftdpo.tasks import size_problems
 from sftdpo.io import read_json, read_parquet, write_parquet
 from sftdpo.records import ImportFailure
 from sftdpo.validate import validate
@@ -194,7 +195,7 @@ def load_config(path: Path) -> None:
         schema_validate(config, str(ROOT / "config" / "schema.yaml"))
     except WorkflowError as err:
         raise ValueError(schema_error_message(err)) from None
-    check_config(config)
+    check_config(config, size_problems(config))
 
 
 CONFIGS = [e for e in ENTRIES if e["run"] == "config"]

@@ -19,9 +19,8 @@ def tokenizer_texts(task: Task, *, n: int, seed: int, tokenizer_files: dict[str,
         # Bad rows are the collect rule's to report.
         files = importers.FilesExpert(task, max_bad_fraction=1.0, limit=n, **tokenizer_files)
         return [f"{p.prompt}\n{files.demonstrate(p)[0]}" for p in files.shard_problems(0, 1)]
-    available = task.max_problems()
     # Another seed than the demonstrations': the tokenizer does not see exactly the training problems.
-    problems = task.problems(n if available is None else min(n, available), seed + 1)
+    problems = task.problems(n if task.can_make(n) else task.max_problems(), seed + 1)
     return [f"{p.prompt}\n{task.solve(p)}" for p in problems]
 
 

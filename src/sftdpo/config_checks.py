@@ -174,8 +174,9 @@ def config_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def check_config(config: dict[str, Any]) -> None:
-    problems = config_problems(config)
+def check_config(config: dict[str, Any], more_problems: list[str] = ()) -> None:
+    """Stop with every problem at once: the cross-field ones and `more_problems` (from domain code)."""
+    problems = config_problems(config) + list(more_problems)
     if problems:
         raise ValueError("config: " + "\n  ".join(["the configuration cannot work:", *problems]))
 

@@ -41,6 +41,11 @@ class Task:
         """How many distinct problems `problems` can give (None: as many as asked)."""
         return None
 
+    def can_make(self, n: int) -> bool:
+        """Whether `problems(n, seed)` can give `n` distinct problems."""
+        available = self.max_problems()
+        return available is None or n <= available
+
     def solve(self, problem: Problem) -> str:
         """A correct step-by-step completion ending in the task's answer line."""
         raise NotImplementedError
@@ -73,3 +78,22 @@ def get_task(name: str, **options: Any) -> Task:
     if name not in registry:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(registry)}")
     return registry[name](**options)
+
+
+def size_problems(config: dict[str, Any]) -> list[str]:
+    """task.n_problems beyond what a generated task can make, as a sentence naming the keys (tasks read
+    from a file are counted by sftdpo.config_checks; collect.expert files does not use n_problems)."""
+    task = config["task"]
+    if task["name"] != "arithmetic" or config["collect"]["expert"] == "files":
+        return []
+    options = task["arithmetic"]
+    if options["min_ops"] > options["max_ops"]:
+        return []  # sftdpo.config_checks names that one
+    arithmetic = get_task("arithmetic", **options)
+    if arithmetic.can_make(task["n_problems"]):
+        return []
+    return [
+        f"task.n_problems ({task['n_problems']}) > the {arithmetic.max_problems()} distinct problems "
+        f"task.arithmetic can make with {options}: raise task.arithmetic.max_operand or max_ops, add ops, "
+        "or lower task.n_problems"
+    ]

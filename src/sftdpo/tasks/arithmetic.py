@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 import re
 
+import numpy as np
+
 from sftdpo.tasks import Problem, Task, Verdict
 
 STEP = re.compile(r"^(\d+)([+\-*])(\d+)=(-?\d+)$")
@@ -47,27 +49,82 @@ class ArithmeticTask(Task):
             ops.append(op)
         return operands, ops
 
+    def max_problems(self) -> int:
+        """How many distinct problems the settings allow (summed over levels; counted, not generated)."""
+        return sum(self.problems_with_ops(level) for level in range(self.min_ops, self.max_ops + 1))
+
+    def can_make(self, n: int) -> bool:
+        """Whether `n` distinct problems exist, without counting them all when that is plain: each tuple of
+        operands makes at least one expression, so (max_operand + 1) ** (ops + 1) per level is a lower bound
+        (counting exactly takes a minute for max_operand 9999; requests near the limit are small spaces)."""
+        levels = range(self.min_ops, self.max_ops + 1)
+        return sum((self.max_operand + 1) ** (level + 1) for level in levels) >= n or self.max_problems() >= n
+
+    def problems_with_ops(self, n_ops: int) -> int:
+        """Distinct expressions with `n_ops` operations, as `_expression` writes them.
+
+        Dynamic programming over the running value, which only matters for "-" (allowed while b <= value,
+        else written as "+"). Values at or above `cap` are one state: from there at most max_ops * max_operand
+        can still be subtracted, so every later "-" is allowed; only "*0" brings such a value back (to 0).
+        Counts are floats (exact below 2**53; beyond that only the order of magnitude matters here)."""
+        m = self.max_operand
+        cap = (self.max_ops + 1) * m + 1
+        big = cap  # index of the "cap or more" state
+        operands = np.arange(m + 1)
+        counts = np.zeros(cap + 1)
+        counts[: m + 1] = 1.0  # the first operand
+        for _ in range(n_ops):
+            new = np.zeros(cap + 1)
+            for value in np.flatnonzero(counts):
+                c = counts[value]
+                is_big = value == big
+                for op in self.ops:
+                    if op == "-":
+                        allowed = operands if is_big else operands[operands <= value]
+                        results = np.full(len(allowed), big) if is_big else value - allowed
+                        if "+" not in self.ops and not is_big:  # b > value is written as "+": a string of its own
+                            np.add.at(new, np.minimum(value + operands[operands > value], big), c)
+                    elif op == "+":
+                        results = np.full(m + 1, big) if is_big else np.minimum(value + operands, big)
+                    else:
+                        results = np.where(operands == 0, 0, big) if is_big else np.minimum(value * operands, big)
+                    np.add.at(new, results, c)
+            counts = new
+        return int(counts.sum())
+
     def problems(self, n: int, seed: int) -> list[Problem]:
-        """`n` distinct problems; levels are drawn uniformly until a level's space is exhausted."""
+        """`n` distinct problems; levels are drawn uniformly until a level's space is exhausted.
+
+        A level closes after 200 draws in a row that were all repeats. Should every level close before `n`,
+        the levels with expressions left are drawn from until they run out (repeats no longer close them), so
+        any `n` up to `max_problems()` is made; the first phase alone decides the problems of smaller requests.
+        """
+        if not self.can_make(n):
+            raise ValueError(
+                f"task.arithmetic can make {self.max_problems()} distinct problems, not task.n_problems = {n}: "
+                "raise max_ops, max_operand or add ops, or lower task.n_problems"
+            )
         rng = random.Random(seed)
         seen: set[str] = set()
         levels = list(range(self.min_ops, self.max_ops + 1))
         misses = {level: 0 for level in levels}
+        made = {level: 0 for level in levels}
+        left: dict[int, int] | None = None  # expressions left per level, once every level has closed
         out: list[Problem] = []
         while len(out) < n:
             open_levels = [lv for lv in levels if misses[lv] < 200]
-            if not open_levels:
-                raise ValueError(
-                    f"task.arithmetic cannot make {n} distinct problems (made {len(out)}): "
-                    "raise max_ops or max_operand, or lower task.n_problems"
-                )
+            if not open_levels:  # the tail: levels with expressions left, however many repeats that takes
+                left = left or {lv: self.problems_with_ops(lv) for lv in levels}
+                open_levels = [lv for lv in levels if made[lv] < left[lv]]
             level = rng.choice(open_levels)
             operands, ops = self._expression(rng, level)
             expr = str(operands[0]) + "".join(f"{op}{b}" for op, b in zip(ops, operands[1:]))
             if expr in seen:
                 misses[level] += 1
                 continue
-            misses[level] = 0
+            if left is None:
+                misses[level] = 0
+            made[level] += 1
             seen.add(expr)
             out.append(
                 Problem(

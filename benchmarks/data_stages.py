@@ -1,0 +1,104 @@
+"""Data stages at scale: collect, validate, convert and split of N program-expert rows, through the snakemake CLI.
+
+    .venv/bin/python benchmarks/data_stages.py --rows 100000 400000 1000000 --save
+
+Each size runs `snakemake results/data/split.json -c2` in a fresh directory (the default config, a task family
+large enough for N: `task.arithmetic` max_ops 4, max_operand 99) and reads the jobs' `benchmark:` files: wall
+seconds, rows per second and peak RSS per stage. `--save` keeps the figures in benchmarks/results/data_stages.json
+and rewrites the README's table between the `data-stages-table` markers (the machine is named there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from readme_table import replace_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SAVED = ROOT / "benchmarks" / "results" / "data_stages.json"
+MARKER = "data-stages-table"
+STAGES = ("collect", "merge_demos", "validate", "convert", "split")
+
+
+def stage_times(benchmarks: Path) -> dict[str, dict[str, float]]:
+    """Wall seconds (summed over shards) and peak RSS (max over shards) per stage from Snakemake's TSVs."""
+    out: dict[str, dict[str, float]] = {}
+    for path in sorted(benchmarks.rglob("*.tsv")):
+        stage = path.relative_to(benchmarks).parts[0].removesuffix(".tsv")
+        if stage not in STAGES:
+            continue
+        with path.open() as fh:
+            record = list(csv.DictReader(fh, delimiter="\t"))[-1]
+        seen = out.setdefault(stage, {"seconds": 0.0, "max_rss_mb": 0.0})
+        seen["seconds"] += float(record["s"])
+        seen["max_rss_mb"] = max(seen["max_rss_mb"], float(record["max_rss"]))
+    return out
+
+
+def run(rows: int, workdir: Path) -> dict:
+    overlay = workdir / "scale.yaml"
+    overlay.write_text(yaml.safe_dump({"task": {"n_problems": rows, "arithmetic": {"max_ops": 4, "max_operand": 99}}}))
+    cmd = [str(ROOT / ".venv/bin/snakemake"), "-s", str(ROOT / "Snakefile"), "results/data/split.json", "-c2"]
+    cmd += ["--configfile", str(ROOT / "config/config.yaml"), str(overlay)]
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=workdir, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    stages = stage_times(workdir / "results/benchmarks")
+    kept = json.loads((workdir / "results/demos/validation.json").read_text())["n_kept"]
+    for name, figures in stages.items():
+        # collect and validate see every row; convert and split the kept ones.
+        figures["rows_per_second"] = (rows if name in STAGES[:3] else kept) / figures["seconds"]
+    return {"rows": rows, "kept": kept, "wall_seconds": wall, "stages": stages}
+
+
+def render(record: dict) -> str:
+    lines = [
+        "| rows | " + " | ".join(f"{s} s (rows/s, peak MB)" for s in STAGES) + " | DAG wall s |",
+        "|---" * (len(STAGES) + 2) + "|",
+    ]
+    for size in record["sizes"]:
+        cells = []
+        for stage in STAGES:
+            f = size["stages"][stage]
+            cells.append(f"{f['seconds']:.1f} ({f['rows_per_second']:,.0f}, {f['max_rss_mb']:,.0f})")
+        lines.append(f"| {size['rows']:,} | " + " | ".join(cells) + f" | {size['wall_seconds']:.0f} |")
+    lines += ["", f"Measured on {record['machine']}, commit {record['commit']}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--save", action="store_true", help="keep the figures and rewrite the README table")
+    args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    record = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}",
+        "commit": commit.stdout.strip(),
+        "sizes": [],
+    }
+    for rows in args.rows:
+        with tempfile.TemporaryDirectory(prefix=f"data-stages-{rows}-") as tmp:
+            record["sizes"].append(run(rows, Path(tmp)))
+        print(render(record), flush=True)
+    if args.save:
+        SAVED.parent.mkdir(parents=True, exist_ok=True)
+        SAVED.write_text(json.dumps(record, indent=1) + "\n")
+        replace_table(MARKER, render(record), "benchmarks/data_stages.py --save")
+        print(f"saved to {SAVED.relative_to(ROOT)} and the README's {MARKER}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,9 +8,9 @@ a seeded hash (independent of input row order) and cut by the fractions with lar
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sftdpo.chat import normalise_prompt
@@ -38,23 +38,19 @@ def assign_splits(frame: pd.DataFrame, *, strata: list[str], fractions: dict[str
     missing = [k for k in strata if k not in frame.columns]
     if missing:
         raise ValueError(f"split.strata names unknown column(s) {missing}; columns: {list(frame.columns)}")
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, prompt in enumerate(frame["prompt"]):
-        groups[normalise_prompt(prompt)].append(i)
-    by_stratum: dict[tuple, list[str]] = defaultdict(list)
-    for key, rows in groups.items():
-        first = frame.iloc[rows[0]]
-        by_stratum[tuple(str(first[k]) for k in strata)].append(key)
-    assignment = pd.Series([""] * len(frame), index=frame.index, dtype=object)
-    for stratum in sorted(by_stratum):
-        keys = sorted(by_stratum[stratum], key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
-        counts = allocate(len(keys), fractions)
-        start = 0
-        for name in SPLITS:
-            for key in keys[start : start + counts[name]]:
-                assignment.iloc[groups[key]] = name
-            start += counts[name]
-    return assignment
+    # One entry per prompt group (vectorised: 1M rows in seconds), the stratum read from its first row.
+    group_of_row, keys = pd.factorize(frame["prompt"].map(normalise_prompt).to_numpy())
+    _, first_rows = np.unique(group_of_row, return_index=True)
+    groups = pd.DataFrame({k: frame[k].iloc[first_rows].astype(str).to_numpy() for k in strata})
+    stratum = groups.groupby(strata, sort=False).ngroup().to_numpy() if strata else np.zeros(len(keys), dtype=int)
+    groups["stratum"] = stratum
+    groups["hash"] = [hashlib.sha256(f"{seed}:{key}".encode()).hexdigest() for key in keys]
+    # A group's place in its stratum's seeded order, and the stratum's cut points (largest remainders).
+    rank = groups.sort_values(["stratum", "hash"]).groupby("stratum").cumcount().sort_index().to_numpy()
+    counts = [[allocate(int(n), fractions)[s] for s in SPLITS] for n in np.bincount(stratum)]
+    cuts = np.array(counts, dtype=int).reshape(-1, len(SPLITS)).cumsum(axis=1)
+    label = np.select([rank < cuts[stratum, 0], rank < cuts[stratum, 1]], ["train", "val"], "test")
+    return pd.Series(label[group_of_row].astype(object), index=frame.index)
 
 
 def split(

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from sftdpo.chat import chat_messages, prompt_ids
+from sftdpo.chat import chat_messages
 from sftdpo.io import atomic_path, read_parquet, write_json, write_parquet
 from sftdpo.modeling import load_tokenizer, tokenizer_hash
 from sftdpo.tables import write_tokens
@@ -27,16 +27,43 @@ from sftdpo.tables import write_tokens
 log = logging.getLogger(__name__)
 
 
-def tokenize_pair(tokenizer, prompt_messages, completion_messages) -> tuple[list[int], list[int]]:
-    """(input ids, loss mask) for one conversation; the loss mask covers the completion only."""
-    prompt = prompt_ids(tokenizer, prompt_messages)
-    full = list(tokenizer.apply_chat_template(prompt_messages + completion_messages)["input_ids"])
-    if full[: len(prompt)] != prompt:
-        raise ValueError(
-            "the tokenizer's chat template is not prefix-consistent: template(prompt, "
-            "add_generation_prompt=True) is not a prefix of template(prompt + completion)"
-        )
-    return full, [0] * len(prompt) + [1] * (len(full) - len(prompt))
+# Conversations templated and tokenized per call: the tokenizer's batch API amortises its per-call overhead.
+BATCH = 4096
+
+
+def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[list[int]], list[int]]:
+    """(input ids, prompt length) per conversation ({"prompt": [...], "completion": [...]}); the loss mask
+    covers the tokens after the prompt. Batched through `apply_chat_template`, so the ids are exactly those of
+    one conversation at a time."""
+    ids: list[list[int]] = []
+    prompt_lengths: list[int] = []
+    bar = tqdm(total=len(conversations), desc="convert", mininterval=2)
+    for start in range(0, len(conversations), BATCH):
+        batch = conversations[start : start + BATCH]
+        prompts = tokenizer.apply_chat_template([c["prompt"] for c in batch], add_generation_prompt=True)
+        fulls = tokenizer.apply_chat_template([c["prompt"] + c["completion"] for c in batch])
+        for prompt, full in zip(prompts["input_ids"], fulls["input_ids"]):
+            if full[: len(prompt)] != prompt:
+                raise ValueError(
+                    "the tokenizer's chat template is not prefix-consistent: template(prompt, "
+                    "add_generation_prompt=True) is not a prefix of template(prompt + completion)"
+                )
+            ids.append(list(full))
+            prompt_lengths.append(len(prompt))
+        bar.update(len(batch))
+    bar.close()
+    return ids, prompt_lengths
+
+
+def token_tensor(ids: list[list[int]], prompt_lengths: list[int], max_length: int, pad_id: int) -> np.ndarray:
+    """int32 [N, max_length, 3]: input ids (right-padded with pad_id), attention mask, loss mask."""
+    tokens = np.zeros((len(ids), max_length, 3), dtype=np.int32)
+    tokens[:, :, 0] = pad_id
+    for row, (row_ids, prompt_length) in enumerate(zip(ids, prompt_lengths)):
+        tokens[row, : len(row_ids), 0] = row_ids
+        tokens[row, : len(row_ids), 1] = 1
+        tokens[row, prompt_length : len(row_ids), 2] = 1
+    return tokens
 
 
 class ConvertGateError(RuntimeError):
@@ -82,44 +109,28 @@ def convert(
 ) -> dict[str, Any]:
     frame = read_parquet(validated_path)
     tokenizer = load_tokenizer(model_dir)
-    rows, tensors, overlength = [], [], []
-    for row in tqdm(frame.itertuples(index=False), total=len(frame), desc="convert", mininterval=2):
-        messages = chat_messages(row.prompt, row.completion)
-        ids, loss = tokenize_pair(tokenizer, messages["prompt"], messages["completion"])
-        if len(ids) > max_length:
-            overlength.append({"id": row.id, "difficulty": row.difficulty, "n_tokens": len(ids)})
-            continue
-        pad = max_length - len(ids)
-        tensors.append(
-            np.stack(
-                [
-                    np.array(ids + [tokenizer.pad_token_id] * pad, dtype=np.int32),
-                    np.array([1] * len(ids) + [0] * pad, dtype=np.int32),
-                    np.array(loss + [0] * pad, dtype=np.int32),
-                ],
-                axis=-1,
-            )
-        )
-        rows.append(
-            {
-                "id": row.id,
-                "task": row.task,
-                "difficulty": row.difficulty,
-                "expert": row.expert,
-                "answer": row.answer,
-                **messages,
-                "messages": messages["prompt"] + messages["completion"],
-                "n_tokens": len(ids),
-                "token_row": len(tensors) - 1,
-            }
-        )
+    conversations = [chat_messages(p, c) for p, c in zip(frame["prompt"].tolist(), frame["completion"].tolist())]
+    ids, prompt_lengths = tokenize_conversations(tokenizer, conversations)
+    n_tokens = np.array([len(row_ids) for row_ids in ids], dtype=np.int64)
+    fits = n_tokens <= max_length
+    overlength = [
+        {"id": frame["id"].iat[i], "difficulty": frame["difficulty"].iat[i], "n_tokens": int(n_tokens[i])}
+        for i in np.flatnonzero(~fits)
+    ]
     failed = check_gates(frame, overlength, max_length, gates or {})
     if failed:
         raise ConvertGateError(f"convert of {validated_path} failed:\n  " + "\n  ".join(failed))
-    if not rows:
+    if not fits.any():
         raise ValueError(f"{validated_path}: no row fits convert.max_length={max_length} tokens")
-    chat = pd.DataFrame(rows)
-    tokens = np.stack(tensors)
+    kept = np.flatnonzero(fits)
+    kept_conversations = [conversations[i] for i in kept]
+    chat = frame[["id", "task", "difficulty", "expert", "answer"]].iloc[kept].reset_index(drop=True)
+    chat["prompt"] = [c["prompt"] for c in kept_conversations]
+    chat["completion"] = [c["completion"] for c in kept_conversations]
+    chat["messages"] = [c["prompt"] + c["completion"] for c in kept_conversations]
+    chat["n_tokens"] = n_tokens[kept]
+    chat["token_row"] = np.arange(len(kept), dtype=np.int64)
+    tokens = token_tensor([ids[i] for i in kept], [prompt_lengths[i] for i in kept], max_length, tokenizer.pad_token_id)
     with atomic_path(tokens_path) as tmp:
         write_tokens(
             str(tmp), tokens, chat["id"].tolist(), tokenizer_hash=tokenizer_hash(tokenizer), max_length=max_length

@@ -27,7 +27,7 @@ from readme_table import replace_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ROOT / "benchmarks" / "results" / "data_stages.json"
-MARKER = "data-stages-table"
+TABLE = ("data-stages-table", "benchmarks/data_stages.py --save")  # the README table's marker name and command
 STAGES = ("collect", "merge_demos", "validate", "convert", "split")
 
 
@@ -96,8 +96,8 @@ def main() -> None:
     if args.save:
         SAVED.parent.mkdir(parents=True, exist_ok=True)
         SAVED.write_text(json.dumps(record, indent=1) + "\n")
-        replace_table(MARKER, render(record), "benchmarks/data_stages.py --save")
-        print(f"saved to {SAVED.relative_to(ROOT)} and the README's {MARKER}")
+        replace_table(TABLE[0], render(record), TABLE[1])
+        print(f"saved to {SAVED.relative_to(ROOT)} and the README's {TABLE[0]}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The README's results table is what benchmarks/seed_noise.py renders from the saved run summaries."""
 
 import importlib.util
+import json
 import sys
 
 from conftest import ROOT
@@ -28,3 +29,12 @@ def test_render_reads_the_numbers_of_each_summary():
     table = seed_noise.render([record(0, 0.8, 0.86, 0.06, 0.04, 0.08), record(1, 0.7, 0.71, 0.01, -0.01, 0.03)])
     assert "| 0 | 1500 | 0.800 | dpo | 0.860 | +0.060 [+0.040, +0.080] | 9.0 min |" in table
     assert "mean +0.035, range +0.010 to +0.060; CI95 lower bound above 0 on 1 of 2 seeds" in table
+
+
+def test_readme_data_stages_table_matches_the_saved_figures():
+    spec = importlib.util.spec_from_file_location("data_stages", ROOT / "benchmarks/data_stages.py")
+    data_stages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data_stages)
+    record = json.loads(data_stages.SAVED.read_text())
+    assert {size["rows"] for size in record["sizes"]} >= {100_000}
+    assert current_table(*data_stages.TABLE) == data_stages.render(record)

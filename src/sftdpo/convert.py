@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sftdpo.chat import chat_messages
-from sftdpo.io import atomic_path, read_parquet, write_json, write_parquet
+from sftdpo.io import atomic_path, read_parquet, write_json
 from sftdpo.modeling import load_tokenizer, tokenizer_hash
-from sftdpo.tables import write_tokens
+from sftdpo.tables import TokenWriter
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +35,17 @@ BATCH = 4096
 
 def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[list[int]], list[int]]:
     """(input ids, prompt length) per conversation ({"prompt": [...], "completion": [...]}); the loss mask
-    covers the tokens after the prompt. Batched through `apply_chat_template`, so the ids are exactly those of
-    one conversation at a time."""
-    ids: list[list[int]] = []
-    prompt_lengths: list[int] = []
-    bar = tqdm(total=len(conversations), desc="convert", mininterval=2)
-    for start in range(0, len(conversations), BATCH):
-        batch = conversations[start : start + BATCH]
-        prompts = tokenizer.apply_chat_template([c["prompt"] for c in batch], add_generation_prompt=True)
-        fulls = tokenizer.apply_chat_template([c["prompt"] + c["completion"] for c in batch])
-        for prompt, full in zip(prompts["input_ids"], fulls["input_ids"]):
-            if full[: len(prompt)] != prompt:
-                raise ValueError(
-                    "the tokenizer's chat template is not prefix-consistent: template(prompt, "
-                    "add_generation_prompt=True) is not a prefix of template(prompt + completion)"
-                )
-            ids.append(list(full))
-            prompt_lengths.append(len(prompt))
-        bar.update(len(batch))
-    bar.close()
-    return ids, prompt_lengths
+    covers the tokens after the prompt. One batched `apply_chat_template` call each for the prompts and the
+    whole conversations, so the ids are exactly those of one conversation at a time."""
+    prompts = tokenizer.apply_chat_template([c["prompt"] for c in conversations], add_generation_prompt=True)
+    fulls = tokenizer.apply_chat_template([c["prompt"] + c["completion"] for c in conversations])
+    for prompt, full in zip(prompts["input_ids"], fulls["input_ids"]):
+        if full[: len(prompt)] != prompt:
+            raise ValueError(
+                "the tokenizer's chat template is not prefix-consistent: template(prompt, "
+                "add_generation_prompt=True) is not a prefix of template(prompt + completion)"
+            )
+    return [list(full) for full in fulls["input_ids"]], [len(prompt) for prompt in prompts["input_ids"]]
 
 
 def token_tensor(ids: list[list[int]], prompt_lengths: list[int], max_length: int, pad_id: int) -> np.ndarray:
@@ -109,43 +102,64 @@ def convert(
 ) -> dict[str, Any]:
     frame = read_parquet(validated_path)
     tokenizer = load_tokenizer(model_dir)
-    conversations = [chat_messages(p, c) for p, c in zip(frame["prompt"].tolist(), frame["completion"].tolist())]
-    ids, prompt_lengths = tokenize_conversations(tokenizer, conversations)
-    n_tokens = np.array([len(row_ids) for row_ids in ids], dtype=np.int64)
-    fits = n_tokens <= max_length
-    overlength = [
-        {"id": frame["id"].iat[i], "difficulty": frame["difficulty"].iat[i], "n_tokens": int(n_tokens[i])}
-        for i in np.flatnonzero(~fits)
-    ]
-    failed = check_gates(frame, overlength, max_length, gates or {})
-    if failed:
-        raise ConvertGateError(f"convert of {validated_path} failed:\n  " + "\n  ".join(failed))
-    if not fits.any():
-        raise ValueError(f"{validated_path}: no row fits convert.max_length={max_length} tokens")
-    kept = np.flatnonzero(fits)
-    kept_conversations = [conversations[i] for i in kept]
-    chat = frame[["id", "task", "difficulty", "expert", "answer"]].iloc[kept].reset_index(drop=True)
-    chat["prompt"] = [c["prompt"] for c in kept_conversations]
-    chat["completion"] = [c["completion"] for c in kept_conversations]
-    chat["messages"] = [c["prompt"] + c["completion"] for c in kept_conversations]
-    chat["n_tokens"] = n_tokens[kept]
-    chat["token_row"] = np.arange(len(kept), dtype=np.int64)
-    tokens = token_tensor([ids[i] for i in kept], [prompt_lengths[i] for i in kept], max_length, tokenizer.pad_token_id)
-    with atomic_path(tokens_path) as tmp:
-        write_tokens(
-            str(tmp), tokens, chat["id"].tolist(), tokenizer_hash=tokenizer_hash(tokenizer), max_length=max_length
-        )
-    write_parquet(chat, chat_path)
+    digest = tokenizer_hash(tokenizer)
+    overlength: list[dict[str, Any]] = []
+    kept_ids: list[str] = []
+    kept_by_difficulty: Counter = Counter()
+    total_tokens = longest = 0
+    # Blocks of rows from start to end: the token tensor and the chat rows go to temporary files as they are
+    # made (memory stays flat at 1M rows); a failed gate raises before the files take their names.
+    with atomic_path(tokens_path) as tokens_tmp, atomic_path(chat_path) as chat_tmp:
+        writer = TokenWriter(str(tokens_tmp), tokenizer_hash=digest, max_length=max_length)
+        chat_writer = None
+        bar = tqdm(total=len(frame), desc="convert", mininterval=2)
+        for start in range(0, len(frame), BATCH):
+            part = frame.iloc[start : start + BATCH]
+            conversations = [chat_messages(p, c) for p, c in zip(part["prompt"].tolist(), part["completion"].tolist())]
+            ids, prompt_lengths = tokenize_conversations(tokenizer, conversations)
+            n_tokens = np.array([len(row_ids) for row_ids in ids], dtype=np.int64)
+            fits = n_tokens <= max_length
+            overlength += [
+                {"id": part["id"].iat[i], "difficulty": part["difficulty"].iat[i], "n_tokens": int(n_tokens[i])}
+                for i in np.flatnonzero(~fits)
+            ]
+            kept = np.flatnonzero(fits)
+            chat = part[["id", "task", "difficulty", "expert", "answer"]].iloc[kept].reset_index(drop=True)
+            chat["prompt"] = [conversations[i]["prompt"] for i in kept]
+            chat["completion"] = [conversations[i]["completion"] for i in kept]
+            chat["messages"] = [conversations[i]["prompt"] + conversations[i]["completion"] for i in kept]
+            chat["n_tokens"] = n_tokens[kept]
+            chat["token_row"] = np.arange(len(kept_ids), len(kept_ids) + len(kept), dtype=np.int64)
+            writer.append(token_tensor([ids[i] for i in kept], [prompt_lengths[i] for i in kept], max_length,
+                                       tokenizer.pad_token_id))  # fmt: skip
+            if len(chat):  # an empty block has no column types to give the file's schema
+                table = pa.Table.from_pandas(chat, preserve_index=False)
+                chat_writer = chat_writer or pq.ParquetWriter(chat_tmp, table.schema)
+                chat_writer.write_table(table)
+            kept_ids += chat["id"].tolist()
+            kept_by_difficulty.update(chat["difficulty"].astype(str))
+            total_tokens += int(chat["n_tokens"].sum())
+            longest = max([longest, *chat["n_tokens"].tolist()])
+            bar.update(len(part))
+        bar.close()
+        writer.close(kept_ids)
+        if chat_writer:
+            chat_writer.close()
+        failed = check_gates(frame, overlength, max_length, gates or {})
+        if failed:
+            raise ConvertGateError(f"convert of {validated_path} failed:\n  " + "\n  ".join(failed))
+        if not kept_ids:
+            raise ValueError(f"{validated_path}: no row fits convert.max_length={max_length} tokens")
     report = {
-        "n_rows": len(chat),
+        "n_rows": len(kept_ids),
         "max_length": max_length,
-        "tokens_shape": list(tokens.shape),
-        "n_tokens": {"mean": float(chat["n_tokens"].mean()), "max": int(chat["n_tokens"].max())},
+        "tokens_shape": [len(kept_ids), max_length, 3],
+        "n_tokens": {"mean": total_tokens / len(kept_ids), "max": longest},
         "overlength": overlength,
         "dropped_fraction": len(overlength) / max(len(frame), 1),
-        "kept_by_difficulty": {str(k): int(v) for k, v in sorted(Counter(chat["difficulty"].astype(str)).items())},
+        "kept_by_difficulty": {str(k): int(v) for k, v in sorted(kept_by_difficulty.items())},
         "gates": gates or {},
-        "tokenizer_hash": tokenizer_hash(tokenizer),
+        "tokenizer_hash": digest,
     }
     if overlength:
         log.warning(

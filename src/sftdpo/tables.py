@@ -61,18 +61,33 @@ EVAL_COLUMNS = ["id", "stage", "task", "difficulty", "completion", "prediction",
 TOKEN_LAYOUT = "input_ids,attention_mask,loss_mask"
 
 
-def write_tokens(path: str, tokens: np.ndarray, ids: list[str], *, tokenizer_hash: str, max_length: int) -> None:
-    """Write tokens.h5 (deterministic bytes: no timestamps) to `path`; the caller makes it atomic."""
-    import h5py
+class TokenWriter:
+    """tokens.h5 written a block of rows at a time, so the whole [N, L, 3] tensor is never in memory
+    (deterministic bytes: no timestamps). `close(ids)` writes the ids and attributes; the caller makes the
+    file atomic."""
 
-    with h5py.File(path, "w") as h5:
-        h5.create_dataset(
-            "tokens", data=tokens, compression="gzip", chunks=(min(len(tokens), 256), max_length, 3), track_times=False
-        )
-        h5.create_dataset("ids", data=np.array(ids, dtype=h5py.string_dtype()), track_times=False)
-        h5.attrs["tokenizer_hash"] = tokenizer_hash
-        h5.attrs["max_length"] = max_length
-        h5.attrs["layout"] = TOKEN_LAYOUT
+    def __init__(self, path: str, *, tokenizer_hash: str, max_length: int):
+        import h5py
+
+        self.h5 = h5py.File(path, "w")
+        self.tokens = self.h5.create_dataset(
+            "tokens", shape=(0, max_length, 3), maxshape=(None, max_length, 3), dtype=np.int32,
+            chunks=(256, max_length, 3), compression="gzip", track_times=False,
+        )  # fmt: skip
+        self.h5.attrs["tokenizer_hash"] = tokenizer_hash
+        self.h5.attrs["max_length"] = max_length
+        self.h5.attrs["layout"] = TOKEN_LAYOUT
+
+    def append(self, block: np.ndarray) -> None:
+        start = self.tokens.shape[0]
+        self.tokens.resize(start + len(block), axis=0)
+        self.tokens[start:] = block
+
+    def close(self, ids: list[str]) -> None:
+        import h5py
+
+        self.h5.create_dataset("ids", data=np.array(ids, dtype=h5py.string_dtype()), track_times=False)
+        self.h5.close()
 
 
 def read_token_rows(tokens_path: str, *row_lists: list[int]) -> list[list[dict[str, list[int]]]]:

@@ -28,7 +28,7 @@ lint: venv
 test: lint
 	$(BIN)/python -m pytest -v --durations=20
 
-# A quick check (about 2 minutes on 2 cores): unit tests and dry runs, no full pipeline run, no cluster.
+# A quick check (about 6 minutes on 2 cores): unit tests and dry runs, no full pipeline run, no cluster.
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not e2e and not slurm"
 

@@ -98,7 +98,11 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a frame deterministically (no pandas index, fixed row order as given)."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    write_arrow(pa.Table.from_pandas(frame, preserve_index=False), path)
+
+
+def write_arrow(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write an Arrow table to parquet atomically."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 

@@ -12,9 +12,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from sftdpo.chat import normalise_prompt
-from sftdpo.io import read_parquet, write_json, write_parquet
+from sftdpo.io import write_arrow, write_json
 
 __all__ = ["SPLITS", "allocate", "assign_splits", "normalise_prompt", "split"]
 
@@ -53,6 +56,15 @@ def assign_splits(frame: pd.DataFrame, *, strata: list[str], fractions: dict[str
     return pd.Series(label[group_of_row].astype(object), index=frame.index)
 
 
+def prompt_texts(prompts: pa.ChunkedArray) -> list[str]:
+    """Each row's prompt as one string: the messages' contents joined by a space (what normalise_prompt joins)."""
+    array = prompts.combine_chunks()
+    if not pa.types.is_list(array.type):
+        return array.to_pylist()
+    contents = pa.ListArray.from_arrays(array.offsets, array.values.field("content"))
+    return pc.binary_join(contents, " ").to_pylist()
+
+
 def split(
     *,
     chat_path: str,
@@ -62,7 +74,10 @@ def split(
     fractions: dict[str, float],
     seed: int,
 ) -> dict[str, Any]:
-    frame = read_parquet(chat_path)
+    # Arrow, not pandas, for the table: the nested message columns stay columnar (1M rows in about 1 GB less).
+    table = pq.read_table(chat_path)
+    frame = table.select([k for k in dict.fromkeys(["id", *strata]) if k in table.column_names]).to_pandas()
+    frame["prompt"] = prompt_texts(table.column("prompt"))
     frame["split"] = assign_splits(frame, strata=strata, fractions=fractions, seed=seed).values
     report: dict[str, Any] = {"seed": seed, "strata": strata, "fractions": fractions, "counts": {}, "by_stratum": {}}
     empty = [name for name in SPLITS if fractions[name] > 0 and not (frame["split"] == name).any()]
@@ -73,9 +88,9 @@ def split(
             "(task.n_problems) or use fewer strata"
         )
     for name in SPLITS:
-        part = frame[frame["split"] == name].drop(columns=["split"]).sort_values("id").reset_index(drop=True)
-        write_parquet(part, out_paths[name])
-        report["counts"][name] = int(len(part))
+        part = table.take(np.flatnonzero(frame["split"].to_numpy() == name)).sort_by("id")
+        write_arrow(part, out_paths[name])
+        report["counts"][name] = part.num_rows
     for stratum, part in frame.groupby(strata, sort=True):
         label = "/".join(str(v) for v in (stratum if isinstance(stratum, tuple) else (stratum,)))
         report["by_stratum"][label] = {name: int((part["split"] == name).sum()) for name in SPLITS}

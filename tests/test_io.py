@@ -1,6 +1,11 @@
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from sftdpo.io import ShardProgress, atomic_path
+from sftdpo.io import ShardProgress, atomic_path, content_digest, write_parquet
+from sftdpo.tables import TokenWriter
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -38,3 +43,20 @@ def test_shard_progress_resumes_and_drops_a_torn_line(tmp_path):
     progress.close()
     assert [r["id"] for r in ShardProgress(path).rows] == ["a", "b", "c"]
     assert ShardProgress(path).rows[1]["v"] == 2
+
+
+def test_content_digest_reads_content_not_bytes(tmp_path):
+    frame = pd.DataFrame({"id": ["a", "b"], "n": [1, 2]})
+    write_parquet(frame, tmp_path / "one.parquet")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "two.parquet", row_group_size=1)
+    assert (tmp_path / "one.parquet").read_bytes() != (tmp_path / "two.parquet").read_bytes()
+    assert content_digest(tmp_path / "one.parquet") == content_digest(tmp_path / "two.parquet")
+    write_parquet(frame.assign(n=[1, 3]), tmp_path / "three.parquet")
+    assert content_digest(tmp_path / "three.parquet") != content_digest(tmp_path / "one.parquet")
+    digests = []
+    for name, ids in (("a.h5", ["x", "y"]), ("b.h5", ["x", "y"]), ("c.h5", ["x", "z"])):
+        writer = TokenWriter(str(tmp_path / name), tokenizer_hash="h", max_length=4)
+        writer.append(np.ones((2, 4, 3), dtype=np.int32))
+        writer.close(ids)
+        digests.append(content_digest(tmp_path / name))
+    assert digests[0] == digests[1] != digests[2]  # string ids hashed by their text

@@ -57,6 +57,28 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def content_digest(path: str | os.PathLike) -> str:
+    """sha256 of what a table or tokens.h5 holds, not of its bytes (parquet and HDF5 writers stamp their
+    versions into the files): a table's columns, dtypes and values; an HDF5 file's attributes and arrays."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.suffix == ".h5":
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            digest.update(json.dumps({k: str(v) for k, v in sorted(h5.attrs.items())}).encode())
+            for name in sorted(h5):
+                data = h5[name][()]
+                # Strings come back as bytes objects: hash their text, not the array's pointers.
+                raw = json.dumps([v.decode() for v in data]).encode() if data.dtype == object else data.tobytes()
+                digest.update(name.encode() + raw)
+    else:
+        frame = read_parquet(path)
+        digest.update(json.dumps([list(frame.columns), [str(t) for t in frame.dtypes]]).encode())
+        digest.update(frame.to_json(orient="split", double_precision=15, default_handler=str).encode())
+    return digest.hexdigest()
+
+
 def params_hash(params: dict[str, Any]) -> str:
     """Short digest of a stage's parameters: keys work directories, so stale progress is never reused."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]

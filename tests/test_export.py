@@ -47,9 +47,9 @@ def test_exported_dpo_model_loads_anywhere_and_answers_as_evaluated(finished, tm
         f"| dpo | {summary['accuracy']:.3f} | [{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}] | {summary['n']} |"
         in card
     )
-    assert "| results/dpo/adapter | adapter | - |" in card and "| results/sft/adapter | model | - |" in card
+    assert "| results/dpo/adapter | adapter | - |" in card and "| results/sft/model | model | - |" in card
     assert "beta: 0.1" in card and "max_steps: 10" in card
     # The adapter itself carries sftdpo's card too (PEFT writes a blank template).
     adapter_card = (finished / "results/dpo/adapter/README.md").read_text()
-    assert "a PEFT (LoRA) adapter" in adapter_card and "| SFT model | results/sft/adapter |" in adapter_card
+    assert "a PEFT (LoRA) adapter" in adapter_card and "| SFT model | results/sft/model |" in adapter_card
     assert "| steps | 10 |" in adapter_card

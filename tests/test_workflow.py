@@ -206,7 +206,7 @@ def test_end_to_end_artifacts(tiny_run):
     assert (r("dpo/adapter") / "adapter_config.json").exists()  # LoRA over the full SFT model
     assert (
         json.loads((r("dpo/adapter") / "adapter_config.json").read_text())["base_model_name_or_path"]
-        == "results/sft/adapter"
+        == "results/sft/model"
     )
     assert len(list((workdir / "results/benchmarks").rglob("*.tsv"))) == 19  # 17 jobs + evaluate_val sft, dpo
 

@@ -1,7 +1,11 @@
 """Conversion: validated demonstrations -> TRL conversational rows and a token tensor in HDF5.
 
+Each conversation is the demonstration's context (`meta.context`: an imported conversation's system message
+and earlier turns; `system_prompt` first when it has no system message), its prompt as the final user message
+and its completion as the final assistant message.
+
 tokens.h5 holds `tokens`, int32 [N, L, 3]: input ids, attention mask, loss mask (1 on the
-assistant turn only), right-padded; `ids` gives each row's demonstration id. Attributes record the
+assistant turns only), right-padded; `ids` gives each row's demonstration id. Attributes record the
 tokenizer hash and L. chat.parquet's `token_row` points into it.
 
 Rows longer than `max_length` tokens are left out and listed in convert.json; gates (`convert.gates`)
@@ -19,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from sftdpo.chat import chat_messages, prompt_ids
+from sftdpo.chat import assistant_token_mask, chat_messages, demo_context
 from sftdpo.io import atomic_path, read_parquet, write_json, write_parquet
 from sftdpo.modeling import load_tokenizer, tokenizer_hash
 from sftdpo.tables import write_tokens
@@ -28,15 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def tokenize_pair(tokenizer, prompt_messages, completion_messages) -> tuple[list[int], list[int]]:
-    """(input ids, loss mask) for one conversation; the loss mask covers the completion only."""
-    prompt = prompt_ids(tokenizer, prompt_messages)
-    full = list(tokenizer.apply_chat_template(prompt_messages + completion_messages)["input_ids"])
-    if full[: len(prompt)] != prompt:
-        raise ValueError(
-            "the tokenizer's chat template is not prefix-consistent: template(prompt, "
-            "add_generation_prompt=True) is not a prefix of template(prompt + completion)"
-        )
-    return full, [0] * len(prompt) + [1] * (len(full) - len(prompt))
+    """(input ids, loss mask) for one conversation; the loss mask covers every assistant turn (the completion,
+    and the assistant turns of an imported conversation's earlier exchanges)."""
+    return assistant_token_mask(tokenizer, [*prompt_messages, *completion_messages])
 
 
 class ConvertGateError(RuntimeError):
@@ -79,12 +77,16 @@ def convert(
     report_path: str,
     max_length: int,
     gates: dict[str, Any] | None = None,
+    system_prompt: str | None = None,
 ) -> dict[str, Any]:
+    """`system_prompt` (convert.system_prompt) opens every conversation that has no system message of its own."""
     frame = read_parquet(validated_path)
     tokenizer = load_tokenizer(model_dir)
     rows, tensors, overlength = [], [], []
     for row in tqdm(frame.itertuples(index=False), total=len(frame), desc="convert", mininterval=2):
-        messages = chat_messages(row.prompt, row.completion)
+        messages = chat_messages(
+            row.prompt, row.completion, context=demo_context(getattr(row, "meta", None), system_prompt)
+        )
         ids, loss = tokenize_pair(tokenizer, messages["prompt"], messages["completion"])
         if len(ids) > max_length:
             overlength.append({"id": row.id, "difficulty": row.difficulty, "n_tokens": len(ids)})
@@ -135,6 +137,9 @@ def convert(
         "kept_by_difficulty": {str(k): int(v) for k, v in sorted(Counter(chat["difficulty"].astype(str)).items())},
         "gates": gates or {},
         "tokenizer_hash": tokenizer_hash(tokenizer),
+        "system_prompt": system_prompt,
+        # conversations with earlier exchanges before the final user message
+        "multi_turn_rows": sum(sum(m["role"] == "user" for m in prompt) > 1 for prompt in chat["prompt"]),
     }
     if overlength:
         log.warning(

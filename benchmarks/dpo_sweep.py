@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/dpo_sweep.py RUN_DIR --variants sweep.yaml [--configfile X.yaml ...] [--out DIR]
 
-RUN_DIR is a finished `snakemake` run (results/sft/adapter, results/prefs/pairs.parquet and the splits
+RUN_DIR is a finished `snakemake` run (results/sft/model, results/prefs/pairs.parquet and the splits
 exist) of config/config.yaml with the given `--configfile` overlays. sweep.yaml maps a variant name to
 an overlay of the run's `dpo` config keys, e.g.
 
@@ -70,7 +70,7 @@ def main() -> None:
     config = run_config(args.configfile)
     variants = yaml.safe_load(args.variants.read_text())
     data = {s: run / f"results/data/{s}.parquet" for s in ("val", "test")}
-    sft = str(run / "results/sft/adapter")
+    sft = str(run / "results/sft/model")
     scores = {("sft", s): accuracy(sft, data[s], out / f"sft/{s}.parquet", config, "sft") for s in data}
     rows = []
     for name, overlay in variants.items():

@@ -22,7 +22,7 @@ wildcard_constraints:
 
 STAGE_MODEL = {
     "base": "results/base/model",
-    "sft": "results/sft/adapter",
+    "sft": "results/sft/model",
     "dpo": "results/dpo/adapter",
 }
 

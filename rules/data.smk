@@ -134,6 +134,7 @@ rule convert:
         code=code_fingerprint("sftdpo.convert"),
         max_length=config["convert"]["max_length"],
         gates=config["convert"]["gates"],
+        system_prompt=config["convert"]["system_prompt"],
     script:
         "../workflow/scripts/convert.py"
 

@@ -4,7 +4,7 @@
 rule rollouts:
     """k scored samples per train prompt from the SFT model, one shard (GPU rule; resumable)."""
     input:
-        model="results/sft/adapter",
+        model="results/sft/model",
         train="results/data/train.parquet",
         val="results/data/val.parquet",
     output:
@@ -62,7 +62,7 @@ rule preferences:
     """Preference pairs: correct over incorrect, then better over worse (TRL format)."""
     input:
         rollouts="results/rollouts/rollouts.parquet",
-        tokenizer="results/sft/adapter",
+        tokenizer="results/sft/model",
     output:
         pairs="results/prefs/pairs.parquet",
         report="results/prefs/report.json",

@@ -9,7 +9,7 @@ rule sft:
         val="results/data/val.parquet",
         tokens="results/data/tokens.h5",
     output:
-        model=directory("results/sft/adapter"),
+        model=directory("results/sft/model"),
         metrics="results/sft/metrics.json",
         curve=report(
             "results/sft/loss.png",
@@ -43,7 +43,7 @@ rule sft:
 rule dpo:
     """DPO from the SFT model, reference = SFT, no merge; dpo_variant: other settings, dpo_round: from round r-1's model (GPU rule; resumable)."""
     input:
-        model="results/sft/adapter",
+        model="results/sft/model",
         pairs="results/prefs/pairs.parquet",
     output:
         model=directory("results/dpo/adapter"),

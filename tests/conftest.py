@@ -93,7 +93,7 @@ def program_demos(task, problems):
     ])  # fmt: skip
 
 
-def converted_splits(root, model_dir, task, problems, *, max_length, fractions):
+def converted_splits(root, model_dir, task, problems, *, max_length, fractions, system_prompt=None):
     """validated.parquet -> convert (chat.parquet, tokens.h5) -> split, under `root`; returns the paths."""
     from sftdpo.convert import convert
     from sftdpo.io import write_parquet
@@ -103,6 +103,7 @@ def converted_splits(root, model_dir, task, problems, *, max_length, fractions):
     convert(
         validated_path=str(root / "validated.parquet"), model_dir=str(model_dir), chat_path=str(root / "chat.parquet"),
         tokens_path=str(root / "tokens.h5"), report_path=str(root / "convert.json"), max_length=max_length,
+        system_prompt=system_prompt,
     )  # fmt: skip
     paths = {s: str(root / f"{s}.parquet") for s in ("train", "val", "test")}
     split(chat_path=str(root / "chat.parquet"), out_paths=paths, report_path=str(root / "split.json"),

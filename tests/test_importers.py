@@ -182,17 +182,17 @@ def test_parquet_chat_rows(tmp_path, gsm8k):
     problems = expert.shard_problems(0, 1)
     assert [(p.id, p.prompt, p.answer) for p in problems] == [
         ("chat-000000", "1+1?", "2"),
+        ("chat-000001", "b", "2"),  # a conversation: its final exchange is the demonstration
         ("chat-000002", "2+5?", "7"),
     ]
-    assert expert.demonstrate(problems[0])[1]["source"] == {
-        "file": str(path),
-        "row": 1,
-        "format": "chat",
-        "system": "Be brief.",
+    meta = [expert.demonstrate(p)[1] for p in problems]
+    assert meta[0] == {
+        "source": {"file": str(path), "row": 1, "format": "chat"},
+        "context": [{"role": "system", "content": "Be brief."}],
     }
+    assert meta[1]["context"] == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "#### 1"}]
+    assert "context" not in meta[2]
     assert [b["message"] for b in expert.bad] == [
-        f"{path}, row 2, field 'messages': roles ['user', 'assistant', 'user', 'assistant']: expected an optional "
-        "system message, one user and one assistant message (multi-turn conversations are not supported)",
         f"{path}, row 4, field 'messages': missing or not a non-empty list of {{role, content}}",
     ]
 

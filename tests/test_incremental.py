@@ -97,7 +97,7 @@ def test_library_code_change_reruns_its_stage(finished, repo_copy, module, expec
 
 
 def test_target_builds_only_what_it_needs(tmp_path):
-    out = snakemake("-n", "results/sft/adapter", "--configfile", TINY, cwd=tmp_path).stdout
+    out = snakemake("-n", "results/sft/model", "--configfile", TINY, cwd=tmp_path).stdout
     assert job_counts(out) == jobs("base_model", "collect", "merge_demos", "validate", "convert", "split", "sft")
 
 
@@ -195,7 +195,7 @@ def test_dpo_rounds_sample_from_and_start_at_the_previous_round(finished):
     assert len(pairs) > 0 and set(pairs["prompt_id"]) <= set(second["prompt_id"])
     metrics = json.loads((results / "dpo/round2/metrics.json").read_text())
     assert metrics["start_model"] == "results/dpo/adapter" and metrics["n_pairs"] == (pairs["split"] == "train").sum()
-    assert json.loads((results / "dpo/metrics.json").read_text())["start_model"] == "results/sft/adapter"
+    assert json.loads((results / "dpo/metrics.json").read_text())["start_model"] == "results/sft/model"
     summary = json.loads((results / "report/summary.json").read_text())
     by_round = summary["selection"]["by_round"]
     assert [(r["round"], r["stage"]) for r in by_round] == [(1, "dpo"), (2, "dpo-round2")]

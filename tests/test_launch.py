@@ -132,7 +132,7 @@ def test_accelerate_command_is_accepted_by_accelerate(tmp_path, monkeypatch):
 
 def test_rank_kwargs_keep_ranks_apart():
     kwargs = {
-        "out_dir": "results/sft/adapter",
+        "out_dir": "results/sft/model",
         "metrics_path": "results/sft/metrics.json",
         "curve_path": "results/sft/loss.png",
         "work_dir": "work/sft",
@@ -141,7 +141,7 @@ def test_rank_kwargs_keep_ranks_apart():
     assert rank_kwargs(kwargs, 0) == kwargs
     assert rank_kwargs(kwargs, 2) == {
         **kwargs,
-        "out_dir": "work/sft/rank2/adapter",
+        "out_dir": "work/sft/rank2/model",
         "metrics_path": "work/sft/rank2/metrics.json",
         "curve_path": "work/sft/rank2/loss.png",
     }

@@ -118,3 +118,25 @@ def test_no_pairs_is_a_clear_error(tmp_path, tokenizer_dir):
     ]
     with pytest.raises(ValueError, match="no preference pairs"):
         build(tmp_path, tokenizer_dir, rows)
+
+
+def test_pairs_keep_the_prompts_context(tmp_path, tokenizer_dir):
+    # Rollouts of a conversation (a system message and an earlier exchange before the final user message):
+    # DPO's prompt is the whole conversation, as SFT saw it; two conversations ending alike stay apart.
+    context = {
+        "c1": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"},
+               {"role": "assistant", "content": "#### 2"}],
+        "c2": [{"role": "system", "content": "Be brief."}],
+    }  # fmt: skip
+    rows = [
+        {"id": f"{pid}:0:{j}", "prompt_id": pid, "split": "train", "variant": 0, "sample": j, "task": "arithmetic",
+         "difficulty": "2", "prompt": "And 1+2?", "context": context[pid],
+         "completion": f"1+2={3 if ok else 4}\n#### {3 if ok else 4}", "correct": ok, "score": float(ok)}
+        for pid in ("c1", "c2") for j, ok in enumerate([True, False])
+    ]  # fmt: skip
+    build(tmp_path, tokenizer_dir, rows)
+    pairs = read_parquet(tmp_path / "p.parquet")
+    assert [[dict(m) for m in p] for p in pairs["prompt"]] == [
+        [*context["c1"], {"role": "user", "content": "And 1+2?"}],
+        [*context["c2"], {"role": "user", "content": "And 1+2?"}],
+    ]

@@ -94,21 +94,21 @@ def test_rollouts_killed_mid_shard_keeps_samples_and_repeats_none(finished):
 
 
 @pytest.mark.parametrize(
-    "stage, overlay, save_steps, max_steps",
+    "stage, target, overlay, save_steps, max_steps",
     [
-        ("sft", {}, 50, 200),
-        ("dpo", {"dpo": {"train": {"max_steps": 40, "save_steps": 10}}}, 10, 40),
+        ("sft", "results/sft/model", {}, 50, 200),
+        ("dpo", "results/dpo/adapter", {"dpo": {"train": {"max_steps": 40, "save_steps": 10}}}, 10, 40),
     ],
 )
 def test_training_killed_after_a_checkpoint_resumes_from_it(
     finished,
     stage,
+    target,
     overlay,
     save_steps,
     max_steps,
 ):
     (finished / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    target = f"results/{stage}/adapter"
     proc = start(finished, target, "overlay.yaml", "--forcerun", stage)
 
     def checkpointed():

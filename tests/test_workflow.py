@@ -204,10 +204,11 @@ def test_end_to_end_artifacts(tiny_run):
     )
     assert dpo["diagnostics"]["train"]["steps"][1] == 10 and "verdict" in dpo["diagnostics"]
     assert (r("dpo/adapter") / "adapter_config.json").exists()  # LoRA over the full SFT model
-    assert (
-        json.loads((r("dpo/adapter") / "adapter_config.json").read_text())["base_model_name_or_path"]
-        == "results/sft/adapter"
+    # The base as an absolute path (loads from any directory) and its place beside the adapter (a moved project).
+    assert json.loads((r("dpo/adapter") / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        r("sft/model")
     )
+    assert json.loads((r("dpo/adapter") / "sftdpo_base.json").read_text())["relative_to_adapter"] == "../../sft/model"
     assert len(list((workdir / "results/benchmarks").rglob("*.tsv"))) == 19  # 17 jobs + evaluate_val sft, dpo
 
 

@@ -2,20 +2,70 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+Message = dict[str, str]
 
-def chat_messages(prompt: str, completion: str | None = None) -> dict[str, list[dict[str, str]]]:
-    """`{"prompt": [user message]}`, plus `{"completion": [assistant message]}` when a completion is given."""
-    row = {"prompt": [{"role": "user", "content": prompt}]}
+
+def chat_messages(
+    prompt: str, completion: str | None = None, *, context: list[Message] = ()
+) -> dict[str, list[Message]]:
+    """`{"prompt": [context..., user message]}`, plus `{"completion": [assistant message]}` when a completion is
+    given. `context`: the messages before the final user message (a system message, earlier turns)."""
+    row = {
+        "prompt": [
+            *({"role": m["role"], "content": m["content"]} for m in context),
+            {"role": "user", "content": prompt},
+        ]
+    }
     if completion is not None:
         row["completion"] = [{"role": "assistant", "content": completion}]
     return row
 
 
-def prompt_ids(tokenizer, prompt_messages: list[dict[str, str]]) -> list[int]:
+def demo_context(meta: Any, system_prompt: str | None = None) -> list[Message]:
+    """The messages before a demonstration's prompt: `meta.context` (an imported conversation's system message
+    and earlier turns), with `system_prompt` (convert.system_prompt) first unless it has a system message."""
+    if isinstance(meta, str) and '"context"' not in meta:
+        meta = {}  # most rows: no JSON to parse (1M rows)
+    meta = json.loads(meta) if isinstance(meta, str) and meta else meta if isinstance(meta, dict) else {}
+    context = [{"role": m["role"], "content": m["content"]} for m in meta.get("context") or []]
+    if system_prompt and not (context and context[0]["role"] == "system"):
+        context.insert(0, {"role": "system", "content": system_prompt})
+    return context
+
+
+def with_user_text(prompt_messages: list[Message], text: str) -> list[Message]:
+    """The prompt messages with the final user message's text replaced (rollouts' prompt variants)."""
+    return [*(dict(m) for m in prompt_messages[:-1]), {"role": "user", "content": text}]
+
+
+def prompt_ids(tokenizer, prompt_messages: list[Message]) -> list[int]:
     """Token ids of the prompt messages followed by the assistant's turn opener (generation prompt)."""
-    return list(tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True)["input_ids"])
+    return list(tokenizer.apply_chat_template(list(prompt_messages), add_generation_prompt=True)["input_ids"])
+
+
+def assistant_token_mask(tokenizer, messages: list[Message]) -> tuple[list[int], list[int]]:
+    """(input ids, loss mask) of a conversation; the mask is 1 on the tokens of every assistant turn (what the
+    template appends after the assistant opener, end-of-turn token included), 0 elsewhere.
+
+    Each turn's tokens are found by rendering the conversation up to it, so the template must be
+    prefix-consistent: template(messages[:i], add_generation_prompt=True) a prefix of template(messages)."""
+    full = list(tokenizer.apply_chat_template(list(messages))["input_ids"])
+    mask = [0] * len(full)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = prompt_ids(tokenizer, messages[:i])
+        end = list(tokenizer.apply_chat_template(list(messages[: i + 1]))["input_ids"])
+        if full[: len(start)] != start or full[: len(end)] != end:
+            raise ValueError(
+                "the tokenizer's chat template is not prefix-consistent: template(prompt, "
+                f"add_generation_prompt=True) is not a prefix of template(prompt + completion) at message {i}"
+            )
+        mask[len(start) : len(end)] = [1] * (len(end) - len(start))
+    return full, mask
 
 
 def normalise_prompt(prompt: Any) -> str:

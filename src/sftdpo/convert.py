@@ -1,7 +1,11 @@
 """Conversion: validated demonstrations -> TRL conversational rows and a token tensor in HDF5.
 
+Each conversation is the demonstration's context (`meta.context`: an imported conversation's system message
+and earlier turns; `system_prompt` first when it has no system message), its prompt as the final user message
+and its completion as the final assistant message.
+
 tokens.h5 holds `tokens`, int32 [N, L, 3]: input ids, attention mask, loss mask (1 on the
-assistant turn only), right-padded; `ids` gives each row's demonstration id. Attributes record the
+assistant turns only), right-padded; `ids` gives each row's demonstration id. Attributes record the
 tokenizer hash and L. chat.parquet's `token_row` points into it.
 
 Rows longer than `max_length` tokens are left out and listed in convert.json; gates (`convert.gates`)
@@ -21,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from sftdpo.chat import chat_messages
+from sftdpo.chat import assistant_token_mask, chat_messages, demo_context
 from sftdpo.io import atomic_path, read_parquet, write_json
 from sftdpo.modeling import load_tokenizer, tokenizer_hash
 from sftdpo.tables import TokenWriter
@@ -33,29 +37,36 @@ log = logging.getLogger(__name__)
 BATCH = 4096
 
 
-def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[list[int]], list[int]]:
-    """(input ids, prompt length) per conversation ({"prompt": [...], "completion": [...]}); the loss mask
-    covers the tokens after the prompt. One batched `apply_chat_template` call each for the prompts and the
-    whole conversations, so the ids are exactly those of one conversation at a time."""
-    prompts = tokenizer.apply_chat_template([c["prompt"] for c in conversations], add_generation_prompt=True)
-    fulls = tokenizer.apply_chat_template([c["prompt"] + c["completion"] for c in conversations])
-    for prompt, full in zip(prompts["input_ids"], fulls["input_ids"]):
+def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[list[int]], list[list[int]]]:
+    """(input ids, loss mask) per conversation ({"prompt": [...], "completion": [...]}); the loss mask covers
+    every assistant turn. Conversations whose only assistant turn is the completion (nearly all) go through one
+    batched `apply_chat_template` call each for the prompts and the whole conversations, so their ids are exactly
+    those of one conversation at a time; those with earlier assistant turns through `assistant_token_mask`."""
+    single = [i for i, c in enumerate(conversations) if all(m["role"] != "assistant" for m in c["prompt"])]
+    prompts = tokenizer.apply_chat_template([conversations[i]["prompt"] for i in single], add_generation_prompt=True)
+    fulls = tokenizer.apply_chat_template([conversations[i]["prompt"] + conversations[i]["completion"] for i in single])
+    ids: list[list[int]] = [[] for _ in conversations]
+    masks: list[list[int]] = [[] for _ in conversations]
+    for i, prompt, full in zip(single, prompts["input_ids"] if single else [], fulls["input_ids"] if single else []):
         if full[: len(prompt)] != prompt:
             raise ValueError(
                 "the tokenizer's chat template is not prefix-consistent: template(prompt, "
                 "add_generation_prompt=True) is not a prefix of template(prompt + completion)"
             )
-    return [list(full) for full in fulls["input_ids"]], [len(prompt) for prompt in prompts["input_ids"]]
+        ids[i], masks[i] = list(full), [0] * len(prompt) + [1] * (len(full) - len(prompt))
+    for i in sorted(set(range(len(conversations))) - set(single)):
+        ids[i], masks[i] = assistant_token_mask(tokenizer, conversations[i]["prompt"] + conversations[i]["completion"])
+    return ids, masks
 
 
-def token_tensor(ids: list[list[int]], prompt_lengths: list[int], max_length: int, pad_id: int) -> np.ndarray:
+def token_tensor(ids: list[list[int]], masks: list[list[int]], max_length: int, pad_id: int) -> np.ndarray:
     """int32 [N, max_length, 3]: input ids (right-padded with pad_id), attention mask, loss mask."""
     tokens = np.zeros((len(ids), max_length, 3), dtype=np.int32)
     tokens[:, :, 0] = pad_id
-    for row, (row_ids, prompt_length) in enumerate(zip(ids, prompt_lengths)):
+    for row, (row_ids, mask) in enumerate(zip(ids, masks)):
         tokens[row, : len(row_ids), 0] = row_ids
         tokens[row, : len(row_ids), 1] = 1
-        tokens[row, prompt_length : len(row_ids), 2] = 1
+        tokens[row, : len(row_ids), 2] = mask
     return tokens
 
 
@@ -99,14 +110,16 @@ def convert(
     report_path: str,
     max_length: int,
     gates: dict[str, Any] | None = None,
+    system_prompt: str | None = None,
 ) -> dict[str, Any]:
+    """`system_prompt` (convert.system_prompt) opens every conversation that has no system message of its own."""
     frame = read_parquet(validated_path)
     tokenizer = load_tokenizer(model_dir)
     digest = tokenizer_hash(tokenizer)
     overlength: list[dict[str, Any]] = []
     kept_ids: list[str] = []
     kept_by_difficulty: Counter = Counter()
-    total_tokens = longest = 0
+    total_tokens = longest = multi_turn = 0
     # Blocks of rows from start to end: the token tensor and the chat rows go to temporary files as they are
     # made (memory stays flat at 1M rows); a failed gate raises before the files take their names.
     with atomic_path(tokens_path) as tokens_tmp, atomic_path(chat_path) as chat_tmp:
@@ -115,8 +128,11 @@ def convert(
         bar = tqdm(total=len(frame), desc="convert", mininterval=2)
         for start in range(0, len(frame), BATCH):
             part = frame.iloc[start : start + BATCH]
-            conversations = [chat_messages(p, c) for p, c in zip(part["prompt"].tolist(), part["completion"].tolist())]
-            ids, prompt_lengths = tokenize_conversations(tokenizer, conversations)
+            conversations = [
+                chat_messages(p, c, context=demo_context(meta, system_prompt))
+                for p, c, meta in zip(part["prompt"].tolist(), part["completion"].tolist(), part["meta"].tolist())
+            ]
+            ids, masks = tokenize_conversations(tokenizer, conversations)
             n_tokens = np.array([len(row_ids) for row_ids in ids], dtype=np.int64)
             fits = n_tokens <= max_length
             overlength += [
@@ -130,7 +146,7 @@ def convert(
             chat["messages"] = [conversations[i]["prompt"] + conversations[i]["completion"] for i in kept]
             chat["n_tokens"] = n_tokens[kept]
             chat["token_row"] = np.arange(len(kept_ids), len(kept_ids) + len(kept), dtype=np.int64)
-            writer.append(token_tensor([ids[i] for i in kept], [prompt_lengths[i] for i in kept], max_length,
+            writer.append(token_tensor([ids[i] for i in kept], [masks[i] for i in kept], max_length,
                                        tokenizer.pad_token_id))  # fmt: skip
             if len(chat):  # an empty block has no column types to give the file's schema
                 table = pa.Table.from_pandas(chat, preserve_index=False)
@@ -140,6 +156,8 @@ def convert(
             kept_by_difficulty.update(chat["difficulty"].astype(str))
             total_tokens += int(chat["n_tokens"].sum())
             longest = max([longest, *chat["n_tokens"].tolist()])
+            # conversations with earlier exchanges before the final user message
+            multi_turn += sum(sum(m["role"] == "user" for m in prompt) > 1 for prompt in chat["prompt"])
             bar.update(len(part))
         bar.close()
         writer.close(kept_ids)
@@ -160,6 +178,8 @@ def convert(
         "kept_by_difficulty": {str(k): int(v) for k, v in sorted(kept_by_difficulty.items())},
         "gates": gates or {},
         "tokenizer_hash": digest,
+        "system_prompt": system_prompt,
+        "multi_turn_rows": multi_turn,
     }
     if overlength:
         log.warning(

@@ -29,7 +29,8 @@ def evaluate(
 ) -> pd.DataFrame:
     test = read_parquet(items_path)
     model, tokenizer = load_for_inference(model_dir)
-    prompts = [messages[0]["content"] for messages in test["prompt"]]
+    # The chat rows' prompt messages as SFT saw them (system message and earlier turns included).
+    prompts = [list(messages) for messages in test["prompt"]]
     progress = Progress(f"evaluate {stage}", len(prompts), unit="items")
     outputs = generate(
         model,

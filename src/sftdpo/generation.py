@@ -8,11 +8,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sftdpo.chat import chat_messages, prompt_ids
-from sftdpo.modeling import device, load_model, load_tokenizer
+from sftdpo.chat import Message, chat_messages, prompt_ids
+from sftdpo.modeling import adapter_base, device, load_model, load_tokenizer
 from sftdpo.progress import Progress
 
 log = logging.getLogger(__name__)
+
+
+def prompt_messages(prompt: str | list[Message]) -> list[Message]:
+    return chat_messages(prompt)["prompt"] if isinstance(prompt, str) else list(prompt)
 
 
 def load_for_inference(model_dir: str):
@@ -27,7 +31,7 @@ def load_for_inference(model_dir: str):
 def generate(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: list[str | list[Message]],
     *,
     k: int = 1,
     temperature: float = 0.0,
@@ -38,7 +42,8 @@ def generate(
     desc: str = "generate",
     progress: Progress | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """For each prompt, `k` completions as {"text", "n_tokens"}; temperature 0 means greedy.
+    """For each prompt (a user message's text, or the prompt messages of a chat row: system message, earlier
+    turns, the final user message), `k` completions as {"text", "n_tokens"}; temperature 0 means greedy.
     `progress` (the caller's console progress) counts the prompts done.
 
     Each batch reseeds from (seed, batch index), so a batch's samples do not depend on what ran
@@ -47,7 +52,7 @@ def generate(
     out: list[list[dict[str, Any]]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", mininterval=2):
         batch = prompts[start : start + batch_size]
-        encoded = [prompt_ids(tokenizer, chat_messages(p)["prompt"]) for p in batch]
+        encoded = [prompt_ids(tokenizer, prompt_messages(p)) for p in batch]
         width = max(len(e) for e in encoded)
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=model.device)
@@ -90,7 +95,14 @@ def vllm_available() -> bool:
 
 
 def generate_vllm(
-    model_dir: str, prompts: list[str], *, k: int, temperature: float, top_p: float, max_new_tokens: int, seed: int
+    model_dir: str,
+    prompts: list[str | list[Message]],
+    *,
+    k: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
 ) -> list[list[dict[str, Any]]]:  # pragma: no cover - GPU only
     """vLLM backend (GPU only). LoRA adapters are served with a LoRARequest, not merged."""
     import json
@@ -101,15 +113,14 @@ def generate_vllm(
 
     tokenizer = load_tokenizer(model_dir)
     adapter = Path(model_dir) / "adapter_config.json"
-    base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.exists() else model_dir
+    base = adapter_base(model_dir) if adapter.exists() else model_dir
     ref = Path(base) / "sftdpo_model.json"
     if ref.exists():
         base = json.loads(ref.read_text())["name_or_path"]
     llm = LLM(model=base, tokenizer=model_dir, enable_lora=adapter.exists(), seed=seed)
     params = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
     texts = [
-        tokenizer.apply_chat_template(chat_messages(p)["prompt"], add_generation_prompt=True, tokenize=False)
-        for p in prompts
+        tokenizer.apply_chat_template(prompt_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts
     ]
     lora = LoRARequest("policy", 1, model_dir) if adapter.exists() else None
     results = llm.generate(texts, params, lora_request=lora)

@@ -4,8 +4,11 @@ Formats (what each row must hold; `columns` renames a field to the file's own co
 
 - `gsm8k`:   `question`, `answer` (a worked solution whose last line is `#### <number>`);
 - `alpaca`:  `instruction`, optional `input`, `output`;
-- `chat`:    `messages`, a list of `{role, content}`: an optional system message, one user message, one
-             assistant message (the demonstration);
+- `chat`:    `messages`, a list of `{role, content}`: an optional system message, then user and assistant
+             messages taking turns, ending with an assistant message. The final exchange is the demonstration
+             (prompt, completion; the verifier reads the final answer); the system message and earlier turns
+             are kept as its context (`meta.context`): convert puts them before the prompt, and SFT's loss
+             covers every assistant turn;
 - `columns`: `prompt`, `completion`, optional `answer`, `id`, `difficulty`: map them with `columns`
              (e.g. `columns: {prompt: problem, completion: solution}`).
 
@@ -80,10 +83,12 @@ class ImportedRow:
     answer: str
     difficulty: str
     source: dict[str, Any] = field(default_factory=dict)
+    context: list[dict[str, str]] = field(default_factory=list)  # messages before the prompt (chat format)
 
 
 # -- one record to one demonstration ---------------------------------------------------------------
-def _chat(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
+def _chat(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str, list[dict[str, str]]]:
+    """(final user message, final assistant message, the messages before the final user message)."""
     column = columns.get("messages", "messages")
     messages = data.get(column)
     if hasattr(messages, "tolist"):
@@ -91,28 +96,26 @@ def _chat(data: dict[str, Any], columns: dict[str, str]) -> tuple[str, str, dict
     if not isinstance(messages, list) or not messages:
         raise BadRow("messages", "missing or not a non-empty list of {role, content}")
     for i, message in enumerate(messages):
-        if (
-            not isinstance(message, dict)
-            or not isinstance(message.get("role"), str)
-            or not isinstance(message.get("content"), str)
-        ):
-            raise BadRow("messages", f"message {i} is not a {{role, content}} object with string values")
-    roles = [m["role"] for m in messages]
-    extra: dict[str, Any] = {}
-    if roles[0] == "system":
-        extra["system"] = messages[0]["content"]
-        messages, roles = messages[1:], roles[1:]
-    if roles != ["user", "assistant"]:
-        raise BadRow(
-            "messages",
-            f"roles {roles}: expected an optional system message, one user and one assistant "
-            "message (multi-turn conversations are not supported)",
-        )
-    prompt, completion = messages[0]["content"], messages[1]["content"]
-    for name, value in (("messages[user]", prompt), ("messages[assistant]", completion)):
-        if not value.strip():
-            raise BadRow(name, "empty")
-    return prompt, completion, extra
+        if not isinstance(message, dict):
+            raise BadRow(f"messages[{i}]", "not a {role, content} object")
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                raise BadRow(f"messages[{i}].{key}", "missing" if message.get(key) is None else "not a string")
+    start = 1 if messages[0]["role"] == "system" else 0
+    for i, message in enumerate(messages[start:], start):
+        expected = "user" if (i - start) % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise BadRow(
+                f"messages[{i}].role",
+                f"{message['role']!r} where {expected!r} belongs: expected an optional system message, then user and "
+                "assistant messages taking turns",
+            )
+        if not message["content"].strip():
+            raise BadRow(f"messages[{i}].content", f"empty {expected} message")
+    if len(messages) - start < 2 or messages[-1]["role"] != "assistant":
+        raise BadRow("messages", "the conversation does not end with an assistant message (the demonstration)")
+    context = [{"role": m["role"], "content": m["content"]} for m in messages[:-2]]
+    return messages[-2]["content"], messages[-1]["content"], context
 
 
 COMPLETION_FIELD = {"gsm8k": "answer", "alpaca": "output", "chat": "messages[assistant]", "columns": "completion"}
@@ -142,7 +145,7 @@ def convert_record(
     pattern = pattern or ANSWER_PATTERNS["####"]
     data = record.data or {}
     mapped = text_field(data, "answer", columns, required=False) if fmt != "gsm8k" else None
-    extra: dict[str, Any] = {}
+    context: list[dict[str, str]] = []
     if fmt == "gsm8k":
         question, completion = text_field(data, "question", columns), text_field(data, "answer", columns)
         prompt = task.make_prompt(question)
@@ -152,7 +155,7 @@ def convert_record(
         completion = text_field(data, "output", columns)
         prompt = instruction.strip() + (f"\n\n{extra_input.strip()}" if extra_input.strip() else "")
     elif fmt == "chat":
-        prompt, completion, extra = _chat(data, columns)
+        prompt, completion, context = _chat(data, columns)
     else:
         prompt, completion = text_field(data, "prompt", columns), text_field(data, "completion", columns)
     if strip:
@@ -198,7 +201,8 @@ def convert_record(
         completion=completion,
         answer=canonical(value),
         difficulty=difficulty.strip() if difficulty and difficulty.strip() else task.difficulty(completion),
-        source={"file": record.file, record.unit: record.number, "format": fmt, **extra},
+        source={"file": record.file, record.unit: record.number, "format": fmt},
+        context=context,
     )
 
 
@@ -294,7 +298,10 @@ class FilesExpert(Expert):
                     }
                 )
                 continue
-            self.completions[row.id] = (row.completion, {"source": row.source})
+            self.completions[row.id] = (
+                row.completion,
+                {"source": row.source, **({"context": row.context} if row.context else {})},
+            )
             problems.append(Problem(id=row.id, prompt=row.prompt, answer=row.answer, difficulty=row.difficulty))
         self.bad, self.n_rows = bad, seen
         if not seen:

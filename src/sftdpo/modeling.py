@@ -2,7 +2,9 @@
 
 A model directory written by this pipeline is one of:
 - a full `save_pretrained` model (the scratch base model, or full fine-tuning);
-- a PEFT adapter (`adapter_config.json`); its `base_model_name_or_path` is another such directory;
+- a PEFT adapter (`adapter_config.json`); its `base_model_name_or_path` is another such directory, recorded as
+  an absolute path, and `sftdpo_base.json` beside it says where that directory is relative to the adapter (see
+  `record_base`);
 - a reference to a local model directory (`sftdpo_model.json`), with the tokenizer saved beside it;
 - a Hugging Face Hub model downloaded into it (config, safetensors weights, tokenizer; `sftdpo_source.json` says
   which id, revision, commit and endpoint), so later rules load it without network (HF_HUB_OFFLINE=1).
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_FILE = "sftdpo_model.json"
 SOURCE_FILE = "sftdpo_source.json"
+BASE_FILE = "sftdpo_base.json"
 # The files of a Hub model that loading it needs (no other frameworks' weights, no README or images).
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 
@@ -194,7 +197,9 @@ def make_base_model(
         else:
             tokenizer = hub_tokenizer(name_or_path, trust_remote_code)
             tmp.mkdir(parents=True)
-            info = {"kind": "reference", "name_or_path": name_or_path, "trust_remote_code": trust_remote_code}
+            # Absolute, so the directory loads from any working directory (and adapters over it record it so).
+            absolute = os.path.abspath(os.path.expanduser(name_or_path))
+            info = {"kind": "reference", "name_or_path": absolute, "trust_remote_code": trust_remote_code}
             (tmp / REFERENCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if chat_template:
             tokenizer.chat_template = chat_template_text(chat_template)
@@ -251,9 +256,11 @@ def load_model(model_dir: str, *, dtype: str = "float32", trainable_adapter: boo
     if (path / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base_dir = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        base = load_model(base_dir, dtype=dtype)
-        return PeftModel.from_pretrained(base, model_dir, is_trainable=trainable_adapter)
+        base_dir = adapter_base(model_dir)
+        model = PeftModel.from_pretrained(load_model(base_dir, dtype=dtype), model_dir, is_trainable=trainable_adapter)
+        for peft_config in model.peft_config.values():  # the base as found, which a further save then records
+            peft_config.base_model_name_or_path = base_dir
+        return model
     ref = path / REFERENCE_FILE
     if ref.exists():
         info = json.loads(ref.read_text())
@@ -269,11 +276,67 @@ def lineage(model_dir: str) -> list[dict[str, Any]]:
     chain: list[dict[str, Any]] = []
     path = Path(model_dir)
     while (path / "adapter_config.json").exists():
-        chain.append({"path": str(path), "kind": "adapter"})
-        path = Path(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+        chain.append({"path": _shown(path), "kind": "adapter"})
+        path = Path(adapter_base(str(path)))
     info = next((json.loads((path / n).read_text()) for n in (REFERENCE_FILE, SOURCE_FILE) if (path / n).exists()), {})
-    chain.append({"path": str(path), "kind": info.get("kind", "model"), **({"source": info} if info else {})})
+    chain.append({"path": _shown(path), "kind": info.get("kind", "model"), **({"source": info} if info else {})})
     return chain
+
+
+def _shown(path: Path) -> str:
+    """A path as people read it in a lineage: relative to the working directory (the project) when inside it."""
+    absolute = Path(os.path.abspath(path))
+    return str(absolute.relative_to(Path.cwd())) if absolute.is_relative_to(Path.cwd()) else str(path)
+
+
+# Models that travel. PEFT, vLLM, TRL and `AutoPeftModelForCausalLM` load an adapter's base from
+# `base_model_name_or_path` as written, relative to *their* working directory, so a relative
+# `results/sft/model` only loads from the project directory. `record_base` writes it absolute instead:
+# those loaders then find the base from anywhere, as long as it stays where it was trained. Beside it,
+# sftdpo_base.json keeps where the base is relative to the adapter (when both are inside the project),
+# and the pipeline's own loads (`adapter_base`) take that first: a copied or moved project (or results/
+# tree) then loads its own base, never the original's, which may since have been retrained or deleted;
+# the absolute path is the fallback for an adapter copied out of its tree. A model that must travel
+# without its base: `results/export/<stage>/` (adapters merged, no path to another directory).
+def record_base(adapter_dir: Path, final_dir: str) -> None:
+    """Make the adapter saved in `adapter_dir` (to be renamed to `final_dir`) name its base so that it loads
+    from anywhere: `base_model_name_or_path` absolute, sftdpo_base.json with the path relative to the adapter.
+    A Hub id (no such local directory) is left as it is."""
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.exists():
+        return
+    config = json.loads(config_path.read_text())
+    recorded = config.get("base_model_name_or_path")
+    if not recorded or not os.path.isdir(os.path.expanduser(recorded)):
+        return
+    base, final, project = (os.path.abspath(os.path.expanduser(recorded)), os.path.abspath(final_dir), os.getcwd())
+    config["base_model_name_or_path"] = base
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    inside = all(Path(p).is_relative_to(project) for p in (base, final))
+    relative = os.path.relpath(base, final) if inside else None
+    (adapter_dir / BASE_FILE).write_text(
+        json.dumps({"base_model_name_or_path": base, "relative_to_adapter": relative}, indent=2) + "\n"
+    )
+
+
+def adapter_base(adapter_dir: str) -> str:
+    """The model directory (or Hub id) the adapter in `adapter_dir` was trained on: its place relative to the
+    adapter (the same results/ tree) when sftdpo_base.json records one and it is there, else
+    `base_model_name_or_path` as recorded (see `record_base`)."""
+    path = Path(adapter_dir)
+    recorded = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    side = path / BASE_FILE
+    relative = json.loads(side.read_text())["relative_to_adapter"] if side.exists() else None
+    if relative is not None and (path / relative).is_dir():
+        return os.path.normpath(path / relative)
+    if os.path.isabs(recorded) and not os.path.isdir(recorded):
+        places = [f"{recorded} (adapter_config.json base_model_name_or_path)"]
+        places += [] if relative is None else [f"{os.path.normpath(path / relative)} ({BASE_FILE})"]
+        raise FileNotFoundError(
+            f"{path}: the model this adapter was trained on is not at {' nor at '.join(places)}; copy the whole "
+            "results/ directory, or point base_model_name_or_path at that model"
+        )
+    return recorded
 
 
 def device() -> str:

@@ -78,6 +78,12 @@ def describe_shared(pairs: pd.DataFrame, chosen_lengths: list[int]) -> dict[str,
     }
 
 
+def _context(rollout: pd.Series) -> list[dict[str, str]]:
+    """The messages before a rollout's prompt (none in rollouts made without a `context` column)."""
+    context = rollout.get("context")
+    return [] if context is None or (isinstance(context, float) and pd.isna(context)) else list(context)
+
+
 def build_preferences(
     *,
     rollouts_path: str,
@@ -106,7 +112,7 @@ def build_preferences(
                     "split": split,
                     "task": first["task"],
                     "difficulty": first["difficulty"],
-                    "prompt": chat_messages(first["prompt"])["prompt"],
+                    "prompt": chat_messages(first["prompt"], context=_context(first))["prompt"],
                     "chosen": chat_messages("", pair["chosen_text"])["completion"],
                     "rejected": chat_messages("", pair["rejected_text"])["completion"],
                     "kind": pair["kind"],
@@ -123,7 +129,7 @@ def build_preferences(
             "rollouts.temperature so prompts get both correct and incorrect samples"
         )
     key = (
-        pairs["prompt"].map(lambda m: m[0]["content"])
+        pairs["prompt"].map(lambda m: "\x01".join(f"{x['role']}:{x['content']}" for x in m))
         + "\x00"
         + pairs["chosen"].map(lambda m: m[0]["content"])
         + "\x00"

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from sftdpo.chat import with_user_text
 from sftdpo.generation import generate, generate_vllm, load_for_inference, vllm_available
 from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import ShardProgress, file_digest, read_parquet, resume_dir, write_parquet
@@ -92,8 +93,9 @@ def rollout_shard(
         ],
         ignore_index=True,
     ).iloc[shard::n_shards]
+    # A variant rewrites the final user message; the messages before it (system, earlier turns) stay.
     items = [
-        (row, v, template.format(prompt=row.prompt[0]["content"]))
+        (row, v, template.format(prompt=row.prompt[-1]["content"]))
         for row in prompts.itertuples(index=False)
         for v, template in enumerate(variants or ["{prompt}"])
     ]
@@ -115,7 +117,7 @@ def rollout_shard(
         chunk = [it for it in items[start : start + batch_size] if not done(it)]
         if not chunk:
             continue
-        texts = [text for _, _, text in chunk]
+        texts = [with_user_text(row.prompt, text) for row, _, text in chunk]
         chunk_seed = seed * 7919 + shard * 104729 + start
         if use_vllm:
             outputs = generate_vllm(
@@ -154,6 +156,7 @@ def rollout_shard(
                         "task": row.task,
                         "difficulty": row.difficulty,
                         "prompt": text,
+                        "context": [dict(m) for m in row.prompt[:-1]],
                         "completion": sample["text"],
                         "answer": row.answer,
                         "prediction": verdict.prediction,

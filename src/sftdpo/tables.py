@@ -14,7 +14,8 @@ import numpy as np
 DEMO_COLUMNS = ["id", "task", "difficulty", "prompt", "completion", "answer", "expert", "correct", "meta"]
 
 # results/rollouts/*.parquet: one sampled completion a row, scored by the task's verifier; `split` is the
-# split its prompt came from (train: DPO trains on its pairs; val: DPO's held-out pairs).
+# split its prompt came from (train: DPO trains on its pairs; val: DPO's held-out pairs). `prompt` is the final user
+# message's text (as the prompt variant wrote it), `context` the messages before it (system message, earlier turns).
 ROLLOUT_COLUMNS = [
     "id",
     "prompt_id",
@@ -24,6 +25,7 @@ ROLLOUT_COLUMNS = [
     "task",
     "difficulty",
     "prompt",
+    "context",
     "completion",
     "answer",
     "prediction",

@@ -16,7 +16,7 @@ from typing import Any
 
 from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import atomic_path, resume_dir, write_json
-from sftdpo.modeling import device, use_bf16
+from sftdpo.modeling import device, record_base, use_bf16
 import sftdpo.pages as pages
 from sftdpo.plots import plot_curve
 from sftdpo.progress import console, duration, rate_and_eta
@@ -167,6 +167,7 @@ def run_training(
     state = trainer.state
     with atomic_path(out_dir) as tmp:
         trainer.save_model(str(tmp))
+        record_base(tmp, out_dir)
         tokenizer.save_pretrained(str(tmp))
         figures = {"steps": state.global_step, "train loss": result.training_loss, "resumed from": resume}
         (tmp / "README.md").write_text(training_card(label, tmp, inputs, figures, config), encoding="utf-8")

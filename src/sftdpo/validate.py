@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from sftdpo.answers import normalise
-from sftdpo.chat import normalise_prompt
+from sftdpo.chat import demo_context, normalise_prompt
 from sftdpo.io import read_json, read_parquet, write_json, write_parquet
 from sftdpo.tables import DEMO_COLUMNS
 from sftdpo.tasks import get_task
@@ -27,7 +27,7 @@ from sftdpo.tasks import get_task
 log = logging.getLogger(__name__)
 
 TEXT_FIELDS = ["id", "task", "difficulty", "prompt", "completion", "answer", "expert"]
-Row = namedtuple("Row", [*TEXT_FIELDS, "correct"])  # the columns check_rows reads
+Row = namedtuple("Row", [*TEXT_FIELDS, "correct", "meta"])  # the columns check_rows reads
 
 
 class QualityGateError(RuntimeError):
@@ -59,23 +59,23 @@ def check_rows(
     # Plain lists, read once: iterating pandas' (Arrow-backed) string columns row by row is slow at 1M rows.
     rows = [Row(*values) for values in zip(*(frame[name].tolist() for name in Row._fields))]
     integrity = [_integrity(row, limits) for row in rows]
-    keys = [normalise_prompt(row.prompt) if reason is None else "" for row, (reason, _) in zip(rows, integrity)]
     canonical: dict[str, str] = {}  # answers repeat: normalise each distinct one once
     answers: dict[str, set[str]] = defaultdict(set)
-    for row, key, (reason, _) in zip(rows, keys, integrity):
+    identity = [_identity(row) if reason is None else ("", "") for row, (reason, _) in zip(rows, integrity)]
+    for row, (reason, _), (_, key) in zip(rows, integrity, identity):
         if reason is None:
             if row.answer not in canonical:
                 canonical[row.answer] = normalise(row.answer) or row.answer.strip()
             answers[key].add(canonical[row.answer])
     reasons: list[str | None] = []
     fields: list[str | None] = []
-    for row, key, (reason, field) in zip(rows, keys, integrity):
+    for row, (reason, field), (exact, key) in zip(rows, integrity, identity):
         if reason is None:
             if row.id in seen_ids:
                 reason, field = "duplicate_id", "id"
             elif len(answers[key]) > 1:
                 reason, field = "conflicting_answers", "answer"
-            elif row.prompt.strip() in seen_prompts:
+            elif exact in seen_prompts:
                 reason, field = "duplicate_prompt", "prompt"
             elif key in seen_normalised:
                 reason, field = "near_duplicate_prompt", "prompt"
@@ -87,7 +87,7 @@ def check_rows(
                 reason, field = f"verifier:{verdict.reason}", "completion"
         if reason is None:
             seen_ids.add(row.id)
-            seen_prompts.add(row.prompt.strip())
+            seen_prompts.add(exact)
             seen_normalised.add(key)
         reasons.append(reason)
         fields.append(field)
@@ -95,6 +95,19 @@ def check_rows(
     out["reason"] = reasons
     out["field"] = fields
     return out
+
+
+def _identity(row: Any) -> tuple[str, str]:
+    """(exact, normalised) identity of a row's prompt; an imported conversation's earlier turns (meta.context)
+    are part of it, so two conversations that end with the same question are not duplicates."""
+    try:
+        context = demo_context(row.meta)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        context = []
+    if not context:
+        return row.prompt.strip(), normalise_prompt(row.prompt)
+    messages = [*context, {"role": "user", "content": row.prompt}]
+    return json.dumps([[m["role"], m["content"].strip()] for m in messages]), normalise_prompt(messages)
 
 
 def _integrity(row: Any, limits: dict[str, int]) -> tuple[str | None, str | None]:

@@ -18,5 +18,6 @@ run(
         report_path=sm.output.report,
         max_length=sm.params.max_length,
         gates=sm.params.gates,
+        system_prompt=sm.params.system_prompt,
     ),
 )

@@ -59,6 +59,11 @@ def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> t
     return ids, masks
 
 
+def metas(part: pd.DataFrame) -> list:
+    """The rows' meta (JSON text; None for tables without the column)."""
+    return part["meta"].tolist() if "meta" in part else [None] * len(part)
+
+
 def token_tensor(ids: list[list[int]], masks: list[list[int]], max_length: int, pad_id: int) -> np.ndarray:
     """int32 [N, max_length, 3]: input ids (right-padded with pad_id), attention mask, loss mask."""
     tokens = np.zeros((len(ids), max_length, 3), dtype=np.int32)
@@ -130,7 +135,7 @@ def convert(
             part = frame.iloc[start : start + BATCH]
             conversations = [
                 chat_messages(p, c, context=demo_context(meta, system_prompt))
-                for p, c, meta in zip(part["prompt"].tolist(), part["completion"].tolist(), part["meta"].tolist())
+                for p, c, meta in zip(part["prompt"].tolist(), part["completion"].tolist(), metas(part))
             ]
             ids, masks = tokenize_conversations(tokenizer, conversations)
             n_tokens = np.array([len(row_ids) for row_ids in ids], dtype=np.int64)

@@ -66,7 +66,7 @@ def train_settings(**changes):
     train = dict(
         max_steps=2, batch_size=4, grad_accum=1, learning_rate=1e-3, lr_scheduler="constant", warmup_steps=0,
         weight_decay=0.0, logging_steps=1, save_steps=2, eval_steps=2, precision="auto",
-        activation_checkpointing=False, max_length=48,
+        activation_checkpointing=False, max_length=48, report_to="none",
     )  # fmt: skip
     return {**train, **changes}
 

@@ -121,3 +121,78 @@ def test_sampler_weight_change_applies_from_the_next_undrawn_position_and_replay
     other_seed = DifficultySampler(BUCKETS, {"1": 1.0}, seed=4, num_samples=400)
     assert list(other_seed)[:100] != drawn[:100]
     assert Counter(drawn[:100]).most_common(1)[0][1] == 1  # no repeats within a pass
+
+
+# -- through train_sft with a tiny model: the checks, curriculum.json, the plot and a TensorBoard run ---------------
+
+
+@pytest.fixture(scope="module")
+def sft_inputs(tmp_path_factory):
+    from conftest import converted_splits, scratch_base_model
+    from sftdpo.tasks import get_task
+
+    root = tmp_path_factory.mktemp("curriculum")
+    task = get_task("arithmetic")
+    problems = task.problems(60, seed=0)
+    base = scratch_base_model(root / "base", task, problems)
+    paths = converted_splits(
+        root, base, task, problems, max_length=48, fractions={"train": 0.6, "val": 0.2, "test": 0.2}
+    )
+    return dict(base_dir=base, train_path=paths["train"], val_path=paths["val"], tokens_path=paths["tokens"])
+
+
+FORCED_ROLLBACK = dict(
+    stages=[
+        {"name": "simple", "difficulty_mix": {"1": 1}},
+        {"name": "all", "difficulty_mix": {"1": 1, "2": 1, "3": 1}},
+    ],
+    advancement_interval=2,
+    min_performance_for_advance=0.0,
+    rollback_threshold=-1.0,
+    rollback_cooldown=0,
+    rollback_factor=2.0,
+    eval_items=6,
+)  # fmt: skip (a threshold of -1 demands a gain of 100 points: every advance is rolled back)
+
+
+def test_train_sft_with_a_curriculum_logs_checks_to_json_plot_and_tensorboard(tmp_path, sft_inputs):
+    from conftest import train_settings
+    from sftdpo.io import read_json
+    from sftdpo.sft import train_sft
+
+    evaluation = {"task_options": {}, "max_new_tokens": 8, "batch_size": 8}
+    metrics = train_sft(
+        **sft_inputs, out_dir=str(tmp_path / "model"), metrics_path=str(tmp_path / "metrics.json"),
+        curve_path=str(tmp_path / "loss.png"), curriculum_path=str(tmp_path / "curriculum.json"),
+        work_dir=str(tmp_path / "work"), tracking_dir=str(tmp_path / "tracking"),
+        train=train_settings(max_steps=6, report_to="tensorboard"), lora=None, eval_rows=4, seed=0,
+        curriculum=FORCED_ROLLBACK, evaluation=evaluation,
+    )  # fmt: skip
+    report = read_json(tmp_path / "curriculum.json")
+    actions = [(e["step"], e["action"], e["stage"]) for e in report["events"]]
+    assert actions == [(2, "advance", "all"), (4, "rollback", "simple")]
+    rollback = report["events"][1]
+    assert rollback["performance_before"] == report["events"][0]["performance"]
+    assert rollback["delta"] == pytest.approx(rollback["performance_after"] - rollback["performance_before"])
+    assert set(rollback["by_difficulty"]) <= {"1", "2", "3"} and rollback["eval_seconds"] > 0
+    assert report["final_stage"] == "simple" and report["rollbacks"] == 1 and report["final_weights"] == {"1": 1.0}
+    # 6 steps x 4 rows: steps 1-2 and 5-6 on difficulty 1 only; 3-4 on all three (plus a batch fetched early).
+    seen = report["samples_per_difficulty"]
+    assert sum(seen.values()) == 24 and seen["1"] >= 16
+    assert report["stage_spans"] == [[0, 2, "simple"], [2, 4, "all"], [4, 6, "simple"]]
+    assert 0 < report["eval_share_of_train_time"] < 1
+    assert metrics["curriculum"]["rollbacks"] == 1 and metrics["run_name"].startswith("sft-")
+    logged = [h for h in metrics["log_history"] if "curriculum/val_accuracy" in h]
+    assert [h["step"] for h in logged] == [2, 4] and logged[1]["curriculum/rollback"] == 1.0
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+    # The TensorBoard run: event files under <tracking_dir>/<run name>/ with the loss and the curriculum's checks.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "tracking" / metrics["run_name"]))
+    board.Reload()
+    tags = board.Tags()["scalars"]
+    assert "train/loss" in tags
+    assert [e.step for e in board.Scalars("train/curriculum/rollback")] == [4]
+    accuracy = [(e.step, round(e.value, 6)) for e in board.Scalars("train/curriculum/val_accuracy")]
+    assert accuracy == [(e["step"], round(e["performance"], 6)) for e in report["events"]]

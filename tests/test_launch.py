@@ -177,7 +177,9 @@ def outputs(tmp_path, name):
         out_dir=str(d / "adapter"),
         metrics_path=str(d / "metrics.json"),
         curve_path=str(d / "loss.png"),
+        curriculum_path=str(d / "curriculum.json"),
         work_dir=str(d / "work"),
+        tracking_dir=str(d / "tracking"),
     )
 
 

@@ -110,6 +110,17 @@ def converted_splits(root, model_dir, task, problems, *, max_length, fractions):
     return {**paths, "tokens": str(root / "tokens.h5")}
 
 
+def sft_split_inputs(root, n_problems, fractions):
+    """train_sft's inputs over `n_problems` arithmetic problems: a scratch base model and the converted splits."""
+    from sftdpo.tasks import get_task
+
+    task = get_task("arithmetic")
+    problems = task.problems(n_problems, seed=0)
+    base = scratch_base_model(root / "base", task, problems)
+    paths = converted_splits(root, base, task, problems, max_length=48, fractions=fractions)
+    return dict(base_dir=base, train_path=paths["train"], val_path=paths["val"], tokens_path=paths["tokens"])
+
+
 def user_env(extra: dict | None = None, project: Path | None = None) -> dict:
     """The environment of a user after the README's set-up: the project's .venv/bin first on
     PATH, no SFTDPO_* settings left over from the caller. With `project` (a copy of this

@@ -128,17 +128,9 @@ def test_sampler_weight_change_applies_from_the_next_undrawn_position_and_replay
 
 @pytest.fixture(scope="module")
 def sft_inputs(tmp_path_factory):
-    from conftest import converted_splits, scratch_base_model
-    from sftdpo.tasks import get_task
+    from conftest import sft_split_inputs
 
-    root = tmp_path_factory.mktemp("curriculum")
-    task = get_task("arithmetic")
-    problems = task.problems(60, seed=0)
-    base = scratch_base_model(root / "base", task, problems)
-    paths = converted_splits(
-        root, base, task, problems, max_length=48, fractions={"train": 0.6, "val": 0.2, "test": 0.2}
-    )
-    return dict(base_dir=base, train_path=paths["train"], val_path=paths["val"], tokens_path=paths["tokens"])
+    return sft_split_inputs(tmp_path_factory.mktemp("curriculum"), 60, {"train": 0.6, "val": 0.2, "test": 0.2})
 
 
 FORCED_ROLLBACK = dict(

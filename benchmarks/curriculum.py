@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/curriculum.py                     # both runs, then the table
     .venv/bin/python benchmarks/curriculum.py --report --save     # only read finished runs; save the figures
+    .venv/bin/python benchmarks/curriculum.py --name mixed --configfile benchmarks/results/curriculum/mixed.yaml
 
 The uniform run builds the default DAG up to SFT's test evaluation (`results/eval/sft.parquet`) in
 benchmarks/runs/curriculum/uniform/; the curriculum run is a copy of it with `--configfile` overlays (default
-config/examples/curriculum.yaml), so only SFT and its evaluation rerun. The table: test accuracy overall and per
-difficulty of each run, curriculum − uniform with its paired-bootstrap 95% CI over the same test items, SFT's
-training seconds, and the checks' evaluation seconds as a share of the curriculum run's SFT time.
-`--save` writes benchmarks/results/curriculum.json and prints the markdown table for the README.
+config/examples/curriculum.yaml) in benchmarks/runs/curriculum/<name>/, so only SFT and its evaluation rerun.
+The table: test accuracy overall and per difficulty of each run, curriculum − uniform with its paired-bootstrap
+95% CI over the same test items, SFT's training seconds, and the checks' evaluation seconds as a share of the
+curriculum run's SFT time. `--save` writes benchmarks/results/curriculum/<name>.json (the table: `--report`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TARGET = "results/eval/sft.parquet"
-SAVED = ROOT / "benchmarks/results/curriculum.json"
+SAVED = ROOT / "benchmarks/results/curriculum"
 
 
 def build(workdir: Path, configfiles: list[str]) -> float:
@@ -38,11 +39,11 @@ def build(workdir: Path, configfiles: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def compare(out: Path, configfiles: list[str], n_samples: int) -> dict:
+def compare(out: Path, name: str, configfiles: list[str], n_samples: int) -> dict:
     from sftdpo.io import read_parquet
     from sftdpo.report import paired_bootstrap
 
-    runs = {"uniform": out / "uniform", "curriculum": out / "curriculum"}
+    runs = {"uniform": out / "uniform", "curriculum": out / name}
     evals = {name: read_parquet(path / TARGET).set_index("id").sort_index() for name, path in runs.items()}
     uniform, curriculum = evals["uniform"], evals["curriculum"]
     assert uniform.index.equals(curriculum.index), "the two runs were evaluated on different test items"
@@ -56,6 +57,7 @@ def compare(out: Path, configfiles: list[str], n_samples: int) -> dict:
     metrics = {name: json.loads((path / "results/sft/metrics.json").read_text()) for name, path in runs.items()}
     schedule = json.loads((runs["curriculum"] / "results/sft/curriculum.json").read_text())
     return {
+        "name": name,
         "configfiles": configfiles,
         "rows": rows,
         "train_seconds": {name: m["train_seconds_this_run"] for name, m in metrics.items()},
@@ -91,8 +93,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/runs/curriculum")
     parser.add_argument("--configfile", nargs="*", default=["config/examples/curriculum.yaml"],
                         help="overlays of the curriculum run (paths relative to the repository)")  # fmt: skip
+    parser.add_argument("--name", default="curriculum", help="the curriculum run's directory and saved figures")
     parser.add_argument("--report", action="store_true", help="only read finished runs")
-    parser.add_argument("--save", action="store_true", help=f"write {SAVED.relative_to(ROOT)}")
+    parser.add_argument("--save", action="store_true", help=f"write {SAVED.relative_to(ROOT)}/<name>.json")
     parser.add_argument("--bootstrap-samples", type=int, default=10_000)
     args = parser.parse_args()
     overlays = [str(ROOT / c) for c in args.configfile]
@@ -100,15 +103,15 @@ def main() -> None:
         uniform = args.out / "uniform"
         uniform.mkdir(parents=True, exist_ok=True)
         print(f"uniform: {build(uniform, []):.0f} s", flush=True)
-        curriculum = args.out / "curriculum"
+        curriculum = args.out / args.name
         if not curriculum.exists():  # the same data and base model: only SFT and its evaluation rerun
             shutil.copytree(uniform, curriculum, symlinks=True)
         print(f"curriculum: {build(curriculum, overlays):.0f} s", flush=True)
-    result = compare(args.out, args.configfile, args.bootstrap_samples)
+    result = compare(args.out, args.name, args.configfile, args.bootstrap_samples)
     print(render(result))
     if args.save:
-        SAVED.parent.mkdir(parents=True, exist_ok=True)
-        SAVED.write_text(json.dumps(result, indent=2) + "\n")
+        SAVED.mkdir(parents=True, exist_ok=True)
+        (SAVED / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

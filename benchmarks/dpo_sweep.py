@@ -79,7 +79,8 @@ def main() -> None:
         if not (work / "metrics.json").exists():
             train_dpo(sft_dir=sft, pairs_path=str(run / "results/prefs/pairs.parquet"), out_dir=str(work / "adapter"),
                       metrics_path=str(work / "metrics.json"), curve_path=str(work / "curves.png"),
-                      work_dir=str(work / "work"), train=dpo["train"], beta=dpo["beta"], loss_type=dpo["loss_type"],
+                      work_dir=str(work / "work"), tracking_dir=str(work / "tracking"), train=dpo["train"],
+                      beta=dpo["beta"], loss_type=dpo["loss_type"],
                       loss_weights=dpo["loss_weights"], label_smoothing=dpo["label_smoothing"],
                       dpop_lambda=dpo["dpop_lambda"], lora=dpo["lora"], seed=config["seed"])  # fmt: skip
         metrics = json.loads((work / "metrics.json").read_text())

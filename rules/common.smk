@@ -27,6 +27,22 @@ STAGE_MODEL = {
 }
 
 
+# Local files of the experiment trackers (`<stage>.train.report_to`), one directory a run.
+TRACKING_DIR = "logs/tracking"
+
+
+def curriculum_evaluation():
+    """How the curriculum's checks decode and verify (as evaluate does); None without a curriculum, so these
+    keys rerun SFT only when it has one."""
+    if not config["sft"]["curriculum"]:
+        return None
+    return {
+        "task_options": task_options(),
+        "max_new_tokens": config["evaluate"]["max_new_tokens"],
+        "batch_size": config["evaluate"]["batch_size"],
+    }
+
+
 def task_options():
     """Per-task options, keyed by task name (validation and evaluation may meet several tasks)."""
     name = config["task"]["name"]
@@ -84,7 +100,11 @@ def dpo_run(wildcards):
         if variant
         else f"work/dpo/round{round_}" if round_ else "work/dpo"
     )
-    return {**dpo_settings(config, variant), "work_dir": work_dir}
+    return {
+        **dpo_settings(config, variant),
+        "work_dir": work_dir,
+        "tracking_dir": TRACKING_DIR,
+    }
 
 
 def task_data_files():

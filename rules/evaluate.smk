@@ -55,6 +55,7 @@ rule report:
         validation="results/demos/validation.json",
         split="results/data/split.json",
         sft="results/sft/metrics.json",
+        curriculum="results/sft/curriculum.json",
         preferences="results/prefs/report.json",
     output:
         summary="results/report/summary.json",

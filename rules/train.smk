@@ -11,6 +11,7 @@ rule sft:
     output:
         model=directory("results/sft/model"),
         metrics="results/sft/metrics.json",
+        curriculum="results/sft/curriculum.json",
         curve=report(
             "results/sft/loss.png",
             caption="../workflow/report/sft.rst",
@@ -33,9 +34,12 @@ rule sft:
         lora=config["sft"]["lora"],
         launch=config["sft"]["launch"],
         eval_rows=config["sft"]["eval_rows"],
+        curriculum=config["sft"]["curriculum"],
+        evaluation=curriculum_evaluation(),
         seed=config["seed"],
         threads=resources("sft")["threads"],
         work_dir="work/sft",
+        tracking_dir=TRACKING_DIR,
     script:
         "../workflow/scripts/sft.py"
 

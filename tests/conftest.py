@@ -66,7 +66,7 @@ def train_settings(**changes):
     train = dict(
         max_steps=2, batch_size=4, grad_accum=1, learning_rate=1e-3, lr_scheduler="constant", warmup_steps=0,
         weight_decay=0.0, logging_steps=1, save_steps=2, eval_steps=2, precision="auto",
-        activation_checkpointing=False, max_length=48,
+        activation_checkpointing=False, max_length=48, report_to="none",
     )  # fmt: skip
     return {**train, **changes}
 
@@ -109,6 +109,17 @@ def converted_splits(root, model_dir, task, problems, *, max_length, fractions, 
     split(chat_path=str(root / "chat.parquet"), out_paths=paths, report_path=str(root / "split.json"),
           strata=["difficulty"], fractions=fractions, seed=0)  # fmt: skip
     return {**paths, "tokens": str(root / "tokens.h5")}
+
+
+def sft_split_inputs(root, n_problems, fractions):
+    """train_sft's inputs over `n_problems` arithmetic problems: a scratch base model and the converted splits."""
+    from sftdpo.tasks import get_task
+
+    task = get_task("arithmetic")
+    problems = task.problems(n_problems, seed=0)
+    base = scratch_base_model(root / "base", task, problems)
+    paths = converted_splits(root, base, task, problems, max_length=48, fractions=fractions)
+    return dict(base_dir=base, train_path=paths["train"], val_path=paths["val"], tokens_path=paths["tokens"])
 
 
 def user_env(extra: dict | None = None, project: Path | None = None) -> dict:

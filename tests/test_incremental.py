@@ -47,6 +47,7 @@ PARAMETER_CHANGES = [
     ({"convert": {"max_length": 90}}, from_("convert")),
     ({"split": {"strata": ["difficulty"]}}, from_("split")),
     ({"sft": {"train": {"learning_rate": 0.002}}}, AFTER_SFT),
+    ({"sft": {"curriculum": {"stages": [{"name": "all", "difficulty_mix": {"1": 1, "2": 1, "3": 1}}]}}}, AFTER_SFT),
     ({"rollouts": {"temperature": 0.9}}, AFTER_ROLLOUTS),
     ({"preferences": {"max_pairs_per_prompt": 3}}, AFTER_PREFS),
     ({"dpo": {"beta": 0.2}}, AFTER_DPO),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import converted_splits, scratch_base_model, train_settings
+from conftest import sft_split_inputs, train_settings
 from sftdpo.launch import (
     REPO,
     accelerate_command,
@@ -23,7 +23,6 @@ from sftdpo.launch import (
     run_stage,
 )
 from sftdpo.sft import train_sft
-from sftdpo.tasks import get_task
 
 
 @pytest.mark.parametrize(
@@ -152,23 +151,8 @@ TRAIN = train_settings()
 
 @pytest.fixture(scope="module")
 def sft_inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("launch")
-    task = get_task("arithmetic")
-    problems = task.problems(40, seed=0)
-    base = scratch_base_model(root / "base", task, problems)
-    paths = converted_splits(
-        root, base, task, problems, max_length=48, fractions={"train": 0.8, "val": 0.1, "test": 0.1}
-    )
-    return dict(
-        base_dir=base,
-        train_path=paths["train"],
-        val_path=paths["val"],
-        tokens_path=paths["tokens"],
-        train=TRAIN,
-        lora=None,
-        eval_rows=2,
-        seed=0,
-    )
+    inputs = sft_split_inputs(tmp_path_factory.mktemp("launch"), 40, {"train": 0.8, "val": 0.1, "test": 0.1})
+    return dict(**inputs, train=TRAIN, lora=None, eval_rows=2, seed=0)
 
 
 def outputs(tmp_path, name):
@@ -177,7 +161,9 @@ def outputs(tmp_path, name):
         out_dir=str(d / "adapter"),
         metrics_path=str(d / "metrics.json"),
         curve_path=str(d / "loss.png"),
+        curriculum_path=str(d / "curriculum.json"),
         work_dir=str(d / "work"),
+        tracking_dir=str(d / "tracking"),
     )
 
 

@@ -24,7 +24,7 @@ LAYERS = {
         "answers",
     },
     "domain": {"tasks", "tasks.arithmetic", "tasks.gsm8k", "modeling"},
-    "services": {"generation", "training", "launch", "experts", "teacher", "importers"},
+    "services": {"generation", "training", "curriculum", "launch", "experts", "teacher", "importers"},
     "stages": {
         "base_model",
         "collect",

@@ -106,3 +106,23 @@ def test_rounds_are_listed_in_order_and_take_part_in_the_selection():
     ]
     assert selection["selected"] == "dpo-round10"
     assert "| 3 | dpo-round10 | 1.000 | 1.000 |" in selection_markdown(selection)
+
+
+def test_curriculum_tables_show_final_stage_rollbacks_weights_samples_and_checks():
+    from test_curriculum import curriculum, run_checks
+
+    import sftdpo.pages as pages
+    from sftdpo.curriculum import summary
+    from sftdpo.report import curriculum_tables
+
+    cur = curriculum()
+    state = run_checks(cur, [0.3, 0.6, 0.58, 0.7, 0.5])
+    report = {"enabled": True, "config": {"advancement_interval": 10, "eval_items": 50}, **summary(cur, state),
+              "samples_per_difficulty": {"1": 700, "2": 200, "3": 100}, "eval_share_of_train_time": 0.04,
+              "events": state.events}  # fmt: skip
+    text = pages.markdown(curriculum_tables(report))
+    assert "| final stage | mixed |" in text and "| rollbacks | 1 |" in text
+    assert "| final weights (difficulty: share) | 1: 0.40, 2: 0.40, 3: 0.20 |" in text
+    assert "| samples seen per difficulty | 1: 700, 2: 200, 3: 100 |" in text and "| 4.0% |" in text
+    assert "| 50 | rollback | hard | mixed | 0.700 | 0.500 | -0.200 | drop too large |" in text
+    assert curriculum_tables({"enabled": False}) == []

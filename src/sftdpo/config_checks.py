@@ -141,6 +141,11 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             f"split.fractions.val is 0 but sft.eval_rows is {config['sft']['eval_rows']}: the eval loss needs "
             "validation rows; give val a share or set sft.eval_rows: 0"
         )
+    if fractions["val"] <= 0 and config["sft"].get("curriculum"):
+        problems.append(
+            "split.fractions.val is 0 but sft.curriculum is set: its checks measure accuracy on val items; "
+            "give val a share or set sft.curriculum: null"
+        )
     if expert != "files":
         n, shards = config["task"]["n_problems"], config["collect"]["shards"]
         if n < shards:

@@ -195,6 +195,7 @@ def train_dpo(
     metrics_path: str,
     curve_path: str,
     work_dir: str,
+    tracking_dir: str,
     train: dict[str, Any],
     beta: float,
     loss_type: list[str],
@@ -263,7 +264,9 @@ def train_dpo(
         loss_type,
         "SFT adapter copy" if is_adapter else "SFT model, adapters disabled" if lora else "frozen SFT copy",
     )
-    metrics = run_training(trainer, ckpt, out_dir, tokenizer, "dpo", inputs=inputs, config=settings)
+    metrics = run_training(
+        trainer, ckpt, out_dir, tokenizer, "dpo", inputs=inputs, config=settings, tracking_dir=tracking_dir
+    )
     metrics.update(
         n_pairs=len(datasets["train"]),
         n_heldout_pairs=len(datasets["heldout"]),

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from sftdpo.chat import Message, chat_messages, prompt_ids
 from sftdpo.modeling import adapter_base, device, load_model, load_tokenizer
 from sftdpo.progress import Progress
+from sftdpo.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,39 @@ def generate(
         if progress:
             progress.update(len(batch))
     return out
+
+
+def greedy_verdicts(
+    model,
+    tokenizer,
+    items,
+    *,
+    task_options: dict[str, dict[str, Any]],
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    desc: str,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Greedy completions of `items` (a split's rows: id, task, difficulty, prompt messages, answer), each
+    checked by its task's verifier: one evaluation row a item (id, task, difficulty, completion, prediction,
+    gold, correct, n_tokens). What evaluate writes and what the curriculum's checks measure."""
+    # The chat rows' prompt messages as SFT saw them (system message and earlier turns included).
+    prompts = [list(messages) for messages in items["prompt"]]
+    outputs = generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, desc=desc,
+        progress=progress,
+    )  # fmt: skip
+    tasks = {name: get_task(name, **task_options.get(name, {})) for name in items["task"].unique()}
+    rows = []
+    for item, (sample,) in zip(items.itertuples(index=False), outputs):
+        verdict = tasks[item.task].verify(sample["text"], item.answer)
+        rows.append({
+            "id": item.id, "task": item.task, "difficulty": item.difficulty, "completion": sample["text"],
+            "prediction": verdict.prediction, "gold": item.answer, "correct": verdict.correct,
+            "n_tokens": sample["n_tokens"],
+        })  # fmt: skip
+    return rows
 
 
 def vllm_available() -> bool:

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ACCELERATE_CONFIG = "config/deepspeed/accelerate.yaml"
 DEFAULT_DEEPSPEED_CONFIG = "config/deepspeed/zero2.json"
 # Per-rank outputs: the arguments a non-zero rank redirects into its own directory.
-OUTPUT_ARGS = ("out_dir", "metrics_path", "curve_path")
+OUTPUT_ARGS = ("out_dir", "metrics_path", "curve_path", "curriculum_path")
 
 
 def deepspeed_zero2_config(*, offload_optimizer: bool = False) -> dict[str, Any]:

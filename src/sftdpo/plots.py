@@ -39,13 +39,39 @@ def plot_panels(history: list[dict], panels: list[tuple[str, list[str]]], path: 
     save_figure(fig, path)
 
 
-def plot_curve(history: list[dict], keys: list[str], path: str, title: str) -> None:
-    """Training curves from a Trainer's log history (one line per key that was logged)."""
+def plot_curve(
+    history: list[dict],
+    keys: list[str],
+    path: str,
+    title: str,
+    *,
+    stages: list[tuple[int, int, str]] | None = None,
+    events: list[dict] | None = None,
+) -> None:
+    """Training curves from a Trainer's log history (one line per key that was logged). A curriculum's `stages`
+    ((from step, to step, name) spans) are shaded bands, its advances and rollbacks (`events`) vertical lines."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key in keys:
         points = [(h["step"], h[key]) for h in history if key in h]
         if points:
             ax.plot(*zip(*points), marker=".", label=key)
-    ax.set(xlabel="step", title=title)
-    ax.legend()
+    names = list(dict.fromkeys(name for _, _, name in stages or []))
+    for start, end, name in stages or []:
+        ax.axvspan(start, end, color=f"C{2 + names.index(name)}", alpha=0.12, lw=0)
+        ax.text((start + end) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7)
+    for event in events or []:
+        if event["action"] in EVENT_STYLE:
+            ax.axvline(event["step"], **EVENT_STYLE[event["action"]])
+    ax.set(xlabel="step")
+    ax.set_title(title, pad=14 if stages else 6)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7)
     save_figure(fig, path)
+
+
+# How the loss plot marks a curriculum's events (a kept advance needs no mark: the band goes on).
+EVENT_STYLE = {
+    "advance": dict(color="green", ls="--", lw=1, label="advance"),
+    "rollback": dict(color="red", ls="-", lw=1.2, label="rollback"),
+}

@@ -256,6 +256,40 @@ def figures_table(summary: dict[str, Any]) -> Table:
     return Table("Figures of the stages", ["stage", "figure", "value"], rows)
 
 
+def curriculum_tables(curriculum: dict[str, Any]) -> list[Table]:
+    """Curriculum SFT (results/sft/curriculum.json), when it ran: where it ended and every check."""
+    if not curriculum.get("enabled"):
+        return []
+
+    def mix(weights: dict[str, Any]) -> str:
+        return ", ".join(f"{d}: {fmt(w, '.2f')}" for d, w in sorted(weights.items()))
+
+    figures = [
+        ["final stage", curriculum["final_stage"]],
+        ["final weights (difficulty: share)", mix(curriculum["final_weights"])],
+        ["advances", curriculum["advances"]],
+        ["rollbacks", curriculum["rollbacks"]],
+        ["checks", curriculum["checks"]],
+        [
+            "samples seen per difficulty",
+            ", ".join(f"{d}: {n}" for d, n in curriculum["samples_per_difficulty"].items()),
+        ],
+        ["evaluation seconds", fmt(curriculum["eval_seconds"], ".1f")],
+        ["evaluation share of SFT time", fmt(curriculum["eval_share_of_train_time"], ".1%")],
+    ]
+    note = (
+        f"Checks every {curriculum['config']['advancement_interval']} steps (stretched at each rollback): greedy "
+        f"exact-match accuracy on {curriculum['config']['eval_items']} fixed val items."
+    )
+    events = [
+        [e["step"], e["action"], e["from_stage"], e["stage"], fmt(e["performance_before"]),
+         fmt(e["performance_after"]), fmt(e["delta"], "+.3f"), e["reason"]]
+        for e in curriculum["events"]
+    ]  # fmt: skip
+    columns = ["step", "action", "from", "to", "accuracy before", "after", "delta", "why"]
+    return [Table("Curriculum SFT", ["figure", "value"], figures, note), Table("Curriculum checks", columns, events)]
+
+
 def sample_ids(aligned: dict[str, pd.DataFrame], n: int) -> list[str]:
     """Up to `n` items, one outcome pattern (which stages were right) after another, disagreements first."""
     correct = pd.DataFrame({stage: frame["correct"].astype(bool) for stage, frame in aligned.items()})
@@ -303,7 +337,12 @@ def report_tables(
     return {
         "accuracy": accuracy,
         "rejections": [rejection_table(extras.get("validation", {}))],
-        "pairs": [pair_table(prefs), outcome_table(prefs), figures_table(summary)],
+        "pairs": [
+            pair_table(prefs),
+            outcome_table(prefs),
+            *curriculum_tables(extras.get("curriculum", {})),
+            figures_table(summary),
+        ],
         "samples": [samples_table(aligned, n_samples_shown)],
     }
 

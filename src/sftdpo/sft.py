@@ -1,16 +1,138 @@
-"""Supervised fine-tuning with TRL's SFTTrainer on the tokenized train split (loss on completions)."""
+"""Supervised fine-tuning with TRL's SFTTrainer on the tokenized train split (loss on completions).
+
+With `curriculum` set, the train rows are drawn by difficulty with the curriculum's current mix
+(sftdpo.curriculum) and a callback checks greedy exact-match accuracy on a fixed val subset every interval;
+the curriculum's state rides in every checkpoint's trainer_state.json, so a resumed run continues it and draws
+the same order.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from typing import Any
 
-from sftdpo.io import file_digest, read_parquet
+import pandas as pd
+
+from sftdpo.curriculum import Curriculum, CurriculumState, DifficultySampler, decide, due, stage_spans, summary
+from sftdpo.generation import greedy_verdicts
+from sftdpo.io import file_digest, read_parquet, write_json
 from sftdpo.modeling import load_model, load_tokenizer
+from sftdpo.progress import console
 from sftdpo.tables import read_token_rows
 from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_config, write_metrics
 
 log = logging.getLogger(__name__)
+
+
+def curriculum_trainer(base):
+    """`base` (TRL's SFTTrainer) drawing its train rows with a DifficultySampler when one is given."""
+
+    class CurriculumTrainer(base):
+        def __init__(self, *args, sampler: DifficultySampler | None = None, **kwargs):
+            self.difficulty_sampler = sampler
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset=None):
+            return self.difficulty_sampler or super()._get_train_sampler(train_dataset)
+
+    return CurriculumTrainer
+
+
+def val_accuracy(model, tokenizer, items: pd.DataFrame, evaluation: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Greedy exact-match accuracy of the model being trained on `items`, overall and per difficulty. The RNG
+    state and train mode are restored, so a check leaves the training's randomness as it was."""
+    import torch
+
+    started = time.monotonic()
+    training = model.training
+    with torch.random.fork_rng():
+        model.eval()
+        rows = greedy_verdicts(model, tokenizer, items, seed=seed, desc="curriculum check", **evaluation)
+        model.train(training)
+    correct = pd.DataFrame(rows).groupby("difficulty")["correct"]
+    return {
+        "performance": float(pd.DataFrame(rows)["correct"].mean()),
+        "by_difficulty": {str(d): float(v) for d, v in correct.mean().items()},
+        "eval_seconds": time.monotonic() - started,
+    }
+
+
+def curriculum_callback(curriculum: Curriculum, sampler: DifficultySampler, measure):
+    """A TrainerCallback that runs the curriculum's checks (`measure(model)` -> accuracy figures), changes the
+    sampler's weights, logs every check to the trackers and the console, and saves its state with checkpoints."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class CurriculumCallback(TrainerCallback, ExportableState):
+        def __init__(self):
+            self.progress = CurriculumState.start(curriculum)
+            self.trainer = None  # set once the trainer exists: checks log through trainer.log (all trackers)
+            self.eval_seconds_this_run = 0.0
+
+        def state(self) -> dict:  # ExportableState: stored in trainer_state.json at every checkpoint
+            return {"args": {}, "attributes": {"curriculum": self.progress.to_json(), "sampler": sampler.state()}}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            saved = (state.stateful_callbacks or {}).get(type(self).__name__, {}).get("attributes")
+            if saved and state.global_step > 0:  # resumed from a checkpoint: continue where it was
+                self.progress = CurriculumState.from_json(saved["curriculum"])
+                sampler.restore(saved["sampler"])
+                log.info("curriculum resumed at step %d: stage %d", state.global_step, self.progress.stage)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            step = state.global_step
+            if not due(self.progress, step):
+                return
+            measured = measure(model)
+            self.eval_seconds_this_run += measured["eval_seconds"]
+            before = self.progress.stage
+            self.progress = decide(curriculum, self.progress, step, **measured)
+            if self.progress.stage != before:
+                sampler.set_weights(self.progress.weights)
+            event = self.progress.events[-1]
+            self.trainer.log(tracker_scalars(event, self.progress.stage))
+            console(
+                f"sft curriculum step {step}: {event['action']} ({event['reason']}), stage {event['stage']}, "
+                f"val accuracy {event['performance']:.3f} ({measured['eval_seconds']:.1f}s)"
+            )
+
+    return CurriculumCallback()
+
+
+def tracker_scalars(event: dict[str, Any], stage: int) -> dict[str, float]:
+    """A check as scalars for the trackers (TensorBoard, W&B, ...): accuracy overall and per difficulty, the stage
+    index, the mix, the check's cost, and 1 for an advance or a rollback."""
+    scalars = {
+        "curriculum/val_accuracy": event["performance"],
+        "curriculum/stage": float(stage),
+        "curriculum/eval_seconds": event["eval_seconds"],
+        f"curriculum/{event['action']}": 1.0,
+    }
+    scalars.update({f"curriculum/val_accuracy_d{d}": v for d, v in event["by_difficulty"].items()})
+    scalars.update({f"curriculum/weight_d{d}": w for d, w in event["weights"].items()})
+    return scalars
+
+
+def eval_subset(val: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """The fixed val items of every check: a seeded sample of `n` (in split order)."""
+    return val.sample(n=min(n, len(val)), random_state=seed).sort_index() if n < len(val) else val
+
+
+def curriculum_report(curriculum: Curriculum, callback, sampler: DifficultySampler, trained: int, metrics) -> dict:
+    """results/sft/curriculum.json: the figures the report shows, every check's event, the sampler's schedule."""
+    train_seconds = metrics["train_seconds_this_run"]
+    return {
+        "enabled": True,
+        "config": dataclasses.asdict(curriculum),
+        **summary(curriculum, callback.progress),
+        "samples_per_difficulty": sampler.seen_per_difficulty(trained),
+        "eval_share_of_train_time": callback.eval_seconds_this_run / train_seconds if train_seconds else None,
+        "events": callback.progress.events,
+        "sampler": sampler.state(),
+        "stage_spans": stage_spans(callback.progress.events, curriculum.stages[0]["name"], metrics["global_step"]),
+    }
 
 
 def train_sft(
@@ -22,23 +144,32 @@ def train_sft(
     out_dir: str,
     metrics_path: str,
     curve_path: str,
+    curriculum_path: str,
     work_dir: str,
+    tracking_dir: str,
     train: dict[str, Any],
     lora: dict[str, Any] | None,
     eval_rows: int,
     seed: int,
+    curriculum: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`curriculum`: sft.curriculum (None: uniform sampling); `evaluation`: how its checks decode and verify
+    (task_options, max_new_tokens, batch_size)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(base_dir)
     model = load_model(base_dir)
-    train_rows = read_parquet(train_path)["token_row"].tolist()
-    val_rows = read_parquet(val_path)["token_row"].tolist()[:eval_rows]
+    train_split, val_split = read_parquet(train_path), read_parquet(val_path)
+    train_rows = train_split["token_row"].tolist()
+    val_rows = val_split["token_row"].tolist()[:eval_rows]
     train_examples, val_examples = read_token_rows(tokens_path, train_rows, val_rows)
     train_ds = Dataset.from_list(train_examples)
     val_ds = Dataset.from_list(val_examples) if val_rows else None
     settings = {"train": train, "lora": lora, "seed": seed, "eval_rows": eval_rows}
+    if curriculum:
+        settings.update(curriculum=curriculum, evaluation=evaluation)
     inputs = {"base model": base_dir, "train split": train_path, "val split": val_path, "tokens": tokens_path}
     ckpt = checkpoint_dir(work_dir, {**settings, "inputs": [file_digest(p) for p in inputs.values()]}, "sftdpo.sft")
     args = trainer_config(
@@ -52,20 +183,49 @@ def train_sft(
         packing=False,
         include_num_input_tokens_seen="non_padding",
     )
-    trainer = SFTTrainer(
+    plan = Curriculum.from_config(curriculum) if curriculum else None
+    sampler = callback = None
+    if plan:
+        difficulties = train_split["difficulty"].astype(str)
+        plan.check_difficulties(sorted(difficulties.unique()))
+        buckets = {d: rows.tolist() for d, rows in difficulties.groupby(difficulties).indices.items()}
+        drawn = train["max_steps"] * train["batch_size"] * train["grad_accum"] * args.world_size
+        sampler = DifficultySampler(buckets, plan.weights(0), seed=seed, num_samples=drawn)
+        checks = eval_subset(val_split, plan.eval_items, seed)
+
+        def measure(trained_model):
+            return val_accuracy(trained_model, tokenizer, checks, evaluation, seed)
+
+        callback = curriculum_callback(plan, sampler, measure)
+    trainer = curriculum_trainer(SFTTrainer)(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
         peft_config=lora_config(lora) if lora else None,
+        callbacks=[callback] if callback else None,
+        sampler=sampler,
     )
+    if callback:
+        callback.trainer = trainer
+        if len(trainer.train_dataset) != len(train_ds):  # the sampler's indices are rows of the train split
+            raise RuntimeError(f"SFTTrainer dropped train rows ({len(train_ds)} -> {len(trainer.train_dataset)})")
     log.info("SFT: %d train rows, %d val rows, %s", len(train_ds), len(val_rows), "LoRA" if lora else "full")
-    metrics = run_training(trainer, ckpt, out_dir, tokenizer, "sft", inputs=inputs, config=settings)
+    metrics = run_training(
+        trainer, ckpt, out_dir, tokenizer, "sft", inputs=inputs, config=settings, tracking_dir=tracking_dir
+    )
     metrics.update(n_train=len(train_ds), n_val=len(val_rows), lora=lora)
     evals = [h["eval_loss"] for h in metrics["log_history"] if "eval_loss" in h]
     metrics["final_eval_loss"] = evals[-1] if evals else None
     if metrics["train_seconds_this_run"] > 0:
         metrics["tokens_per_second"] = metrics["num_input_tokens_seen"] / metrics["train_seconds_this_run"]
-    write_metrics(metrics, metrics_path, curve_path, ["loss", "eval_loss"], "SFT loss")
+    report = {"enabled": False}
+    if plan:
+        trained = metrics["global_step"] * train["batch_size"] * train["grad_accum"] * args.world_size
+        report = curriculum_report(plan, callback, sampler, trained, metrics)
+        metrics["curriculum"] = {k: v for k, v in report.items() if k not in ("events", "sampler", "config")}
+    marks = {"stages": report.get("stage_spans"), "events": report.get("events")}
+    write_metrics(metrics, metrics_path, curve_path, ["loss", "eval_loss"], "SFT loss", **marks)
+    write_json(report, curriculum_path)
     return metrics

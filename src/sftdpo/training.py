@@ -8,7 +8,9 @@ final model is saved, so `--forcerun` retrains.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -52,6 +54,12 @@ def last_checkpoint(path: Path) -> str | None:
     return found
 
 
+def run_name(label: str, output_dir: Path) -> str:
+    """`<stage>-<8 hex digits>`: the digest is the run's checkpoint directory's (a hash of its settings, inputs and
+    code), so the tracker's run and the run's work/ directory name each other, and another config is another run."""
+    return f"{label}-{Path(output_dir).name[:8]}"
+
+
 def trainer_kwargs(train: dict[str, Any], output_dir: Path, seed: int, *, evaluate: bool) -> dict[str, Any]:
     """Arguments common to SFTConfig and DPOConfig, from a stage's `train` config block."""
     on_gpu = device() == "cuda"
@@ -72,7 +80,7 @@ def trainer_kwargs(train: dict[str, Any], output_dir: Path, seed: int, *, evalua
         use_cpu=not on_gpu,
         bf16=use_bf16(train["precision"]),
         activation_checkpointing=bool(train["activation_checkpointing"]),
-        report_to="none",
+        report_to=train["report_to"],
         dataloader_num_workers=0,
         disable_tqdm=False,
         max_length=train["max_length"],
@@ -107,7 +115,9 @@ def console_progress(label: str):
             self.first_step, self.started = state.global_step, time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or "train_loss" in (logs or {}):  # the run's summary record
+            logs = logs or {}
+            # The run's summary record, and records without a console figure (the curriculum's own).
+            if not state.is_world_process_zero or "train_loss" in logs or not any(k in logs for k in CONSOLE_KEYS):
                 return
             done = state.global_step - self.first_step
             rate = rate_and_eta(done, state.max_steps - self.first_step, time.monotonic() - self.started, "steps")
@@ -125,7 +135,12 @@ def trainer_config(config_class, key: str, train: dict[str, Any], output_dir: Pa
                    **stage: Any):  # fmt: skip
     """`config_class` (TRL's SFTConfig or DPOConfig) from the stage's `train` block, the stage's own arguments
     and `train.extra`: any other field of the class, checked against its fields (`key` names the block)."""
-    args = {**trainer_kwargs(train, output_dir, seed, evaluate=evaluate), **stage}
+    args = {
+        **trainer_kwargs(train, output_dir, seed, evaluate=evaluate),
+        "run_name": run_name(key.partition(".")[0], output_dir),
+        "project": "sftdpo",  # trackio's project
+        **stage,
+    }
     extra = train.get("extra") or {}
     check_extra(config_class, f"{key}.extra", extra, set(args))
     return config_class(**args, **extra)
@@ -148,11 +163,50 @@ def check_extra(config_class, key: str, extra: dict[str, Any], set_by_sftdpo: se
         raise ValueError(f"{key}: " + "; ".join(problems))
 
 
+# Where trackers keep their local files (under the run's tracking directory), unless the environment says otherwise.
+TRACKER_HOMES = {
+    "wandb": ("WANDB_DIR", lambda root: str(root)),
+    "mlflow": ("MLFLOW_TRACKING_URI", lambda root: (root / "mlruns").resolve().as_uri()),
+}
+
+
+@contextlib.contextmanager
+def tracking(trainer, tracking_dir: str):
+    """The trainer's trackers (`report_to`) write under `tracking_dir`: TensorBoard's event files in
+    `<tracking_dir>/<run name>/`, W&B's and MLflow's local stores beside them (WANDB_DIR and MLFLOW_TRACKING_URI
+    set by the user win). Yields the TensorBoard directory; the environment is restored afterwards."""
+    root = Path(tracking_dir)
+    board = root / trainer.args.run_name
+    for callback in trainer.callback_handler.callbacks:
+        if type(callback).__name__ == "TensorBoardCallback" and callback.logging_dir is None:
+            callback.logging_dir = str(board)  # read at train begin; the default is inside work/, deleted after
+    reporting = set(trainer.args.report_to or [])
+    saved = dict(os.environ)
+    for tracker, (variable, home) in TRACKER_HOMES.items():
+        if tracker in reporting and variable not in os.environ:
+            root.mkdir(parents=True, exist_ok=True)
+            os.environ[variable] = home(root)
+    try:
+        yield board
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def run_training(
-    trainer, ckpt_dir: Path, out_dir: str, tokenizer, label: str, *, inputs: dict[str, str], config: dict[str, Any]
+    trainer,
+    ckpt_dir: Path,
+    out_dir: str,
+    tokenizer,
+    label: str,
+    *,
+    inputs: dict[str, str],
+    config: dict[str, Any],
+    tracking_dir: str,
 ) -> dict[str, Any]:
     """Train (resuming if a checkpoint exists), then save model + tokenizer + a model card atomically.
-    `inputs` (name -> path) and `config` (the stage's settings) go into the card."""
+    `inputs` (name -> path) and `config` (the stage's settings) go into the card; trackers write under
+    `tracking_dir`."""
     import torch
     from transformers import ProgressCallback
 
@@ -162,7 +216,8 @@ def run_training(
     trainer.add_callback(console_log)
     resume = last_checkpoint(ckpt_dir)
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    with tracking(trainer, tracking_dir):
+        result = trainer.train(resume_from_checkpoint=resume)
     elapsed = time.time() - started
     state = trainer.state
     with atomic_path(out_dir) as tmp:
@@ -182,6 +237,8 @@ def run_training(
         # The numerics depend on it (reduction order); sftdpo.runner sets it from <stage>.resources.threads.
         "torch_threads": torch.get_num_threads(),
         "log_history": state.log_history,
+        "run_name": trainer.args.run_name,
+        "report_to": [r for r in trainer.args.report_to or [] if r != "none"],
     }
 
 
@@ -202,6 +259,9 @@ def training_card(label: str, model_dir: Path, inputs: dict[str, str], figures: 
     )
 
 
-def write_metrics(metrics: dict[str, Any], metrics_path: str, curve_path: str, curve_keys: list[str], title: str):
-    plot_curve(metrics["log_history"], curve_keys, curve_path, title)
+def write_metrics(
+    metrics: dict[str, Any], metrics_path: str, curve_path: str, curve_keys: list[str], title: str, **marks: Any
+):
+    """metrics.json and the loss curve; `marks`: what plot_curve draws on it (a curriculum's stages and events)."""
+    plot_curve(metrics["log_history"], curve_keys, curve_path, title, **marks)
     write_json(metrics, metrics_path)

@@ -26,6 +26,7 @@ run(
             "validation": i.validation,
             "split": i.split,
             "sft": i.sft,
+            "curriculum": i.curriculum,
             "preferences": i.preferences,
         },
         summary_path=o.summary,

@@ -22,10 +22,14 @@ kwargs = dict(
     out_dir=o.model,
     metrics_path=o.metrics,
     curve_path=o.curve,
+    curriculum_path=o.curriculum,
     work_dir=p.work_dir,
+    tracking_dir=p.tracking_dir,
     train=p.train,
     lora=p.lora,
     eval_rows=p.eval_rows,
+    curriculum=p.curriculum,
+    evaluation=p.evaluation,
     seed=p.seed,
 )
 run(

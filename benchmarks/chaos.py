@@ -37,10 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from readme_table import replace_table  # noqa: E402
+
 from sftdpo.io import content_digest, read_json, read_parquet  # noqa: E402
 
 SNAKEMAKE = str(ROOT / ".venv/bin/snakemake")
 SAVED = ROOT / "benchmarks/results/chaos.json"
+TABLE = ("chaos-table", "benchmarks/chaos.py --save")  # the README table's marker name and command
 # Tables whose rows are one id each (rollouts and pairs have k samples / several pairs a prompt).
 KEYED_BY_ID = ["demos/validated.parquet", "data/chat.parquet", "data/train.parquet", "data/val.parquet",
                "data/test.parquet", "eval/base.parquet", "eval/sft.parquet", "eval/dpo.parquet"]  # fmt: skip
@@ -65,20 +68,21 @@ def run_to_end(workdir: Path, config: Path, timeline: list | None = None) -> flo
     return time.perf_counter() - start
 
 
-def kill_moments(timeline: list[tuple[float, list[str]]], n: int, seed: int) -> list[tuple[str, float]]:
-    """n (rule, seconds into that rule's job) pairs: moments drawn uniformly over the reference run's jobs, in
-    the order they happened. A moment is named by the job it hits, not by a wall time: a resumed run skips what
-    was done, so only the job and how far into it are comparable."""
+def kill_moments(timeline: list[tuple[float, list[str]]], n: int, seed: int) -> list[tuple[str, float, set[str]]]:
+    """n (rule, seconds into that rule's job, rules that start later) moments drawn uniformly over the reference
+    run's busy time, in the order they happened. A moment is named by the job it hits, not by a wall time: a
+    resumed run skips what was done, so only the job and how far into it are comparable."""
     rng = random.Random(seed)
-    busy, stretch_start, previous = [], {}, set()
+    busy, stretch_start, first_seen, previous = [], {}, {}, set()
     for t, jobs in timeline:
         for job in set(jobs) - previous:  # a job of this rule (re)appeared: its time counts from here
             stretch_start[job] = t
+            first_seen.setdefault(job, t)
         previous = set(jobs)
         if jobs:
             busy.append((t, jobs[0], round(t - stretch_start[jobs[0]], 1)))
-    moments = [(job, offset) for _, job, offset in sorted(rng.sample(busy, min(n, len(busy))))]
-    return moments
+    return [(job, offset, {r for r, t0 in first_seen.items() if t0 > t})
+            for t, job, offset in sorted(rng.sample(busy, min(n, len(busy))))]  # fmt: skip
 
 
 def running_jobs(pgid: int) -> list[str]:
@@ -88,15 +92,19 @@ def running_jobs(pgid: int) -> list[str]:
                   if line.split(None, 1)[0] == str(pgid) and SCRIPT.search(line))  # fmt: skip
 
 
-def kill_once(workdir: Path, config: Path, rule: str, offset: float, timeout: float) -> dict:
-    """Start the run, SIGKILL its process group once `rule`'s job has run `offset` s, then `--unlock`."""
+def kill_once(workdir: Path, config: Path, rule: str, offset: float, later: set[str], timeout: float) -> dict:
+    """Start the run and SIGKILL its process group once `rule`'s job has run `offset` s, then `--unlock`. A resumed
+    job can be shorter than the offset and the run can be past the rule already: then the kill comes as soon as
+    the rule's job ends or a rule that starts later in the reference runs (whatever runs then is hit)."""
     proc = subprocess.Popen(command(config), cwd=workdir, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    started, since = time.monotonic(), None
+    started, since, seen = time.monotonic(), None, False
     while proc.poll() is None and time.monotonic() - started < timeout:
         jobs = running_jobs(proc.pid)
         since = (since or time.monotonic()) if rule in jobs else None
-        if since is not None and time.monotonic() - since >= offset:
+        seen = seen or rule in jobs
+        on_time = since is not None and time.monotonic() - since >= offset
+        if on_time or (jobs and (seen and rule not in jobs or set(jobs) & later)):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             unlock = subprocess.run([*command(config), "--unlock"], cwd=workdir, capture_output=True, text=True)
@@ -137,6 +145,19 @@ def verdict(reference: Path, campaign: Path) -> dict[str, list[str]]:
     return out
 
 
+def render(record: dict) -> str:
+    """The README's table of a saved campaign."""
+    lines = ["| kill | job hit, s into it | jobs running | recovery |", "|---|---|---|---|"]
+    for i, row in enumerate(record["kills"], 1):
+        lines.append(f"| {i} | {row['rule']}, {row['offset']} | {', '.join(row['jobs']) or '-'} | {row['recovery']} |")
+    checks = "; ".join(f"{check}: {'ok' if not problems else ', '.join(problems)}"
+                       for check, problems in record["verdict"].items())  # fmt: skip
+    lines += ["", f"Verdict after {len(record['kills'])} kills (seed {record['seed']}, config {record['config']}, "
+              f"reference run {record['reference_wall']:.0f} s): "
+              f"**{'recovered identical' if record['identical'] else 'DIFFERENT'}** ({checks})."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20)
@@ -144,8 +165,12 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "tests/config/tiny.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/chaos")
     parser.add_argument("--reference", type=Path, help="a finished run of the same config (skips step 1)")
-    parser.add_argument("--save", action="store_true")
+    parser.add_argument("--save", action="store_true", help="keep the record and rewrite the README table")
+    parser.add_argument("--readme", action="store_true", help="only rewrite the README table from the saved record")
     args = parser.parse_args()
+    if args.readme:
+        replace_table(TABLE[0], render(json.loads(SAVED.read_text())), TABLE[1])
+        return 0
     config = args.config.resolve()
     reference = args.reference or args.out / "reference"
     timeline_path = reference / "timeline.json"
@@ -164,8 +189,8 @@ def main() -> int:
     campaign.mkdir(parents=True)
     rows = []
     print("| kill | job hit, s into it | jobs running | run started s before | recovery |\n|---|---|---|---|---|")
-    for i, (rule, offset) in enumerate(kill_moments(recorded["timeline"], args.kills, args.seed)):
-        row = kill_once(campaign, config, rule, offset, timeout=2 * recorded["wall"])
+    for i, (rule, offset, later) in enumerate(kill_moments(recorded["timeline"], args.kills, args.seed)):
+        row = kill_once(campaign, config, rule, offset, later, timeout=2 * recorded["wall"])
         rows.append(row)
         print(f"| {i + 1} | {rule}, {offset} | {', '.join(row['jobs']) or '-'} | {row['after']} | {row['recovery']} |",
               flush=True)  # fmt: skip
@@ -182,6 +207,7 @@ def main() -> int:
         record = {"seed": args.seed, "config": where, "reference_wall": recorded["wall"], "kills": rows,
                   "verdict": found, "identical": ok}  # fmt: skip
         SAVED.write_text(json.dumps(record, indent=1) + "\n")
+        replace_table(TABLE[0], render(record), TABLE[1])
     return 0 if ok else 1
 
 

@@ -38,3 +38,12 @@ def test_readme_data_stages_table_matches_the_saved_figures():
     record = json.loads(data_stages.SAVED.read_text())
     assert {size["rows"] for size in record["sizes"]} >= {100_000}
     assert current_table(*data_stages.TABLE) == data_stages.render(record)
+
+
+def test_readme_chaos_table_matches_the_saved_campaign():
+    spec = importlib.util.spec_from_file_location("chaos", ROOT / "benchmarks/chaos.py")
+    chaos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chaos)
+    record = json.loads(chaos.SAVED.read_text())
+    assert len(record["kills"]) >= 10 and record["identical"]
+    assert current_table(*chaos.TABLE) == chaos.render(record)

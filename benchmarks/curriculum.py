@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/curriculum.py                     # both runs, then the table
     .venv/bin/python benchmarks/curriculum.py --report --save     # only read finished runs; save the figures
-    .venv/bin/python benchmarks/curriculum.py --name mixed --configfile benchmarks/results/curriculum/mixed.yaml
+    .venv/bin/python benchmarks/curriculum.py --name static --configfile benchmarks/results/curriculum/static.yaml
 
 The uniform run builds the default DAG up to SFT's test evaluation (`results/eval/sft.parquet`) in
 benchmarks/runs/curriculum/uniform/; the curriculum run is a copy of it with `--configfile` overlays (default
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/runs/curriculum")
     parser.add_argument("--configfile", nargs="*", default=["config/examples/curriculum.yaml"],
                         help="overlays of the curriculum run (paths relative to the repository)")  # fmt: skip
-    parser.add_argument("--name", default="curriculum", help="the curriculum run's directory and saved figures")
+    parser.add_argument("--name", default="example", help="the curriculum run's directory and saved figures")
     parser.add_argument("--report", action="store_true", help="only read finished runs")
     parser.add_argument("--save", action="store_true", help=f"write {SAVED.relative_to(ROOT)}/<name>.json")
     parser.add_argument("--bootstrap-samples", type=int, default=10_000)

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/curriculum.py                     # both runs, then the table
     .venv/bin/python benchmarks/curriculum.py --report --save     # only read finished runs; save the figures
-    .venv/bin/python benchmarks/curriculum.py --name mixed --configfile benchmarks/results/curriculum/mixed.yaml
+    .venv/bin/python benchmarks/curriculum.py --name static --configfile benchmarks/results/curriculum/static.yaml
 
 The uniform run builds the default DAG up to SFT's test evaluation (`results/eval/sft.parquet`) in
 benchmarks/runs/curriculum/uniform/; the curriculum run is a copy of it with `--configfile` overlays (default
@@ -29,17 +29,17 @@ TARGET = "results/eval/sft.parquet"
 SAVED = ROOT / "benchmarks/results/curriculum"
 
 
-def build(workdir: Path, configfiles: list[str]) -> float:
+def build(workdir: Path, configfiles: list[str], seed: int) -> float:
     """Run the DAG up to SFT's test evaluation in `workdir`; returns the wall seconds."""
     extra = ["--configfile", *configfiles] if configfiles else []
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-c2", TARGET, *extra]
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-c2", TARGET, *extra, "--config", f"seed={seed}"]
     start = time.perf_counter()
     with open(workdir / "snakemake.log", "a") as log:
         subprocess.run(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, check=True)
     return time.perf_counter() - start
 
 
-def compare(out: Path, name: str, configfiles: list[str], n_samples: int) -> dict:
+def compare(out: Path, name: str, configfiles: list[str], seed: int, n_samples: int) -> dict:
     from sftdpo.io import read_parquet
     from sftdpo.report import paired_bootstrap
 
@@ -58,6 +58,7 @@ def compare(out: Path, name: str, configfiles: list[str], n_samples: int) -> dic
     schedule = json.loads((runs["curriculum"] / "results/sft/curriculum.json").read_text())
     return {
         "name": name,
+        "seed": seed,
         "configfiles": configfiles,
         "rows": rows,
         "train_seconds": {name: m["train_seconds_this_run"] for name, m in metrics.items()},
@@ -79,7 +80,8 @@ def render(result: dict) -> str:
     events = ", ".join(f"{e['step']} {e['action']}→{e['stage']} ({e['performance']:.3f})" for e in c["events"])
     lines += [
         "",
-        f"SFT {result['steps']['uniform']} steps each, seed 0. SFT time: uniform {seconds['uniform']:.0f} s, "
+        f"SFT {result['steps']['uniform']} steps each, seed {result.get('seed', 0)}. "
+        f"SFT time: uniform {seconds['uniform']:.0f} s, "
         f"curriculum {seconds['curriculum']:.0f} s, of which the checks' evaluation {c['eval_seconds']:.0f} s "
         f"({c['eval_share_of_train_time']:.1%}). Curriculum: final stage {c['final_stage']}, {c['rollbacks']} "
         f"rollbacks, samples per difficulty {c['samples_per_difficulty']}; checks (step, action, val accuracy): "
@@ -93,25 +95,29 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/runs/curriculum")
     parser.add_argument("--configfile", nargs="*", default=["config/examples/curriculum.yaml"],
                         help="overlays of the curriculum run (paths relative to the repository)")  # fmt: skip
-    parser.add_argument("--name", default="curriculum", help="the curriculum run's directory and saved figures")
+    parser.add_argument("--name", default="example", help="the curriculum run's directory and saved figures")
     parser.add_argument("--report", action="store_true", help="only read finished runs")
     parser.add_argument("--save", action="store_true", help=f"write {SAVED.relative_to(ROOT)}/<name>.json")
     parser.add_argument("--bootstrap-samples", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0, help="the runs' seed; another seed runs in <out>/seed-<seed>/")
     args = parser.parse_args()
+    if args.seed:
+        args.out = args.out / f"seed-{args.seed}"
     overlays = [str(ROOT / c) for c in args.configfile]
     if not args.report:
         uniform = args.out / "uniform"
         uniform.mkdir(parents=True, exist_ok=True)
-        print(f"uniform: {build(uniform, []):.0f} s", flush=True)
+        print(f"uniform: {build(uniform, [], args.seed):.0f} s", flush=True)
         curriculum = args.out / args.name
         if not curriculum.exists():  # the same data and base model: only SFT and its evaluation rerun
             shutil.copytree(uniform, curriculum, symlinks=True)
-        print(f"curriculum: {build(curriculum, overlays):.0f} s", flush=True)
-    result = compare(args.out, args.name, args.configfile, args.bootstrap_samples)
+        print(f"curriculum: {build(curriculum, overlays, args.seed):.0f} s", flush=True)
+    result = compare(args.out, args.name, args.configfile, args.seed, args.bootstrap_samples)
     print(render(result))
     if args.save:
         SAVED.mkdir(parents=True, exist_ok=True)
-        (SAVED / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        saved = f"{args.name}-seed{args.seed}" if args.seed else args.name
+        (SAVED / f"{saved}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -51,10 +51,10 @@ def val_accuracy(model, tokenizer, items: pd.DataFrame, evaluation: dict[str, An
         model.eval()
         rows = greedy_verdicts(model, tokenizer, items, seed=seed, desc="curriculum check", **evaluation)
         model.train(training)
-    correct = pd.DataFrame(rows).groupby("difficulty")["correct"]
+    verdicts = pd.DataFrame(rows)
     return {
-        "performance": float(pd.DataFrame(rows)["correct"].mean()),
-        "by_difficulty": {str(d): float(v) for d, v in correct.mean().items()},
+        "performance": float(verdicts["correct"].mean()),
+        "by_difficulty": {str(d): float(v) for d, v in verdicts.groupby("difficulty")["correct"].mean().items()},
         "eval_seconds": time.monotonic() - started,
     }
 
@@ -117,7 +117,7 @@ def tracker_scalars(event: dict[str, Any], stage: int) -> dict[str, float]:
 
 def eval_subset(val: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """The fixed val items of every check: a seeded sample of `n` (in split order)."""
-    return val.sample(n=min(n, len(val)), random_state=seed).sort_index() if n < len(val) else val
+    return val.sample(n=n, random_state=seed).sort_index() if n < len(val) else val
 
 
 def curriculum_report(curriculum: Curriculum, callback, sampler: DifficultySampler, trained: int, metrics) -> dict:

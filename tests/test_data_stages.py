@@ -69,3 +69,20 @@ def test_convert_writes_ids_attention_and_loss_masks(tmp_path):
         assert row.messages[-1]["content"] == row.completion[0]["content"]
     assert report["overlength"] == [] or all(o["n_tokens"] > 40 for o in report["overlength"])
     assert len(chat) + len(report["overlength"]) == 20
+
+
+def test_a_block_of_multi_turn_conversations_only_is_tokenized(tmp_path):
+    """No single-turn conversation in a block: the batched path is skipped, every assistant turn is masked."""
+    from sftdpo.chat import assistant_token_mask
+    from sftdpo.convert import tokenize_conversations
+
+    task = get_task("arithmetic")
+    tokenizer = load_tokenizer(scratch_base_model(tmp_path / "base", task, task.problems(60, seed=0)))
+    turns = [{"role": "user", "content": "What is 1+1?"}, {"role": "assistant", "content": "1+1=2\n#### 2"}]
+    conversation = {"prompt": [*turns, {"role": "user", "content": "What is 2+2?"}],
+                    "completion": [{"role": "assistant", "content": "2+2=4\n#### 4"}]}  # fmt: skip
+    ids, masks = tokenize_conversations(tokenizer, [conversation, conversation])
+    expected = assistant_token_mask(tokenizer, conversation["prompt"] + conversation["completion"])
+    assert (ids[0], masks[0]) == (ids[1], masks[1]) == expected
+    first_answer = tokenizer.apply_chat_template(turns)["input_ids"]
+    assert sum(masks[0][: len(first_answer)]) > 0 and sum(masks[0][len(first_answer) :]) > 0  # both turns

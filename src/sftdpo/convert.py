@@ -43,11 +43,14 @@ def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> t
     batched `apply_chat_template` call each for the prompts and the whole conversations, so their ids are exactly
     those of one conversation at a time; those with earlier assistant turns through `assistant_token_mask`."""
     single = [i for i, c in enumerate(conversations) if all(m["role"] != "assistant" for m in c["prompt"])]
-    prompts = tokenizer.apply_chat_template([conversations[i]["prompt"] for i in single], add_generation_prompt=True)
-    fulls = tokenizer.apply_chat_template([conversations[i]["prompt"] + conversations[i]["completion"] for i in single])
     ids: list[list[int]] = [[] for _ in conversations]
     masks: list[list[int]] = [[] for _ in conversations]
-    for i, prompt, full in zip(single, prompts["input_ids"] if single else [], fulls["input_ids"] if single else []):
+    prompts = fulls = []  # apply_chat_template refuses an empty batch (a block of multi-turn imports only)
+    if single:
+        batch = [conversations[i] for i in single]
+        prompts = tokenizer.apply_chat_template([c["prompt"] for c in batch], add_generation_prompt=True)["input_ids"]
+        fulls = tokenizer.apply_chat_template([c["prompt"] + c["completion"] for c in batch])["input_ids"]
+    for i, prompt, full in zip(single, prompts, fulls):
         if full[: len(prompt)] != prompt:
             raise ValueError(
                 "the tokenizer's chat template is not prefix-consistent: template(prompt, "

@@ -6,6 +6,7 @@ rule evaluate:
     input:
         model=stage_model,
         split="results/data/test.parquet",
+        conversion="results/data/convert.json",
     output:
         "results/eval/{stage}.parquet",
     log:
@@ -34,6 +35,7 @@ use rule evaluate as evaluate_val with:
     input:
         model=stage_model,
         split="results/data/val.parquet",
+        conversion="results/data/convert.json",
     output:
         "results/eval/val/{stage}.parquet",
     log:

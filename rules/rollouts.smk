@@ -7,6 +7,7 @@ rule rollouts:
         model="results/sft/model",
         train="results/data/train.parquet",
         val="results/data/val.parquet",
+        conversion="results/data/convert.json",
     output:
         "results/rollouts/shards/{shard}.parquet",
     log:
@@ -88,6 +89,7 @@ use rule rollouts as rollouts_round with:
         model=previous_round_model,
         train="results/data/train.parquet",
         val="results/data/val.parquet",
+        conversion="results/data/convert.json",
     output:
         "results/rollouts/round{round}/shards/{shard}.parquet",
     log:

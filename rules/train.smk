@@ -8,6 +8,7 @@ rule sft:
         train="results/data/train.parquet",
         val="results/data/val.parquet",
         tokens="results/data/tokens.h5",
+        conversion="results/data/convert.json",
     output:
         model=directory("results/sft/model"),
         metrics="results/sft/metrics.json",
@@ -49,6 +50,7 @@ rule dpo:
     input:
         model="results/sft/model",
         pairs="results/prefs/pairs.parquet",
+        conversion="results/data/convert.json",
     output:
         model=directory("results/dpo/adapter"),
         metrics="results/dpo/metrics.json",
@@ -97,6 +99,7 @@ use rule dpo as dpo_round with:
     input:
         model=previous_round_model,
         pairs="results/prefs/round{round}/pairs.parquet",
+        conversion="results/data/convert.json",
     output:
         model=directory("results/dpo/round{round}/adapter"),
         metrics="results/dpo/round{round}/metrics.json",

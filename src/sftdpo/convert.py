@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from sftdpo.chat import assistant_token_mask, chat_messages, demo_context
 from sftdpo.io import atomic_path, read_parquet, write_json
-from sftdpo.modeling import load_tokenizer, tokenizer_hash
+from sftdpo.modeling import load_tokenizer, rendering, tokenizer_hash
 from sftdpo.tables import TokenWriter
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,8 @@ def convert(
         "kept_by_difficulty": {str(k): int(v) for k, v in sorted(kept_by_difficulty.items())},
         "gates": gates or {},
         "tokenizer_hash": digest,
+        # What sft, rollouts, dpo and evaluate check their model's tokenizer against (modeling.check_rendering).
+        "rendering": rendering(tokenizer),
         "system_prompt": system_prompt,
         "multi_turn_rows": multi_turn,
     }

@@ -29,7 +29,7 @@ import pandas as pd
 
 from sftdpo.config_checks import DPO_NOT_IN_TRL, DPO_OWN_LOSSES, loss_problems
 from sftdpo.io import file_digest, read_parquet, write_json
-from sftdpo.modeling import load_model, load_tokenizer
+from sftdpo.modeling import check_rendering, load_model, load_tokenizer
 from sftdpo.plots import plot_panels
 from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_config
 
@@ -204,12 +204,15 @@ def train_dpo(
     dpop_lambda: float,
     lora: dict[str, Any] | None,
     seed: int,
+    conversion_path: str | None = None,
 ) -> dict[str, Any]:
+    """`conversion_path`: convert.json, whose tokenizer rendering the SFT model's must match (None: no check)."""
     from datasets import Dataset
     from trl import DPOConfig
 
     own_losses = uses_own_losses(loss_type, loss_weights)
     tokenizer = load_tokenizer(sft_dir)
+    check_rendering(tokenizer, sft_dir, conversion_path)
     model = load_model(sft_dir, trainable_adapter=True)
     pairs = read_parquet(pairs_path)
     # Pairs without a `split` column (made elsewhere) are all training pairs.

@@ -9,6 +9,7 @@ import pandas as pd
 
 from sftdpo.generation import greedy_verdicts, load_for_inference
 from sftdpo.io import read_parquet, write_parquet
+from sftdpo.modeling import check_rendering
 from sftdpo.progress import Progress
 from sftdpo.tables import EVAL_COLUMNS
 
@@ -25,9 +26,12 @@ def evaluate(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
+    conversion_path: str | None = None,
 ) -> pd.DataFrame:
+    """`conversion_path`: convert.json, whose tokenizer rendering the model's must match (None: no check)."""
     test = read_parquet(items_path)
     model, tokenizer = load_for_inference(model_dir)
+    check_rendering(tokenizer, model_dir, conversion_path)
     progress = Progress(f"evaluate {stage}", len(test), unit="items")
     rows = greedy_verdicts(
         model, tokenizer, test, task_options=task_options, max_new_tokens=max_new_tokens, batch_size=batch_size,

@@ -223,13 +223,59 @@ def hub_tokenizer(name_or_path: str, trust_remote_code: bool):
     return tokenizer
 
 
-def tokenizer_hash(tokenizer) -> str:
+def _digest(value: Any) -> str:
     import hashlib
 
-    state = json.dumps(
-        {"vocab": sorted(tokenizer.get_vocab().items()), "template": tokenizer.chat_template}, sort_keys=True
-    )
-    return hashlib.sha256(state.encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tokenizer_hash(tokenizer) -> str:
+    return _digest({"vocab": sorted(tokenizer.get_vocab().items()), "template": tokenizer.chat_template})
+
+
+# A prompt every stage renders to compare with what convert rendered: its text shows the generation prompt too.
+RENDERING_PROBE = [{"role": "user", "content": "What is 2 + 3?"}]
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+def rendering(tokenizer) -> dict[str, Any]:
+    """How a tokenizer turns prompts into tokens: convert records it (convert.json `rendering`) and every stage
+    that loads a model checks its tokenizer against it (`check_rendering`)."""
+    return {
+        "tokenizer_hash": tokenizer_hash(tokenizer),
+        "vocab_digest": _digest(sorted(tokenizer.get_vocab().items())),
+        "chat_template_digest": _digest(tokenizer.chat_template),
+        "special_tokens": {name: getattr(tokenizer, name, None) for name in SPECIAL_TOKEN_NAMES},
+        "generation_prompt": tokenizer.apply_chat_template(RENDERING_PROBE, add_generation_prompt=True, tokenize=False),
+    }
+
+
+class RenderingMismatch(RuntimeError):
+    """A model's tokenizer renders prompts differently from the one the training data was converted with."""
+
+
+def check_rendering(tokenizer, model_dir: str, conversion_path: str | None) -> None:
+    """Stop when `model_dir`'s tokenizer (chat template, vocabulary, special tokens, generation prompt) differs
+    from the one convert used (`conversion_path`: convert.json; None: no check, for library callers)."""
+    if conversion_path is None:
+        return
+    expected = json.loads(Path(conversion_path).read_text()).get("rendering")
+    if expected is None:
+        raise RenderingMismatch(f"{conversion_path} has no `rendering` record: rerun convert (--forcerun convert)")
+    found = rendering(tokenizer)
+    differences = [
+        f"{key}: {found[key]!r} in {model_dir}, {expected.get(key)!r} at conversion"
+        for key in ("chat_template_digest", "vocab_digest", "special_tokens", "generation_prompt")
+        if found[key] != expected.get(key)
+    ]
+    if differences:
+        raise RenderingMismatch(
+            f"{model_dir} renders prompts differently from the tokenizer the data was converted with "
+            f"({conversion_path}): tokenizer digest {found['tokenizer_hash']} here, {expected['tokenizer_hash']} "
+            "at conversion.\n  " + "\n  ".join(differences) + "\nRestore that directory's tokenizer files or "
+            "rebuild it (`snakemake --forcerun <its rule>`); to change the template on purpose, set "
+            "model.chat_template, so that base_model, convert and every later stage rerun with it."
+        )
 
 
 def load_tokenizer(model_dir: str):

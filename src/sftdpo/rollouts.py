@@ -20,6 +20,7 @@ from sftdpo.chat import with_user_text
 from sftdpo.generation import generate, generate_vllm, load_for_inference, vllm_available
 from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import ShardProgress, file_digest, read_parquet, resume_dir, write_parquet
+from sftdpo.modeling import check_rendering, load_tokenizer
 from sftdpo.progress import Progress
 from sftdpo.tables import ROLLOUT_COLUMNS
 from sftdpo.tasks import get_task
@@ -58,8 +59,10 @@ def rollout_shard(
     backend: str,
     task_options: dict[str, dict[str, Any]],
     seed: int,
+    conversion_path: str | None = None,
 ) -> pd.DataFrame:
-    """Write shard `shard` of `n_shards` of the rollouts to `out_path`.
+    """Write shard `shard` of `n_shards` of the rollouts to `out_path`; `conversion_path`: convert.json, whose
+    tokenizer rendering the model's must match (None: no check).
 
     Samples are recorded batch by batch in `<work_dir>/<hash of arguments, inputs, code>/<shard>.jsonl`;
     each batch is seeded by its position, so a resumed shard equals an uninterrupted one.
@@ -108,6 +111,8 @@ def rollout_shard(
     todo = [it for it in items if not done(it)]
     log.info("rollouts shard %d/%d: %d prompt variants, %d to do, k=%d", shard, n_shards, len(items), len(todo), k)
     console = Progress(f"rollouts shard {shard}", len(items), unit="prompts", resumed=len(items) - len(todo))
+    if conversion_path:  # vLLM loads its own tokenizer from the same directory
+        check_rendering(load_tokenizer(model_dir), model_dir, conversion_path)
     use_vllm = backend == "vllm" or (backend == "auto" and vllm_available())
     model = tokenizer = None
     if todo and not use_vllm:

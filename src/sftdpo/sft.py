@@ -18,7 +18,7 @@ import pandas as pd
 from sftdpo.curriculum import Curriculum, CurriculumState, DifficultySampler, decide, due, stage_spans, summary
 from sftdpo.generation import greedy_verdicts
 from sftdpo.io import file_digest, read_parquet, write_json
-from sftdpo.modeling import load_model, load_tokenizer
+from sftdpo.modeling import check_rendering, load_model, load_tokenizer
 from sftdpo.progress import console
 from sftdpo.tables import read_token_rows
 from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_config, write_metrics
@@ -153,13 +153,16 @@ def train_sft(
     seed: int,
     curriculum: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
+    conversion_path: str | None = None,
 ) -> dict[str, Any]:
     """`curriculum`: sft.curriculum (None: uniform sampling); `evaluation`: how its checks decode and verify
-    (task_options, max_new_tokens, batch_size)."""
+    (task_options, max_new_tokens, batch_size); `conversion_path`: convert.json, whose tokenizer rendering the
+    base model's must match (None: no check)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(base_dir)
+    check_rendering(tokenizer, base_dir, conversion_path)
     model = load_model(base_dir)
     train_split, val_split = read_parquet(train_path), read_parquet(val_path)
     train_rows = train_split["token_row"].tolist()

@@ -21,6 +21,7 @@ kwargs = dict(
     out_dir=o.model,
     metrics_path=o.metrics,
     curve_path=o.curve,
+    conversion_path=i.conversion,
     **settings,
 )
 run(

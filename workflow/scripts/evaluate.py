@@ -23,5 +23,6 @@ run(
         max_new_tokens=p.max_new_tokens,
         batch_size=p.batch_size,
         seed=p.seed,
+        conversion_path=sm.input.conversion,
     ),
 )

@@ -30,5 +30,6 @@ run(
         backend=p.backend,
         task_options=p.task_options,
         seed=p.seed,
+        conversion_path=i.conversion,
     ),
 )

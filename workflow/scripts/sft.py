@@ -31,6 +31,7 @@ kwargs = dict(
     curriculum=p.curriculum,
     evaluation=p.evaluation,
     seed=p.seed,
+    conversion_path=i.conversion,
 )
 run(
     sm,

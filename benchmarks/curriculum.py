@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/curriculum.py                     # both runs, then the table
     .venv/bin/python benchmarks/curriculum.py --report --save     # only read finished runs; save the figures
     .venv/bin/python benchmarks/curriculum.py --name static --configfile benchmarks/results/curriculum/static.yaml
+    .venv/bin/python benchmarks/curriculum.py --gsm8k                 # the GSM8K import with the scratch model
 
 The uniform run builds the default DAG up to SFT's test evaluation (`results/eval/sft.parquet`) in
 benchmarks/runs/curriculum/uniform/; the curriculum run is a copy of it with `--configfile` overlays (default
@@ -10,6 +11,9 @@ config/examples/curriculum.yaml) in benchmarks/runs/curriculum/<name>/, so only 
 The table: test accuracy overall and per difficulty of each run, curriculum − uniform with its paired-bootstrap
 95% CI over the same test items, SFT's training seconds, and the checks' evaluation seconds as a share of the
 curriculum run's SFT time. `--save` writes benchmarks/results/curriculum/<name>.json (the table: `--report`).
+`--gsm8k` runs both on the GSM8K train file imported with the scratch model (overlay
+benchmarks/results/curriculum/gsm8k-scratch.yaml, data/gsm8k linked to ../shared/datasets/gsm8k) in <out>/gsm8k/,
+with gsm8k-curriculum.yaml as the curriculum.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TARGET = "results/eval/sft.parquet"
 SAVED = ROOT / "benchmarks/results/curriculum"
+GSM8K = ROOT.parent / "shared" / "datasets" / "gsm8k"
 
 
 def build(workdir: Path, configfiles: list[str], seed: int) -> float:
@@ -99,15 +104,25 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only read finished runs")
     parser.add_argument("--save", action="store_true", help=f"write {SAVED.relative_to(ROOT)}/<name>.json")
     parser.add_argument("--bootstrap-samples", type=int, default=10_000)
+    parser.add_argument("--gsm8k", action="store_true", help="both runs on the GSM8K import (scratch model)")
     parser.add_argument("--seed", type=int, default=0, help="the runs' seed; another seed runs in <out>/seed-<seed>/")
     args = parser.parse_args()
+    base: list[str] = []  # overlays of both runs
+    if args.gsm8k:
+        args.out, args.name = args.out / "gsm8k", "gsm8k" if args.name == "example" else args.name
+        base = [str(SAVED / "gsm8k-scratch.yaml")]
+        if args.configfile == parser.get_default("configfile"):
+            args.configfile = [str((SAVED / "gsm8k-curriculum.yaml").relative_to(ROOT))]
     if args.seed:
         args.out = args.out / f"seed-{args.seed}"
-    overlays = [str(ROOT / c) for c in args.configfile]
+    overlays = base + [str(ROOT / c) for c in args.configfile]
     if not args.report:
         uniform = args.out / "uniform"
         uniform.mkdir(parents=True, exist_ok=True)
-        print(f"uniform: {build(uniform, [], args.seed):.0f} s", flush=True)
+        if args.gsm8k and not (uniform / "data" / "gsm8k").exists():
+            (uniform / "data").mkdir(exist_ok=True)
+            (uniform / "data" / "gsm8k").symlink_to(GSM8K)
+        print(f"uniform: {build(uniform, base, args.seed):.0f} s", flush=True)
         curriculum = args.out / args.name
         if not curriculum.exists():  # the same data and base model: only SFT and its evaluation rerun
             shutil.copytree(uniform, curriculum, symlinks=True)
@@ -117,6 +132,7 @@ def main() -> None:
     if args.save:
         SAVED.mkdir(parents=True, exist_ok=True)
         saved = f"{args.name}-seed{args.seed}" if args.seed else args.name
+        result["base_configfiles"] = [str(Path(c).relative_to(ROOT)) for c in base]
         (SAVED / f"{saved}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

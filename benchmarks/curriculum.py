@@ -32,6 +32,7 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TARGET = "results/eval/sft.parquet"
 SAVED = ROOT / "benchmarks/results/curriculum"
 GSM8K = ROOT.parent / "shared" / "datasets" / "gsm8k"
+TABLE = ("curriculum-table", "benchmarks/curriculum.py --readme")  # the README table's marker name and command
 
 
 def build(workdir: Path, configfiles: list[str], seed: int) -> float:
@@ -95,6 +96,34 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def saved_results() -> list[dict]:
+    """Every saved comparison, default-task runs first (by curriculum, then seed), GSM8K last."""
+    results = [json.loads(path.read_text()) for path in SAVED.glob("*.json")]
+    return sorted(results, key=lambda r: (bool(r.get("base_configfiles")), r["name"], r.get("seed", 0)))
+
+
+def readme_table(results: list[dict]) -> str:
+    """The README's table: one row per saved comparison (curriculum, data, seed)."""
+    lines = [
+        "| curriculum | data | seed | test items | uniform | curriculum | curriculum − uniform (95% CI) "
+        "| by difficulty (items): curriculum − uniform | rollbacks, final stage | checks' share of SFT time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        overall, *groups = r["rows"]
+        ci = f"[{overall['ci95'][0]:+.3f}, {overall['ci95'][1]:+.3f}]"
+        by_difficulty = " / ".join(f"{g['difficulty']} ({g['n']}): {g['delta']:+.3f}" for g in groups)
+        c = r["curriculum"]
+        data = "GSM8K import, scratch model" if r.get("base_configfiles") else "default (arithmetic)"
+        lines.append(
+            f"| `{r['configfiles'][0]}` | {data} | {r.get('seed', 0)} | {overall['n']} | {overall['uniform']:.3f} "
+            f"| {overall['curriculum']:.3f} | {overall['delta']:+.3f} {ci} | {by_difficulty} "
+            f"| {c['rollbacks']}, {c['final_stage']} | {c['eval_share_of_train_time']:.1%} "
+            f"({c['eval_seconds']:.0f} s of {r['train_seconds']['curriculum']:.0f} s) |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/runs/curriculum")
@@ -103,10 +132,16 @@ def main() -> None:
     parser.add_argument("--name", default="example", help="the curriculum run's directory and saved figures")
     parser.add_argument("--report", action="store_true", help="only read finished runs")
     parser.add_argument("--save", action="store_true", help=f"write {SAVED.relative_to(ROOT)}/<name>.json")
+    parser.add_argument("--readme", action="store_true", help="only write the README table from the saved figures")
     parser.add_argument("--bootstrap-samples", type=int, default=10_000)
     parser.add_argument("--gsm8k", action="store_true", help="both runs on the GSM8K import (scratch model)")
     parser.add_argument("--seed", type=int, default=0, help="the runs' seed; another seed runs in <out>/seed-<seed>/")
     args = parser.parse_args()
+    if args.readme:
+        from readme_table import replace_table
+
+        replace_table(TABLE[0], readme_table(saved_results()), TABLE[1])
+        return
     base: list[str] = []  # overlays of both runs
     if args.gsm8k:
         args.out, args.name = args.out / "gsm8k", "gsm8k" if args.name == "example" else args.name

@@ -47,3 +47,15 @@ def test_readme_chaos_table_matches_the_saved_campaign():
     record = json.loads(chaos.SAVED.read_text())
     assert len(record["kills"]) >= 10 and record["identical"]
     assert current_table(*chaos.TABLE) == chaos.render(record)
+
+
+def test_readme_curriculum_table_matches_the_saved_comparisons():
+    spec = importlib.util.spec_from_file_location("curriculum_benchmark", ROOT / "benchmarks/curriculum.py")
+    curriculum = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curriculum)
+    results = curriculum.saved_results()
+    assert {r.get("seed", 0) for r in results if r["name"] == "example"} == {0, 1, 2}
+    table = curriculum.readme_table(results)
+    assert current_table(*curriculum.TABLE) == table
+    seed1 = next(r for r in results if r["name"] == "example" and r.get("seed") == 1)
+    assert f"| {seed1['rows'][0]['delta']:+.3f} [" in table

@@ -104,8 +104,9 @@ def model_config(model: dict[str, Any], base_dir: str = "results/base/model"):
         s = model["scratch"]
         # As sftdpo.modeling.build_scratch_model; the vocabulary is the tokenizer trainer's target (an upper bound).
         config = LlamaConfig(
-            vocab_size=s["tokenizer_vocab_size"], hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
-            num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["heads"],
+            vocab_size=s["tokenizer_vocab_size"], hidden_size=s["hidden_size"],
+            intermediate_size=s["intermediate_size"], num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"], num_key_value_heads=s["heads"],
             max_position_embeddings=s["max_positions"], tie_word_embeddings=True,
         )  # fmt: skip
         return config, "model.scratch (vocabulary: tokenizer_vocab_size, before base_model trains the tokenizer)"
@@ -122,7 +123,8 @@ def model_config(model: dict[str, Any], base_dir: str = "results/base/model"):
             fields.pop("model_type"), **fields
         ), f"{name} (built-in table of its public config.json)"
     raise PlanError(
-        f"model {name}: no config.json in {base_dir}, none in the Hugging Face cache and not in sftdpo.plan.KNOWN_MODELS; "
+        f"model {name}: no config.json in {base_dir}, none in the Hugging Face cache and not in "
+        "sftdpo.plan.KNOWN_MODELS; "
         f"run `snakemake {base_dir}` first (it downloads the model) or pre-download it (docs/hub-models.md)"
     )
 
@@ -240,8 +242,8 @@ def inference_memory(
 ) -> dict[str, float]:
     """Bytes on the device of batched generation: transformers keeps fp32 weights (sftdpo's load_model) and a KV
     cache of 2 × layers × kv_heads × head_dim values a token, at batch × (prompt + max_new_tokens), plus the
-    prompt's pass through one layer and the last position's logits (the prompt: the longest row, an upper bound); vLLM (bf16) reserves VLLM_GPU_FRACTION of the
-    GPU whatever it needs."""
+    prompt's pass through one layer and the last position's logits (the prompt: the longest row, an upper
+    bound); vLLM (bf16) reserves VLLM_GPU_FRACTION of the GPU whatever it needs."""
     value_bytes = 2 if backend == "vllm" else 4
     weights = value_bytes * n_params
     context = prompt + max_new_tokens
@@ -348,8 +350,9 @@ def stage_rows(config: dict[str, Any], sizes: dict[str, Any]) -> list[dict[str, 
                  "max_new_tokens": r["max_new_tokens"], "backend": r["backend"]})  # fmt: skip
     e = config["evaluate"]
     for rule, split, jobs in (("evaluate", "test", 2 + n_dpo_runs), ("evaluate_val", "val", 1 + n_dpo_runs)):
-        rows.append({"rule": rule, "jobs": jobs, "tokens": counts[split] * e["max_new_tokens"], "batch": e["batch_size"],
-                     "max_new_tokens": e["max_new_tokens"], "backend": "transformers"})  # fmt: skip
+        rows.append({"rule": rule, "jobs": jobs, "tokens": counts[split] * e["max_new_tokens"],
+                     "batch": e["batch_size"], "max_new_tokens": e["max_new_tokens"],
+                     "backend": "transformers"})  # fmt: skip
     return rows
 
 
@@ -410,7 +413,8 @@ def make_plan(config: dict[str, Any], *, device: str = "auto", root: str = ".") 
         warnings = fit_warnings(rule, resources, memory["total"], device_bytes, host, seconds)
         rows.append({
             "rule": rule, "jobs": row["jobs"], "gpus": gpus if device != "cpu" else 0, "detail": detail,
-            "parameters": n_params, "trainable": trainable, "reference_extra": reference, "tokens": round(row["tokens"]),
+            "parameters": n_params, "trainable": trainable, "reference_extra": reference,
+            "tokens": round(row["tokens"]),
             "memory_per_device_bytes": memory, "host_ram_bytes": host, "wall_seconds": seconds,
             "requested": {k: resources[k] for k in ("gpu", "mem_mb", "runtime")}, "warnings": warnings,
         })  # fmt: skip
@@ -463,7 +467,8 @@ def plan_table(plan: dict[str, Any]) -> Table:
         request = r["requested"]
         rows.append([
             r["rule"], r["jobs"], r["detail"], _count(r["parameters"]), _count(r["trainable"]), _count(r["tokens"]),
-            f"~{mem['total'] / GB:.2f} GB ({parts})", f"~{r['host_ram_bytes'] / GB:.1f} GB", f"~{_duration(r['wall_seconds'])}",
+            f"~{mem['total'] / GB:.2f} GB ({parts})", f"~{r['host_ram_bytes'] / GB:.1f} GB",
+            f"~{_duration(r['wall_seconds'])}",
             f"{request['gpu']} GPU, {request['mem_mb']} MB, {request['runtime']} min",
             "ok" if not r["warnings"] else "; ".join(w.split(": ", 1)[1] for w in r["warnings"]),
         ])  # fmt: skip

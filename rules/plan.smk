@@ -10,6 +10,9 @@ rule plan:
         table="results/plan/plan.md",
     log:
         "logs/plan.log",
+    conda:
+        # transformers and accelerate build the model on the meta device
+        "../envs/train.yaml"
     params:
         code=code_fingerprint("sftdpo.plan"),
         config={

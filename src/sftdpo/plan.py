@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +158,6 @@ def lora_parameter_count(model, lora: dict[str, Any]) -> int:
         if targets == "all-linear":
             hit = module is not output_layer
         elif isinstance(targets, str):  # peft: a string is a regex matched against the full name
-            import re
-
             hit = re.fullmatch(targets, name) is not None
         else:
             hit = name.rsplit(".", 1)[-1] in targets or name in targets

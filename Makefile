@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: venv run test test-fast lint dag clean
+.PHONY: venv run test test-fast lint dag plan clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: lint
 # A quick check (about 6 minutes on 2 cores): unit tests and dry runs, no full pipeline run, no cluster.
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not e2e and not slurm"
+
+# The plan before submit: a table of estimates per GPU rule and results/plan/plan.json; runs no other job.
+# e.g. `make plan CONFIG=config/examples/gsm8k-qwen.yaml SFTDPO_GPU_MODEL=a100` (README, "Before you submit").
+CONFIG ?=
+plan: venv
+	$(BIN)/snakemake -c1 results/plan/plan.json --forcerun plan $(if $(CONFIG),--configfile $(CONFIG))
 
 dag: venv
 	$(BIN)/snakemake --dag | dot -Tsvg > dag.svg

@@ -31,8 +31,9 @@ except WorkflowError as err:
 report: "workflow/report/workflow.rst"
 
 
-# Concatenating shards takes a second: on a cluster, run it on the submitting node, not as a Slurm job.
+# Concatenating shards (and the plan) takes a second: on a cluster, run it on the submitting node, not as a Slurm job.
 localrules:
+    plan,
     merge_demos,
     merge_rollouts,
     merge_rollouts_round,
@@ -44,6 +45,7 @@ include: "rules/train.smk"
 include: "rules/rollouts.smk"
 include: "rules/evaluate.smk"
 include: "rules/export.smk"
+include: "rules/plan.smk"
 
 
 rule all:

@@ -72,6 +72,7 @@ RULES: list[tuple[str, str]] = [
     (SNAKEMAKE + r".*(--rulegraph|--dag|--lint|--summary|--unlock|--list-rules|(^| )-n( |$))", "as-is"),
     (SNAKEMAKE, "dry-run"),
     (r"^(\.venv/bin/)?(python -m )?pytest\b", "collect"),
+    (r"^\.venv/bin/python -m sftdpo\.plan\b", "as-is"),
     (r"^\.venv/bin/python benchmarks/rule_times\.py\b", "after-run"),
     (r"^\.venv/bin/python benchmarks/\w+\.py\b", "help"),
     (r"^pip install ", "pip-dry"),

@@ -38,6 +38,7 @@ LAYERS = {
         "evaluate",
         "report",
         "export",
+        "plan",
     },
 }
 ORDER = list(LAYERS)

@@ -19,7 +19,7 @@ import pandas as pd
 from sftdpo.chat import with_user_text
 from sftdpo.generation import generate, generate_vllm, load_for_inference, vllm_available
 from sftdpo.fingerprint import code_fingerprint
-from sftdpo.io import ShardProgress, file_digest, read_parquet, resume_dir, write_parquet
+from sftdpo.io import ShardProgress, file_digest, model_digest, read_parquet, resume_dir, write_parquet
 from sftdpo.progress import Progress
 from sftdpo.tables import ROLLOUT_COLUMNS
 from sftdpo.tasks import get_task
@@ -109,6 +109,7 @@ def rollout_shard(
     log.info("rollouts shard %d/%d: %d prompt variants, %d to do, k=%d", shard, n_shards, len(items), len(todo), k)
     console = Progress(f"rollouts shard {shard}", len(items), unit="prompts", resumed=len(items) - len(todo))
     use_vllm = backend == "vllm" or (backend == "auto" and vllm_available())
+    sampled_by = model_digest(model_dir)
     model = tokenizer = None
     if todo and not use_vllm:
         model, tokenizer = load_for_inference(model_dir)
@@ -165,8 +166,11 @@ def rollout_shard(
                         "n_tokens": sample["n_tokens"],
                         "score": score(verdict.correct, verdict.reason, sample["n_tokens"], max_new_tokens),
                         "model": model_dir,
+                        "model_digest": sampled_by,
                         "seed": chunk_seed,
                         "temperature": temperature,
+                        "top_p": top_p,
+                        "max_new_tokens": max_new_tokens,
                     }
                 )
         progress.append(rows)

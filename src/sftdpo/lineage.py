@@ -334,7 +334,9 @@ def _print_rollout(role: str, r: dict[str, Any], out: list[str]) -> None:
 
 
 def _print_prompt(p: dict[str, Any], out: list[str], indent: str) -> None:
-    out.append(f"{indent}prompt row traced through: " + " <- ".join(f"{h['table']} ({h['rule']})" for h in p["hops"]))
+    out.append(f"{indent}prompt {p['demo']['id']}, the same id upstream:")
+    for i, hop in enumerate(p["hops"]):
+        out.append(f"{indent}  {'   ' if i == 0 else '<- '}{hop['table']}  (rule {hop['rule']})")
     d = p["demo"]
     out.append(f"{indent}demonstration {d['id']}  ({d['table']})")
     out.append(f"{indent}  expert {d['expert']}")

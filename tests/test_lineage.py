@@ -26,14 +26,16 @@ def base_model(tmp_path_factory):
     return Path(scratch_base_model(tmp_path_factory.mktemp("base") / "model", task, task.problems(20, seed=0)))
 
 
-def adapter_in_project(project: Path, base_model: Path) -> Path:
+def adapter_in_project(project: Path, base_model: Path, modules: list[str]) -> Path:
     """`project`/results/{base,sft}: the base model copied in and an adapter directory naming it, as
     sftdpo.modeling.record_base writes it (absolute base path, sftdpo_base.json)."""
     base = project / "results/base/model"
     shutil.copytree(base_model, base)
     tmp = project / "results/sft/.model.tmp"
     shutil.copytree(base_model, tmp)
-    (tmp / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 4}))
+    (tmp / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(base), "r": 4, "target_modules": modules})
+    )
     cwd = os.getcwd()
     os.chdir(project)  # record_base keeps the base relative to the adapter when both are in the project
     try:
@@ -44,8 +46,9 @@ def adapter_in_project(project: Path, base_model: Path) -> Path:
 
 
 def test_model_digest_is_the_models_not_its_place_or_bookkeeping(base_model, tmp_path):
-    a = adapter_in_project(tmp_path / "a", base_model)
-    b = adapter_in_project(tmp_path / "elsewhere/b", base_model)
+    # PEFT writes target_modules (a set) in any order.
+    a = adapter_in_project(tmp_path / "a", base_model, ["q_proj", "v_proj"])
+    b = adapter_in_project(tmp_path / "elsewhere/b", base_model, ["v_proj", "q_proj"])
     assert json.loads((a / "adapter_config.json").read_text()) != json.loads((b / "adapter_config.json").read_text())
     assert model_digest(a) == model_digest(b)  # the same model trained in two places
     moved = tmp_path / "moved"
@@ -113,6 +116,20 @@ def test_sidecars_record_inputs_by_their_producers_digest_and_are_deterministic(
     assert walker.changed == [
         f"{demos} changed since {written} recorded it ({demos_side['digest'][:12]}; now {sha256_file(demos)[:12]})"
     ]
+
+
+def test_the_pipelines_json_reports_are_inputs_without_a_digest(tmp_path, monkeypatch):
+    """collect's shard summaries hold timings: a digest would differ on every identical rerun."""
+    monkeypatch.chdir(tmp_path)
+    Path("results/demos/shards").mkdir(parents=True)
+    Path("results/demos/shards/0.json").write_text('{"seconds_this_run": 0.3}')
+    Path("data.json").write_text("[]")  # an imported file is data: hashed
+    write_parquet(pd.DataFrame({"id": ["a"]}), "results/demos/validated.parquet")
+    inputs = [("summaries", "results/demos/shards/0.json"), ("source", "data.json")]
+    write_sidecars(rule="validate", wildcards={}, inputs=inputs, outputs=["results/demos/validated.parquet"], params={})
+    side = read_sidecar("results/demos/validated.parquet")
+    assert [i["digest"] for i in side["inputs"]] == [None, sha256_file("data.json")]
+    assert side["artifact"] == "results/demos/validated.parquet"
 
 
 def test_pairs_name_the_rollouts_whose_completions_they_are(tmp_path):

@@ -64,6 +64,8 @@ MODEL_BOOKKEEPING = {"lineage.json", "README.md", "training_args.bin"}
 # Adapters record their base model's absolute path (sftdpo.modeling.record_base): it changes when the project
 # moves, so the model digest leaves it out.
 MOVING_KEYS = ("base_model_name_or_path",)
+# PEFT writes these sets as lists in an order that changes from run to run: compared sorted.
+UNORDERED_KEYS = ("target_modules",)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -77,8 +79,9 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def model_digest(model_dir: str | os.PathLike) -> str:
     """sha256 over a model directory's weight, config and tokenizer files (name and content, sorted by name),
-    without bookkeeping (`MODEL_BOOKKEEPING`, hidden files) and without absolute paths in its JSON
-    (`MOVING_KEYS`): the same model gives the same digest after a copy or move of the project."""
+    without bookkeeping (`MODEL_BOOKKEEPING`, hidden files), without absolute paths in its JSON (`MOVING_KEYS`)
+    and with PEFT's unordered lists sorted: the same model gives the same digest after a copy or move of the
+    project, or when trained again."""
     root = Path(model_dir)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a model directory")
@@ -95,6 +98,7 @@ def model_digest(model_dir: str | os.PathLike) -> str:
             config = json.loads(file.read_text())
             if isinstance(config, dict):
                 config = {k: v for k, v in config.items() if k not in MOVING_KEYS}
+                config.update({k: sorted(config[k]) for k in UNORDERED_KEYS if isinstance(config.get(k), list)})
             part = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
         else:
             part = sha256_file(file)

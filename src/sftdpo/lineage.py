@@ -71,11 +71,16 @@ def read_sidecar(artifact: str | Path) -> dict[str, Any] | None:
     return read_json(side) if side is not None and side.exists() else None
 
 
-def recorded_digest(path: str | Path) -> str:
+def recorded_digest(path: str | Path) -> str | None:
     """An input's digest: from its own sidecar when it has one (big inputs are hashed once, by their producer),
-    else computed."""
+    else computed. The pipeline's own JSON reports (results/**/*.json, e.g. collect's shard summaries) get none:
+    they hold timings, so their bytes change with every run, and no row comes from them."""
     side = read_sidecar(path)
-    return side["digest"] if side else artifact_digest(path)
+    if side:
+        return side["digest"]
+    if Path(path).suffix == ".json" and Path(path).parts[:1] == ("results",):
+        return None
+    return artifact_digest(path)
 
 
 def package_versions() -> dict[str, str]:
@@ -144,6 +149,8 @@ class Walker:
 
     def check(self, path: str | Path, recorded: str, by: str) -> bool:
         """Does `path` still have the digest `by` recorded? A mismatch is noted as changed since."""
+        if recorded is None:  # a JSON report, recorded without a digest
+            return True
         key = str(path)
         if key not in self.checked:
             self.checked[key] = artifact_digest(path) if Path(path).exists() else "missing"
@@ -318,8 +325,8 @@ def walk(path: str, row_id: str | None = None) -> dict[str, Any]:
 # -- printing ------------------------------------------------------------------------------------------------
 
 
-def _short(digest: str) -> str:
-    return digest[:12]
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "-"
 
 
 def _print_rollout(role: str, r: dict[str, Any], out: list[str]) -> None:

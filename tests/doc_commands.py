@@ -74,6 +74,7 @@ RULES: list[tuple[str, str]] = [
     (r"^(\.venv/bin/)?(python -m )?pytest\b", "collect"),
     (r"^\.venv/bin/python -m sftdpo\.plan\b", "as-is"),
     (r"^\.venv/bin/python benchmarks/rule_times\.py\b", "after-run"),
+    (r"^(\.venv/bin/)?python -m sftdpo\.lineage\b", "after-run"),
     (r"^\.venv/bin/python benchmarks/\w+\.py\b", "help"),
     (r"^pip install ", "pip-dry"),
     (r"^(\.venv/bin/)?pip cache dir$", "as-is"),

@@ -9,6 +9,7 @@ import yaml
 
 from conftest import ROOT, RULES, TINY, job_counts, snakemake
 from sftdpo.io import read_parquet
+from sftdpo.lineage import sidecar_path
 
 pytestmark = pytest.mark.e2e
 
@@ -138,6 +139,13 @@ def test_same_config_and_seed_give_identical_artifacts(tiny_run, tmp_path):
     snakemake("-c2", "--configfile", TINY, cwd=tmp_path)
     for name in DATA_ARTIFACTS:
         assert filecmp.cmp(tiny_run[0] / "results" / name, tmp_path / "results" / name, shallow=False), name
+        # and their lineage sidecars (no timestamps: an identical rerun writes identical bytes)
+        side = sidecar_path(tiny_run[0] / "results" / name).relative_to(tiny_run[0])
+        assert filecmp.cmp(tiny_run[0] / side, tmp_path / side, shallow=False), side
+    for model in ("base/model", "sft/model", "dpo/adapter"):
+        assert filecmp.cmp(
+            tiny_run[0] / "results" / model / "lineage.json", tmp_path / "results" / model / "lineage.json"
+        )
 
 
 def test_dpo_variants_share_upstream_and_rerun_alone(finished):

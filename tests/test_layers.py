@@ -17,6 +17,7 @@ LAYERS = {
         "chat",
         "fingerprint",
         "runner",
+        "lineage",
         "plots",
         "pages",
         "progress",

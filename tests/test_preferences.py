@@ -15,8 +15,10 @@ def tokenizer_dir(tmp_path_factory):
 
 
 def samples(spec):
-    """spec: list of (completion, correct, score)."""
-    return pd.DataFrame([{"completion": c, "correct": ok, "score": s} for c, ok, s in spec])
+    """spec: list of (completion, correct, score); rollout ids r0, r1, ..."""
+    return pd.DataFrame(
+        [{"id": f"r{i}", "completion": c, "correct": ok, "score": s} for i, (c, ok, s) in enumerate(spec)]
+    )
 
 
 def test_correct_is_chosen_over_incorrect_first_then_quality():

@@ -110,6 +110,8 @@ class FakeOpenAI:
         with self.lock:
             queue = self.script.get(prompt)
             mode = self.always or (queue.pop(0) if queue else "ok")
+            # Each reply gets its own id, as OpenAI's do; mode "no_id" sends none.
+            reply_id = None if mode == "no_id" else f"chatcmpl-fake{len(self.requests)}"
             self.requests.append(
                 {
                     "prompt": prompt,
@@ -118,6 +120,7 @@ class FakeOpenAI:
                     "body": body,
                     "auth": h.headers.get("Authorization"),
                     "path": h.path,
+                    "reply_id": reply_id,
                 }
             )
             self.inflight += 1
@@ -153,7 +156,7 @@ class FakeOpenAI:
                 "total_tokens": len(prompt.split()) + len(text.split()),
             }
             reply = {
-                "id": "chatcmpl-1",
+                **({"id": reply_id} if reply_id else {}),
                 "object": "chat.completion",
                 "created": 0,
                 "model": body["model"],
@@ -275,6 +278,21 @@ def test_faults_are_retried_and_no_id_is_lost_or_duplicated(tmp_path, key_env, c
         assert SECRET.encode() not in path.read_bytes(), path
     assert SECRET not in caplog.text
     assert "retrying" in caplog.text and server.base_url in caplog.text
+
+
+def test_each_row_records_the_id_of_the_reply_it_came_from(tmp_path, key_env):
+    """meta.request_id is the id of the server's reply that answered the row (a retried problem: the last
+    request's), None when the server sends no id."""
+    problems = get_task("arithmetic").problems(12, seed=0)
+    with FakeOpenAI() as server:
+        server.script = {problems[0].prompt: ["no_id"], problems[1].prompt: ["500"]}
+        frame = collect(tmp_path, options(server, key_env), n=12)
+    answered_by = {r["prompt"]: r["reply_id"] for r in server.requests if r["mode"] in ("ok", "no_id")}
+    prompts = {p.id: p.prompt for p in problems}
+    request_ids = {row.id: json.loads(row.meta)["request_id"] for row in frame.itertuples()}
+    assert request_ids == {row_id: answered_by[prompt] for row_id, prompt in prompts.items()}
+    assert request_ids[problems[0].id] is None and request_ids[problems[1].id].startswith("chatcmpl-")
+    assert len({v for v in request_ids.values() if v}) == 11  # one reply each
 
 
 def test_keep_failures_false_counts_but_does_not_write_failures(tmp_path, key_env):

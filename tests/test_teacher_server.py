@@ -170,6 +170,9 @@ def test_collect_through_snakemake_survives_a_server_restart(server, tmp_path):
         assert meta["finish_reason"] == "length" and meta["served_by"].startswith(server.model_dir)
         assert meta["teacher"]["model"] == server.model_dir and meta["teacher"]["system_prompt"] is None
     assert frame["completion"].nunique() > 5  # the answers depend on the prompt
+    # Each row names the server's reply it came from (transformers serve: one id a request).
+    request_ids = [meta["request_id"] for meta in metas]
+    assert all(isinstance(i, str) and i for i in request_ids) and len(set(request_ids)) == len(request_ids)
 
     # Nothing asked twice: each shard's requests are its rows' attempts, and the extra attempts are its retries.
     summaries = [read_json(tmp_path / f"results/demos/shards/{s}.json")["teacher"] for s in range(2)]

@@ -57,6 +57,55 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+# Files of a model directory that are pipeline bookkeeping, not the model: the lineage sidecar itself, the
+# model card (it says whether training resumed), the Trainer's pickled arguments (paths). Hidden files too
+# (Snakemake's .snakemake_timestamp, temporary names).
+MODEL_BOOKKEEPING = {"lineage.json", "README.md", "training_args.bin"}
+# Adapters record their base model's absolute path (sftdpo.modeling.record_base): it changes when the project
+# moves, so the model digest leaves it out.
+MOVING_KEYS = ("base_model_name_or_path",)
+# PEFT writes these sets as lists in an order that changes from run to run: compared sorted.
+UNORDERED_KEYS = ("target_modules",)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in blocks (model weights can be GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_digest(model_dir: str | os.PathLike) -> str:
+    """sha256 over a model directory's weight, config and tokenizer files (name and content, sorted by name),
+    without bookkeeping (`MODEL_BOOKKEEPING`, hidden files), without absolute paths in its JSON (`MOVING_KEYS`)
+    and with PEFT's unordered lists sorted: the same model gives the same digest after a copy or move of the
+    project, or when trained again."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a model directory")
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*")):
+        name = file.relative_to(root).as_posix()
+        if (
+            not file.is_file()
+            or name in MODEL_BOOKKEEPING
+            or any(part.startswith(".") for part in file.parts[len(root.parts) :])
+        ):
+            continue
+        if file.suffix == ".json":
+            config = json.loads(file.read_text())
+            if isinstance(config, dict):
+                config = {k: v for k, v in config.items() if k not in MOVING_KEYS}
+                config.update({k: sorted(config[k]) for k in UNORDERED_KEYS if isinstance(config.get(k), list)})
+            part = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        else:
+            part = sha256_file(file)
+        digest.update(f"{name}\0{part}\n".encode())
+    return digest.hexdigest()
+
+
 def content_digest(path: str | os.PathLike) -> str:
     """sha256 of what a table or tokens.h5 holds, not of its bytes (parquet and HDF5 writers stamp their
     versions into the files): a table's columns, dtypes and values; an HDF5 file's attributes and arrays."""

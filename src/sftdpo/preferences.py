@@ -3,7 +3,8 @@
 Per prompt (train and val prompts alike; `split` says which): correctness pairs first (a correct sample
 chosen over an incorrect one), then quality pairs among correct samples whose scores differ by at least
 `quality_margin`; at most `max_pairs_per_prompt` in all; identical completions are deduplicated before
-pairing. `shared_tokens` says how many leading tokens a pair's two completions share.
+pairing. `shared_tokens` says how many leading tokens a pair's two completions share; `chosen_id` and
+`rejected_id` name the rollouts the two completions are.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from sftdpo.modeling import load_tokenizer
 from sftdpo.tables import PAIR_COLUMNS
 
 
-def _distinct(samples: pd.DataFrame, best_first: bool) -> list[tuple[str, float]]:
+def _distinct(samples: pd.DataFrame, best_first: bool) -> list[tuple[str, float, str]]:
+    """(completion, score, rollout id) of each distinct completion, best (or worst) first; of identical
+    completions the first in that order is kept, with its id."""
     ordered = samples.sort_values(["score", "completion"], ascending=[not best_first, True], kind="stable")
-    seen: dict[str, float] = {}
-    for text, value in zip(ordered["completion"], ordered["score"]):
-        seen.setdefault(text, float(value))
-    return list(seen.items())
+    seen: dict[str, tuple[str, float, str]] = {}
+    for text, value, rollout_id in zip(ordered["completion"], ordered["score"], ordered["id"]):
+        seen.setdefault(text, (text, float(value), rollout_id))
+    return list(seen.values())
 
 
 def _interleave(a: list, b: list) -> list[tuple]:
@@ -41,7 +44,15 @@ def pairs_for_prompt(samples: pd.DataFrame, *, max_pairs: int, quality_margin: f
         (c, w, "quality") for i, c in enumerate(correct) for w in correct[i + 1 :] if c[1] - w[1] >= quality_margin
     ]
     return [
-        {"chosen_text": c[0], "rejected_text": w[0], "kind": kind, "chosen_score": c[1], "rejected_score": w[1]}
+        {
+            "chosen_text": c[0],
+            "rejected_text": w[0],
+            "kind": kind,
+            "chosen_score": c[1],
+            "rejected_score": w[1],
+            "chosen_id": c[2],
+            "rejected_id": w[2],
+        }
         for c, w, kind in pairs[:max_pairs]
     ]
 
@@ -109,6 +120,8 @@ def build_preferences(
                 {
                     "id": f"{prompt_id}:{variant}:{i}",
                     "prompt_id": prompt_id,
+                    "chosen_id": pair["chosen_id"],
+                    "rejected_id": pair["rejected_id"],
                     "split": split,
                     "task": first["task"],
                     "difficulty": first["difficulty"],

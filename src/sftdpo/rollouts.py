@@ -19,7 +19,7 @@ import pandas as pd
 from sftdpo.chat import with_user_text
 from sftdpo.generation import generate, generate_vllm, load_for_inference, vllm_available
 from sftdpo.fingerprint import code_fingerprint
-from sftdpo.io import ShardProgress, file_digest, read_parquet, resume_dir, write_parquet
+from sftdpo.io import ShardProgress, file_digest, model_digest, read_parquet, resume_dir, write_parquet
 from sftdpo.modeling import check_rendering, load_tokenizer
 from sftdpo.progress import Progress
 from sftdpo.tables import ROLLOUT_COLUMNS
@@ -114,6 +114,7 @@ def rollout_shard(
     if conversion_path:  # vLLM loads its own tokenizer from the same directory
         check_rendering(load_tokenizer(model_dir), model_dir, conversion_path)
     use_vllm = backend == "vllm" or (backend == "auto" and vllm_available())
+    sampled_by = model_digest(model_dir)
     model = tokenizer = None
     if todo and not use_vllm:
         model, tokenizer = load_for_inference(model_dir)
@@ -170,8 +171,11 @@ def rollout_shard(
                         "n_tokens": sample["n_tokens"],
                         "score": score(verdict.correct, verdict.reason, sample["n_tokens"], max_new_tokens),
                         "model": model_dir,
+                        "model_digest": sampled_by,
                         "seed": chunk_seed,
                         "temperature": temperature,
+                        "top_p": top_p,
+                        "max_new_tokens": max_new_tokens,
                     }
                 )
         progress.append(rows)

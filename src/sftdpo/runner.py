@@ -8,6 +8,8 @@
   `threads` only schedules). Rules without it never import torch here;
 - those rules load model directories that base_model wrote (a Hub model is downloaded there), so they run
   with the Hugging Face Hub offline (HF_HUB_OFFLINE=1): a GPU node without internet never waits on it;
+- after the library call returns, a lineage sidecar for each output that is a table or a model directory
+  (`sftdpo.lineage`: inputs with digests, params, code fingerprint, package versions);
 - test-only fault injection via environment variables (never config, so it cannot change results):
   SFTDPO_FAIL_ONCE=<rule>:<marker file> fails <rule> on its first attempt only;
   SFTDPO_FAIL_ALWAYS=<rule> fails it every time.
@@ -21,6 +23,8 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable
+
+from sftdpo.lineage import remove_sidecars, write_sidecars
 
 
 class InjectedFailure(RuntimeError):
@@ -53,6 +57,15 @@ def hub_offline() -> None:
         sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
 
 
+def named_paths(files: Any) -> list[tuple[str | None, str]]:
+    """(name or None, path) for each file of a rule's input, in order (a named entry may be a list of files)."""
+    names: dict[str, str] = {}
+    for name, value in files.items():
+        for path in [value] if isinstance(value, str) else value:
+            names.setdefault(str(path), name)
+    return [(names.get(str(path)), str(path)) for path in files]
+
+
 def run(snakemake: Any, stage: Callable[[], Any]) -> Any:
     """Run `stage()` with the rule's log as stderr and logging stream; re-raise its error after logging it."""
     log_path = snakemake.log[0]
@@ -80,7 +93,17 @@ def run(snakemake: Any, stage: Callable[[], Any]) -> Any:
 
                 torch.set_num_threads(threads)
             inject_faults(snakemake.rule)
-            return stage()
+            outputs = [str(o) for o in snakemake.output]
+            remove_sidecars(outputs)
+            result = stage()
+            write_sidecars(
+                rule=snakemake.rule,
+                wildcards=dict(snakemake.wildcards.items()),
+                inputs=named_paths(snakemake.input),
+                outputs=outputs,
+                params=dict(snakemake.params.items()),
+            )
+            return result
         except Exception:
             traceback.print_exc(file=log_file)
             raise

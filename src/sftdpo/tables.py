@@ -16,6 +16,9 @@ DEMO_COLUMNS = ["id", "task", "difficulty", "prompt", "completion", "answer", "e
 # results/rollouts/*.parquet: one sampled completion a row, scored by the task's verifier; `split` is the
 # split its prompt came from (train: DPO trains on its pairs; val: DPO's held-out pairs). `prompt` is the final user
 # message's text (as the prompt variant wrote it), `context` the messages before it (system message, earlier turns).
+# Lineage: `prompt_id` is the id of the prompt's row in that split; `model` the sampling model's directory and
+# `model_digest` its content digest (`sftdpo.io.model_digest`, as in its lineage.json); `seed` the seed of the batch
+# the sample was drawn in, with `temperature`, `top_p` and `max_new_tokens`.
 ROLLOUT_COLUMNS = [
     "id",
     "prompt_id",
@@ -34,16 +37,22 @@ ROLLOUT_COLUMNS = [
     "n_tokens",
     "score",
     "model",
+    "model_digest",
     "seed",
     "temperature",
+    "top_p",
+    "max_new_tokens",
 ]
 
 # results/prefs/pairs.parquet: TRL's conversational preference format plus lineage and scores.
 # `split` as in the rollouts; `shared_tokens`: how many leading completion tokens chosen and rejected share
-# (the first divergent token's position).
+# (the first divergent token's position); `chosen_id`, `rejected_id`: the ids of the rollouts whose completions they
+# are (of identical completions, the one kept when deduplicating).
 PAIR_COLUMNS = [
     "id",
     "prompt_id",
+    "chosen_id",
+    "rejected_id",
     "split",
     "task",
     "difficulty",

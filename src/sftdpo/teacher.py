@@ -14,7 +14,8 @@ into rows, summaries, logs or the progress file (only the variable's name is rec
   answered are in the shard's progress file, so a rerun asks only for the rest.
 - Every error and retry message carries the server's own reason from the error body (OpenAI's
   `error.message`, FastAPI's `detail`, or the text), shortened, with the API key masked.
-- Each row's `meta` records the endpoint, model, sampling parameters, the system prompt, token usage,
+- Each row's `meta` records the endpoint, model, sampling parameters, the system prompt, the reply's id
+  (`request_id`, the server's `chatcmpl-...`; None when it sends none), token usage,
   latency and the number of attempts; the shard summary adds totals, latency percentiles and retries
   by reason.
 """
@@ -105,6 +106,7 @@ class Reply:
     attempts: int
     finish_reason: str | None
     model: str | None
+    response_id: str | None  # the server's id of its reply (OpenAI: chatcmpl-...); None when it sends none
 
 
 class TeacherClient:
@@ -186,7 +188,9 @@ class TeacherClient:
         head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return [*head, {"role": "user", "content": prompt}]
 
-    def _request(self, prompt: str, seed: int | None) -> tuple[str, dict[str, int | None], str | None, str | None]:
+    def _request(
+        self, prompt: str, seed: int | None
+    ) -> tuple[str, dict[str, int | None], str | None, str | None, str | None]:
         kwargs: dict[str, Any] = {k: v for k, v in self.sampling.items() if v is not None}
         if self.request_seed and seed is not None:
             kwargs["seed"] = seed
@@ -201,7 +205,14 @@ class TeacherClient:
             raise ValueError("reply's first choice has no message content")
         usage = getattr(response, "usage", None)
         tokens = {k: getattr(usage, k, None) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-        return text, tokens, getattr(choice, "finish_reason", None), getattr(response, "model", None)
+        reply_id = getattr(response, "id", None)
+        return (
+            text,
+            tokens,
+            getattr(choice, "finish_reason", None),
+            getattr(response, "model", None),
+            reply_id if isinstance(reply_id, str) and reply_id else None,
+        )
 
     def _classify(self, err: Exception) -> tuple[str | None, float | None]:
         """(retry reason, Retry-After seconds) for a retryable error; (None, None) for a fatal one."""
@@ -235,7 +246,7 @@ class TeacherClient:
                 self.requests += 1
             sent = time.monotonic()
             try:
-                text, usage, finish, served_by = self._request(prompt, seed)
+                text, usage, finish, served_by, response_id = self._request(prompt, seed)
             except Exception as err:
                 reason, retry_after = self._classify(err)
                 detail = self._mask(_describe(err))
@@ -290,6 +301,7 @@ class TeacherClient:
                 attempts=attempt,
                 finish_reason=finish,
                 model=served_by,
+                response_id=response_id,
             )
         raise AssertionError("unreachable")
 
@@ -392,6 +404,7 @@ class TeacherExpert(Expert):
             "teacher": self.client.lineage(),
             "request_seed": seed if self.client.request_seed else None,
             "served_by": reply.model,
+            "request_id": reply.response_id,
             "usage": reply.usage,
             "latency_s": reply.latency_s,
             "elapsed_s": reply.elapsed_s,

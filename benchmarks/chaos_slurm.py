@@ -6,8 +6,9 @@
 1. tests/slurm/start-cluster.sh (the one-node test cluster of tests/test_slurm.py), then a reference run of the
    command of tests/test_slurm.py, `snakemake --profile slurm --profile tests/slurm/overlay.yaml --configfile
    tests/config/tiny.yaml`, in a fresh copy of the project (tests/doc_commands.py copy_project), unless
-   `--reference` names a finished one. `--local` compares it with a finished local run (`snakemake -c2`) of the
-   same config: computation is seeded and thread counts come from the config, so the two should be identical.
+   `--reference` names a finished one; beside it a local run (`snakemake -c2`) of the same config, unless `--local`
+   names a finished one, is compared with it: computation is seeded and thread counts come from the config, so
+   the two should be identical.
 2. Three scenarios, each in a fresh copy, each hitting a job found in `squeue` by the comment the Slurm plugin
    gives it (rule_<rule>[_wildcards_<wildcards>]) among the jobs named by the run's SLURM run ID:
    - preemption: `scancel` the running sft job once it saved a checkpoint (what a preempting scheduler does);
@@ -115,6 +116,18 @@ class Snakemake:
             subprocess.run(["scancel", "--name", run_id], capture_output=True)
 
 
+def local_snakemake(workdir: Path) -> subprocess.Popen:
+    """`snakemake -c2 --configfile tests/config/tiny.yaml` in a project copy, without Slurm."""
+    with open(workdir.parent / f"{workdir.name}.run.out", "w") as out:
+        return subprocess.Popen([".venv/bin/snakemake", "-c2", "--configfile", "tests/config/tiny.yaml"], cwd=workdir,
+                                env=user_env({}, workdir), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def listed(jobs: list[dict]) -> str:
+    return ", ".join(f"{job['rule']} {job['state']}" for job in jobs)
+
+
 def seconds(used: str) -> int:
     """squeue's %M ([days-][hours:]minutes:seconds) in seconds."""
     days, _, clock = used.rpartition("-")
@@ -179,7 +192,7 @@ def login_kill(workdir: Path) -> tuple[Snakemake, dict]:
     left = run.queued()
     return run, {"rule": "rollouts", "job": job["id"], "at": job["seconds"],
                  "action": f"SIGKILL to Snakemake's process group ({len(in_slurm)} jobs in Slurm: "
-                           f"{', '.join(j['rule'] + ' ' + j['state'] for j in in_slurm)}; "
+                           f"{listed(in_slurm)}; "
                            f"{len(left)} still there after the kill)"}  # fmt: skip
 
 
@@ -192,11 +205,14 @@ def recover(workdir: Path, hit: Snakemake, returncode: int) -> list[str]:
         return ["none: Snakemake finished the DAG itself"]
     steps = []
     if returncode == -signal.SIGKILL:
+        left = hit.queued()
         hit.cancel()
+        locked = any((workdir / ".snakemake/locks").glob("*"))  # the killed run's lock on the directory
         unlock = subprocess.run([*COMMAND, "--unlock"], cwd=workdir, env=user_env(CLUSTER_ENV, workdir),
                                 capture_output=True, text=True)  # fmt: skip
-        steps += [f"scancel --name {' '.join(hit.run_ids())}",
-                  "--unlock" if unlock.returncode == 0 else f"--unlock failed: {unlock.stderr[-300:]}"]  # fmt: skip
+        steps += [f"scancel --name <SLURM run ID> ({listed(left) or 'no job'})",
+                  f"--unlock ({'its lock was left' if locked else 'no lock left'})" if unlock.returncode == 0
+                  else f"--unlock failed: {unlock.stderr[-300:]}"]  # fmt: skip
     else:
         steps.append(f"Snakemake exited {returncode}")
     again = Snakemake(workdir, "recovery")
@@ -245,7 +261,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/chaos_slurm")
     parser.add_argument("--reference", type=Path, help="a finished Slurm run of the tiny config (skips its run)")
-    parser.add_argument("--local", type=Path, help="a finished local run of the tiny config, compared with it")
+    parser.add_argument("--local", type=Path, help="a finished local run (else one runs beside the reference)")
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--timeout", type=int, default=TIMEOUT, help="seconds for one Snakemake run")
     parser.add_argument("--save", action="store_true", help="keep the record and rewrite the README table")
@@ -257,16 +273,21 @@ def main() -> int:
     TIMEOUT = args.timeout
     start_cluster()
     reference = args.reference or args.out / "reference"
+    local = args.local or args.out / "local"
     if args.reference is None:
-        if reference.exists():
-            shutil.rmtree(reference)
+        for workdir in (reference, *([] if args.local else [local])):
+            if workdir.exists():
+                shutil.rmtree(workdir)
+        local_run = None if args.local else local_snakemake(copy_project(local))  # beside it, on this machine
         run = Snakemake(copy_project(reference), "run")
         if run.wait() != 0:
             raise SystemExit(f"the reference run failed: see {run.log}")
         (reference / "wall.txt").write_text(f"{time.monotonic() - run.t0:.1f}\n")
+        if local_run is not None and local_run.wait() != 0:
+            raise SystemExit(f"the local run failed in {local}")
     wall = float((reference / "wall.txt").read_text())  # a reused reference: its run's wall time, by hand
     print(f"reference run: {wall:.0f} s", flush=True)
-    local = None if args.local is None else verdict(args.local, reference)
+    local = verdict(local, reference) if (local / "results").exists() else None
     if local is not None:
         print(f"local vs Slurm reference: {local}", flush=True)
     rows = []

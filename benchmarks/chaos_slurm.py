@@ -47,7 +47,7 @@ from chaos import verdict  # noqa: E402
 from conftest import user_env  # noqa: E402
 from doc_commands import copy_project  # noqa: E402
 from readme_table import replace_table  # noqa: E402
-from test_slurm import CLUSTER_ENV, COMMAND, SLURM_TESTS, Run, sacct_jobs  # noqa: E402
+from test_slurm import CLUSTER_ENV, COMMAND, SLURM_TESTS  # noqa: E402
 
 SAVED = ROOT / "benchmarks/results/chaos_slurm.json"
 TABLE = ("chaos-slurm-table", "benchmarks/chaos_slurm.py --save")  # the README table's marker name and command
@@ -108,8 +108,15 @@ class Snakemake:
 
     def slurm(self, rule: str | None = None) -> list[str]:
         """What sacct reports about the run's jobs (of `rule`): "<job id> <STATE>"."""
-        jobs = sacct_jobs(Run(self.workdir, self.proc.returncode, "", self.run_ids(), self.started))
-        return [f"{j.jobid} {j.state}" for j in jobs if rule in (None, j.rule)]
+        ids = self.run_ids()
+        if not ids:
+            return []
+        out = subprocess.run(["sacct", "-X", "-P", "-n", "--name", ",".join(ids), "-o", "JobID,State,Comment"],
+                             capture_output=True, text=True).stdout  # fmt: skip
+        rows = [line.split("|", 2) for line in out.splitlines()]
+        # A job cancelled before it started has no comment in sacct (the plugin's rule_<rule>[_wildcards_...]).
+        return [f"{jobid} {state.split()[0]}" for jobid, state, comment in rows
+                if rule is None or re.fullmatch(rf"rule_{rule}(_wildcards_.*)?", comment)]  # fmt: skip
 
     def cancel(self) -> None:
         for run_id in self.run_ids():

@@ -15,6 +15,11 @@ configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from sftdpo.config_checks import coerce_by_schema, schema_error_message
+from sftdpo.slurm_status import accept_cancelled_by
+
+# On Slurm, a job cancelled with scancel (sacct: "CANCELLED by <uid>") fails and is retried instead of
+# being waited for forever (src/sftdpo/slurm_status.py).
+accept_cancelled_by()
 
 # `--config dpo='{beta: 0.2}'` gives the string "0.2": read it as the number the schema wants.
 config.update(

@@ -67,6 +67,14 @@ def test_the_embedded_default_is_consistent():
         ({"collect": {"expert": "teacher", "shards": 1}}, "collect.expert is 'teacher' but collect.teacher is not set"),
         ({"task": {"name": "gsm8k", "n_problems": 5}}, "task.gsm8k.path is not set"),
         ({"convert": {"max_length": 300}}, r"sft.train.max_length \(256\) < convert.max_length \(300\)"),
+        (
+            {"sft": {"train": {**TRAIN, "logging_steps": 20, "save_steps": 50}}},
+            r"sft.train.save_steps \(50\) is not a multiple of sft.train.logging_steps \(20\).*\(e.g. 60\)",
+        ),
+        (
+            {"dpo": {"train": TRAIN, "variants": {"long": {"train": {"save_steps": 15}}}}},
+            r"dpo.variants.long \(overlaid on dpo\): dpo.train.save_steps \(15\) is not a multiple",
+        ),
     ],
 )
 def test_cross_field_problems_stop_with_the_keys_to_change(change, message):

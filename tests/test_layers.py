@@ -23,6 +23,7 @@ LAYERS = {
         "progress",
         "config_checks",
         "answers",
+        "slurm_status",
     },
     "domain": {"tasks", "tasks.arithmetic", "tasks.gsm8k", "modeling"},
     "services": {"generation", "training", "curriculum", "launch", "experts", "teacher", "importers"},

@@ -26,6 +26,8 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ import yaml
 
 from conftest import GPU_RULES, RULES, STAGE_OF_RULE, OPTIONAL_GPU_RULES, user_env
 from doc_commands import copy_project, documented_commands
+from sftdpo.io import content_digest
 
 pytestmark = pytest.mark.slurm
 
@@ -368,6 +371,47 @@ def test_retries_recover_from_a_failed_attempt(slurm_run):
     assert [j.state for j in reports] == ["FAILED", "COMPLETED"], sacct_table(reports)
     assert "Error in rule report" in slurm_run.output
     assert "Trying to restart job" in slurm_run.output
+
+
+def test_scancelled_job_is_retried(slurm_run, tmp_path):
+    """Preemption as a scheduler does it: `scancel` of a running GPU job (evaluate, stage base). sacct says
+    "CANCELLED by 0", which the Slurm plugin alone took for "still running" and waited for forever; with
+    src/sftdpo/slurm_status.py the job fails, the retry COMPLETED it, and the table is the first run's."""
+    workdir = copy_workdir(slurm_run.workdir, tmp_path / "work")
+    target = "results/eval/base.parquet"
+    done = []
+    args = ("--forcerun", "evaluate", *ONLY_FORCED, "--retries", "1", target)  # options of many values first
+    thread = threading.Thread(
+        target=lambda: done.append(run_snakemake(workdir, *args, timeout=SHORT_TIMEOUT, name="scancel"))
+    )
+    thread.start()
+    log = workdir.parent / "work.scancel.snakemake.out"
+    cancelled = None
+    while thread.is_alive() and cancelled is None:
+        time.sleep(0.5)
+        run_ids = re.findall(r"SLURM run ID: (\S+)", log.read_text()) if log.exists() else []
+        if not run_ids:
+            continue
+        squeue = ["squeue", "-h", "-t", "RUNNING", "-n", run_ids[0], "-o", "%A|%k"]
+        out = subprocess.run(squeue, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            jobid, comment = line.split("|")
+            if comment == "rule_evaluate_wildcards_base":
+                subprocess.run(["scancel", jobid], check=True)
+                cancelled = int(jobid)
+    thread.join()
+    (run,) = done
+    try:
+        assert cancelled is not None and run.returncode == 0, describe_failure(run)
+        jobs = sacct_jobs(run)
+        assert [(j.jobid == cancelled, j.rule, j.state) for j in jobs] == [
+            (True, "evaluate", "CANCELLED"),
+            (False, "evaluate", "COMPLETED"),
+        ], sacct_table(jobs)
+        assert f"SLURM-job '{cancelled}' failed, SLURM status is: 'CANCELLED'" in run.output, _tail(run.output)
+        assert content_digest(workdir / target) == content_digest(slurm_run.workdir / target)
+    finally:
+        _cancel(run)
 
 
 def test_failing_rule_and_its_slurm_log_are_reported(slurm_run, tmp_path):

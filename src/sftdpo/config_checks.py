@@ -172,11 +172,26 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             f"to {rows} tokens would be cut during training; raise sft.train.max_length or lower "
             "convert.max_length"
         )
+    problems += checkpoint_problems("sft.train", config["sft"]["train"])
     for variant in [None, *config["dpo"]["variants"]]:
         settings = dpo_settings(config, variant)
         found = loss_problems(settings["loss_type"], settings["loss_weights"])
+        found += checkpoint_problems("dpo.train", settings["train"])
         problems += [f"dpo.variants.{variant} (overlaid on dpo): {p}" if variant else p for p in found]
     return problems
+
+
+def checkpoint_problems(key: str, train: dict[str, Any]) -> list[str]:
+    """A checkpoint between two logging steps would resume with the loss sum since the last log lost: the
+    Trainer logs its first loss after a resume averaged over fewer steps than an uninterrupted run does."""
+    save, logging = train["save_steps"], train["logging_steps"]
+    if save % logging == 0:
+        return []
+    return [
+        f"{key}.save_steps ({save}) is not a multiple of {key}.logging_steps ({logging}): a run resumed from a "
+        f"checkpoint would log a loss averaged over fewer steps than an uninterrupted run; make save_steps a "
+        f"multiple of logging_steps (e.g. {-(-save // logging) * logging})"
+    ]
 
 
 def check_config(config: dict[str, Any], more_problems: list[str] = ()) -> None:

@@ -206,7 +206,8 @@ def test_every_table_and_model_has_a_sidecar_that_matches_its_producer(tiny_run)
             if item["path"] in digests:  # inputs with sidecars: the consumer recorded the producer's digest
                 assert item["digest"] == digests[item["path"]], (artifact, item)
     sft = read_sidecar(results / "sft/model")
-    assert sft["rule"] == "sft" and {i["name"] for i in sft["inputs"]} == {"model", "train", "val", "tokens"}
+    assert sft["rule"] == "sft"
+    assert {i["name"] for i in sft["inputs"]} == {"model", "train", "val", "tokens", "conversion"}
     assert "train" in sft["params"] and "work_dir" not in sft["params"] and sft["code"]
     assert {"python", "torch", "transformers", "trl", "peft", "snakemake"} <= set(sft["packages"])
     rollouts = read_parquet(results / "rollouts/rollouts.parquet")
@@ -247,7 +248,7 @@ def test_walk_a_pair_back_to_its_demonstration_and_models(tiny_run, finished):
     assert (sft["path"], sft["rule"], sft["digest"]) == ("results/sft/model", "sft", sft_digest)
     assert {i["name"]: i["path"] for i in sft["inputs"]} == {
         "model": "results/base/model", "train": "results/data/train.parquet", "val": "results/data/val.parquet",
-        "tokens": "results/data/tokens.h5",
+        "tokens": "results/data/tokens.h5", "conversion": "results/data/convert.json",
     }  # fmt: skip
     assert (base["path"], base["rule"], base["digest"]) == (
         "results/base/model", "base_model", model_digest(workdir / "results/base/model")

@@ -47,3 +47,13 @@ def test_readme_chaos_table_matches_the_saved_campaign():
     record = json.loads(chaos.SAVED.read_text())
     assert len(record["kills"]) >= 10 and record["identical"]
     assert current_table(*chaos.TABLE) == chaos.render(record)
+
+
+def test_readme_chaos_slurm_table_matches_the_saved_campaign():
+    spec = importlib.util.spec_from_file_location("chaos_slurm", ROOT / "benchmarks/chaos_slurm.py")
+    chaos_slurm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chaos_slurm)
+    record = json.loads(chaos_slurm.SAVED.read_text())
+    assert {row["scenario"] for row in record["scenarios"]} == set(chaos_slurm.SCENARIOS)
+    assert all(row["identical"] for row in record["scenarios"]), record["scenarios"]
+    assert current_table(*chaos_slurm.TABLE) == chaos_slurm.render(record)

@@ -59,3 +59,13 @@ def test_readme_curriculum_table_matches_the_saved_comparisons():
     assert current_table(*curriculum.TABLE) == table
     seed1 = next(r for r in results if r["name"] == "example" and r.get("seed") == 1)
     assert f"| {seed1['rows'][0]['delta']:+.3f} [" in table
+
+
+def test_readme_chaos_slurm_table_matches_the_saved_campaign():
+    spec = importlib.util.spec_from_file_location("chaos_slurm", ROOT / "benchmarks/chaos_slurm.py")
+    chaos_slurm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chaos_slurm)
+    record = json.loads(chaos_slurm.SAVED.read_text())
+    assert {row["scenario"] for row in record["scenarios"]} == set(chaos_slurm.SCENARIOS)
+    assert all(row["identical"] for row in record["scenarios"]), record["scenarios"]
+    assert current_table(*chaos_slurm.TABLE) == chaos_slurm.render(record)

@@ -19,6 +19,11 @@ EDGES = {
     ("validate", "report"),
     ("convert", "split"),
     ("convert", "sft"),
+    # convert.json's rendering record: every stage that loads a model checks its tokenizer against it
+    ("convert", "rollouts"),
+    ("convert", "dpo"),
+    ("convert", "evaluate"),
+    ("convert", "evaluate_val"),
     ("base_model", "sft"),
     ("split", "sft"),
     ("split", "rollouts"),

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from readme_table import replace_table  # noqa: E402
+from readme_table import add_save_options, replace_table, rewrite_from_saved  # noqa: E402
 
 from sftdpo.io import content_digest, read_json, read_parquet  # noqa: E402
 
@@ -165,11 +165,10 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "tests/config/tiny.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/chaos")
     parser.add_argument("--reference", type=Path, help="a finished run of the same config (skips step 1)")
-    parser.add_argument("--save", action="store_true", help="keep the record and rewrite the README table")
-    parser.add_argument("--readme", action="store_true", help="only rewrite the README table from the saved record")
+    add_save_options(parser)
     args = parser.parse_args()
     if args.readme:
-        replace_table(TABLE[0], render(json.loads(SAVED.read_text())), TABLE[1])
+        rewrite_from_saved(TABLE, render, SAVED)
         return 0
     config = args.config.resolve()
     reference = args.reference or args.out / "reference"

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the Slurm test's command, environment
 from chaos import verdict  # noqa: E402
 from conftest import user_env  # noqa: E402
 from doc_commands import copy_project  # noqa: E402
-from readme_table import replace_table  # noqa: E402
+from readme_table import add_save_options, replace_table, rewrite_from_saved  # noqa: E402
 from test_slurm import CLUSTER_ENV, COMMAND, SLURM_TESTS  # noqa: E402
 
 SAVED = ROOT / "benchmarks/results/chaos_slurm.json"
@@ -271,11 +271,10 @@ def main() -> int:
     parser.add_argument("--local", type=Path, help="a finished local run (else one runs beside the reference)")
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--timeout", type=int, default=TIMEOUT, help="seconds for one Snakemake run")
-    parser.add_argument("--save", action="store_true", help="keep the record and rewrite the README table")
-    parser.add_argument("--readme", action="store_true", help="only rewrite the README table from the saved record")
+    add_save_options(parser)
     args = parser.parse_args()
     if args.readme:
-        replace_table(TABLE[0], render(json.loads(SAVED.read_text())), TABLE[1])
+        rewrite_from_saved(TABLE, render, SAVED)
         return 0
     TIMEOUT = args.timeout
     start_cluster()

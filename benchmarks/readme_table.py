@@ -31,3 +31,16 @@ def replace_table(name: str, table: str, command: str) -> None:
         raise SystemExit(f"README.md has no {begin!r} marker: add the two markers where the table goes")
     before, rest = text.split(begin, 1)
     README.write_text(f"{before}{begin}\n{table}\n{end}{rest.split(end, 1)[1]}")
+
+
+def add_save_options(parser) -> None:
+    """--save and --readme, as every campaign benchmark takes them."""
+    parser.add_argument("--save", action="store_true", help="keep the record and rewrite the README table")
+    parser.add_argument("--readme", action="store_true", help="only rewrite the README table from the saved record")
+
+
+def rewrite_from_saved(table: tuple[str, str], render, saved: Path) -> None:
+    """`--readme`: the README table `table` (name, command) rendered from the saved JSON record."""
+    import json
+
+    replace_table(table[0], render(json.loads(saved.read_text())), table[1])

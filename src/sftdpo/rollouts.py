@@ -114,7 +114,7 @@ def rollout_shard(
     if conversion_path:  # vLLM loads its own tokenizer from the same directory
         check_rendering(load_tokenizer(model_dir), model_dir, conversion_path)
     use_vllm = backend == "vllm" or (backend == "auto" and vllm_available())
-    sampled_by = model_digest(model_dir)
+    sampled_by = model_digest(model_dir) if todo else None  # a finished shard samples nothing: no weights to hash
     model = tokenizer = None
     if todo and not use_vllm:
         model, tokenizer = load_for_inference(model_dir)

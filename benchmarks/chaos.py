@@ -5,12 +5,13 @@
 
 1. A reference run: `snakemake -c2 --configfile tests/config/tiny.yaml` in <out>/reference (its wall time W), unless
    `--reference` names a finished one.
-2. The campaign, in <out>/campaign-seed<S>: N moments are drawn from the seed uniformly over the reference run's
-   busy time, each named by the job it hit and how many seconds into it (a resumed run skips finished work, so a
-   wall time would not mean the same thing twice). For each moment, in order, the same command starts in its own
-   process group and the whole group gets SIGKILL once that job has run that long (merges, HDF5 writes, checkpoint
-   saves, the report; a job's first second is where Snakemake writes its metadata). Recovery is what the README
-   documents: `snakemake --unlock`, then the same command again. After the N kills the command runs to the end.
+2. The campaign, in <out>/campaign-seed<S>: N moments are drawn from the seed over the reference run's busy time,
+   one inside each rule's jobs first, the rest uniformly, each named by the job it hit and how many seconds into
+   it (a resumed run skips finished work, so a wall time would not mean the same thing twice). For each moment, in
+   order, the same command starts in its own process group and the whole group gets SIGKILL once that job has run
+   that long (merges, HDF5 writes, checkpoint saves, the report; a job's first second is where Snakemake writes its
+   metadata). Recovery is what the README documents: `snakemake --unlock`, then the same command again. After the
+   N kills the command runs to the end.
 3. The verdict, against the reference: every table and tokens.h5 with the same content (sftdpo.io.content_digest:
    data tables, rollouts, pairs and the evaluation rows); no id twice in any table keyed by id; SFT's and DPO's
    global_step at max_steps with the same loss history (no optimizer step applied twice or lost); the same set of
@@ -69,9 +70,10 @@ def run_to_end(workdir: Path, config: Path, timeline: list | None = None) -> flo
 
 
 def kill_moments(timeline: list[tuple[float, list[str]]], n: int, seed: int) -> list[tuple[str, float, set[str]]]:
-    """n (rule, seconds into that rule's job, rules that start later) moments drawn uniformly over the reference
-    run's busy time, in the order they happened. A moment is named by the job it hits, not by a wall time: a
-    resumed run skips what was done, so only the job and how far into it are comparable."""
+    """n (rule, seconds into that rule's job, rules that start later) moments, in the order they happened: one
+    inside each rule's busy time first (so every stage is hit, however short: a merge, the report), then the rest
+    uniformly over all busy time. A moment is named by the job it hits, not by a wall time: a resumed run skips
+    what was done, so only the job and how far into it are comparable."""
     rng = random.Random(seed)
     busy, stretch_start, first_seen, previous = [], {}, {}, set()
     for t, jobs in timeline:
@@ -79,10 +81,11 @@ def kill_moments(timeline: list[tuple[float, list[str]]], n: int, seed: int) -> 
             stretch_start[job] = t
             first_seen.setdefault(job, t)
         previous = set(jobs)
-        if jobs:
-            busy.append((t, jobs[0], round(t - stretch_start[jobs[0]], 1)))
-    return [(job, offset, {r for r, t0 in first_seen.items() if t0 > t})
-            for t, job, offset in sorted(rng.sample(busy, min(n, len(busy))))]  # fmt: skip
+        busy += [(t, job, round(t - stretch_start[job], 1)) for job in sorted(set(jobs))]
+    rules = sorted(first_seen)
+    chosen = [rng.choice([m for m in busy if m[1] == rule]) for rule in rng.sample(rules, min(n, len(rules)))]
+    chosen += rng.sample([m for m in busy if m not in chosen], min(n - len(chosen), len(busy) - len(chosen)))
+    return [(job, offset, {r for r, t0 in first_seen.items() if t0 > t}) for t, job, offset in sorted(chosen)]
 
 
 def running_jobs(pgid: int) -> list[str]:

@@ -61,6 +61,25 @@ def test_readme_curriculum_table_matches_the_saved_comparisons():
     assert f"| {seed1['rows'][0]['delta']:+.3f} [" in table
 
 
+def test_kill_moments_hit_every_rule_first_then_spread():
+    spec = importlib.util.spec_from_file_location("chaos", ROOT / "benchmarks/chaos.py")
+    chaos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chaos)
+    # A reference timeline sampled every 0.2 s: a long sft, a 0.4 s merge beside evaluate, a 0.2 s report.
+    timeline = [(round(0.2 * i, 1), ["sft"]) for i in range(300)]
+    timeline += [(60.0, ["evaluate", "merge_rollouts"]), (60.2, ["evaluate", "merge_rollouts"]), (60.4, ["report"])]
+    moments = chaos.kill_moments(timeline, 5, seed=3)
+    assert len(moments) == 5 and {rule for rule, _, _ in moments} == {"sft", "evaluate", "merge_rollouts", "report"}
+    assert [m[0] for m in moments].count("sft") == 2  # 4 rules, then 1 more drawn over all busy time (mostly sft)
+    assert moments == chaos.kill_moments(timeline, 5, seed=3) != chaos.kill_moments(timeline, 5, seed=4)
+    sft_offsets = [offset for rule, offset, _ in moments if rule == "sft"]
+    assert all(0 <= o <= 59.8 for o in sft_offsets) and len(set(sft_offsets)) == 2
+    report = next(m for m in moments if m[0] == "report")
+    assert report[1] == 0.0 and report[2] == set()  # nothing starts after the report
+    assert next(m for m in moments if m[0] == "evaluate")[2] == {"report"}
+    assert len(chaos.kill_moments(timeline, 2, seed=0)) == 2  # fewer kills than rules: a sample of the rules
+
+
 def test_readme_chaos_slurm_table_matches_the_saved_campaign():
     spec = importlib.util.spec_from_file_location("chaos_slurm", ROOT / "benchmarks/chaos_slurm.py")
     chaos_slurm = importlib.util.module_from_spec(spec)

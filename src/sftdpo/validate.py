@@ -57,21 +57,28 @@ def check_rows(
     seen_prompts: set[str] = set()
     seen_normalised: set[str] = set()
     # Plain lists, read once: iterating pandas' (Arrow-backed) string columns row by row is slow at 1M rows.
-    rows = [Row(*values) for values in zip(*(frame[name].tolist() for name in Row._fields))]
-    integrity = [_integrity(row, limits) for row in rows]
+    columns = {name: frame[name].tolist() for name in Row._fields}
+    integrity = [(None, None)] * len(frame)
+    for i in _integrity_suspects(columns, limits):  # the few rows a column-wise scan flags get the full check
+        integrity[i] = _integrity(Row(*(columns[name][i] for name in Row._fields)), limits)
     canonical: dict[str, str] = {}  # answers repeat: normalise each distinct one once
     answers: dict[str, set[str]] = defaultdict(set)
-    identity = [_identity(row) if reason is None else ("", "") for row, (reason, _) in zip(rows, integrity)]
-    for row, (reason, _), (_, key) in zip(rows, integrity, identity):
+    identity = [
+        _identity(prompt, meta) if reason is None else ("", "")
+        for prompt, meta, (reason, _) in zip(columns["prompt"], columns["meta"], integrity)
+    ]
+    for answer, (reason, _), (_, key) in zip(columns["answer"], integrity, identity):
         if reason is None:
-            if row.answer not in canonical:
-                canonical[row.answer] = normalise(row.answer) or row.answer.strip()
-            answers[key].add(canonical[row.answer])
+            if answer not in canonical:
+                canonical[answer] = normalise(answer) or answer.strip()
+            answers[key].add(canonical[answer])
     reasons: list[str | None] = []
     fields: list[str | None] = []
-    for row, (reason, field), (exact, key) in zip(rows, integrity, identity):
+    for row_id, row_task, completion, answer, (reason, field), (exact, key) in zip(
+        columns["id"], columns["task"], columns["completion"], columns["answer"], integrity, identity
+    ):
         if reason is None:
-            if row.id in seen_ids:
+            if row_id in seen_ids:
                 reason, field = "duplicate_id", "id"
             elif len(answers[key]) > 1:
                 reason, field = "conflicting_answers", "answer"
@@ -80,13 +87,13 @@ def check_rows(
             elif key in seen_normalised:
                 reason, field = "near_duplicate_prompt", "prompt"
         if reason is None:
-            if row.task not in tasks:
-                tasks[row.task] = get_task(row.task, **task_options.get(row.task, {}))
-            verdict = tasks[row.task].verify(row.completion, row.answer)
+            if row_task not in tasks:
+                tasks[row_task] = get_task(row_task, **task_options.get(row_task, {}))
+            verdict = tasks[row_task].verify(completion, answer)
             if not verdict.correct:
                 reason, field = f"verifier:{verdict.reason}", "completion"
         if reason is None:
-            seen_ids.add(row.id)
+            seen_ids.add(row_id)
             seen_prompts.add(exact)
             seen_normalised.add(key)
         reasons.append(reason)
@@ -97,17 +104,29 @@ def check_rows(
     return out
 
 
-def _identity(row: Any) -> tuple[str, str]:
+def _identity(prompt: str, meta: Any) -> tuple[str, str]:
     """(exact, normalised) identity of a row's prompt; an imported conversation's earlier turns (meta.context)
     are part of it, so two conversations that end with the same question are not duplicates."""
     try:
-        context = demo_context(row.meta)
+        context = demo_context(meta)
     except (ValueError, TypeError, KeyError, AttributeError):
         context = []
     if not context:
-        return row.prompt.strip(), normalise_prompt(row.prompt)
-    messages = [*context, {"role": "user", "content": row.prompt}]
+        return prompt.strip(), normalise_prompt(prompt)
+    messages = [*context, {"role": "user", "content": prompt}]
     return json.dumps([[m["role"], m["content"].strip()] for m in messages]), normalise_prompt(messages)
+
+
+def _integrity_suspects(columns: dict[str, list], limits: dict[str, int]) -> set[int]:
+    """Rows that may fail an integrity check (a superset: `_integrity` decides), found column by column.
+    `not v.strip()` is `v == "" or v.isspace()` without building a new string."""
+    suspects: set[int] = set()
+    for name in TEXT_FIELDS:
+        suspects.update(i for i, v in enumerate(columns[name]) if type(v) is not str or not v or v.isspace())
+    for name, limit in limits.items():
+        suspects.update(i for i, v in enumerate(columns[name]) if type(v) is str and len(v) > limit)
+    suspects.update(i for i, v in enumerate(columns["correct"]) if type(v) is not bool)
+    return suspects
 
 
 def _integrity(row: Any, limits: dict[str, int]) -> tuple[str | None, str | None]:

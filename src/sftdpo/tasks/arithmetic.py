@@ -149,19 +149,16 @@ class ArithmeticTask(Task):
         return "\n".join(lines)
 
     def extract_answer(self, completion: str) -> str | None:
-        for line in reversed(completion.strip().splitlines()):
-            match = ANSWER.match(line.strip())
-            if match:
-                return match.group(1)
-        return None
+        return _answer(completion.strip().splitlines())
 
     def verify(self, completion: str, answer: str) -> Verdict:
-        prediction = self.extract_answer(completion)
+        lines = completion.strip().splitlines()  # split once: validation verifies every row (1M rows)
+        prediction = _answer(lines)
         if prediction is None:
             return Verdict(False, None, "no_answer_line")
         if prediction != str(answer).strip():
             return Verdict(False, prediction, "wrong_answer")
-        for line in completion.strip().splitlines()[:-1]:
+        for line in lines[:-1]:
             match = STEP.match(line.strip())
             if not match:
                 return Verdict(False, prediction, "malformed_step")
@@ -169,6 +166,15 @@ class ArithmeticTask(Task):
             if OPS[op](int(a), int(b)) != int(result):
                 return Verdict(False, prediction, "invalid_step")
         return Verdict(True, prediction, None)
+
+
+def _answer(lines: list[str]) -> str | None:
+    """The number of the last `#### <n>` line, if any."""
+    for line in reversed(lines):
+        match = ANSWER.match(line.strip())
+        if match:
+            return match.group(1)
+    return None
 
 
 def _evaluate(operands: list[int], ops: list[str]) -> int:

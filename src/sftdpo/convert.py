@@ -48,8 +48,8 @@ def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> t
     prompts = fulls = []  # apply_chat_template refuses an empty batch (a block of multi-turn imports only)
     if single:
         batch = [conversations[i] for i in single]
-        prompts = tokenizer.apply_chat_template([c["prompt"] for c in batch], add_generation_prompt=True)["input_ids"]
-        fulls = tokenizer.apply_chat_template([c["prompt"] + c["completion"] for c in batch])["input_ids"]
+        prompts = _encode(tokenizer, [c["prompt"] for c in batch], add_generation_prompt=True)
+        fulls = _encode(tokenizer, [c["prompt"] + c["completion"] for c in batch], add_generation_prompt=False)
     for i, prompt, full in zip(single, prompts, fulls):
         if full[: len(prompt)] != prompt:
             raise ValueError(
@@ -60,6 +60,15 @@ def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> t
     for i in sorted(set(range(len(conversations))) - set(single)):
         ids[i], masks[i] = assistant_token_mask(tokenizer, conversations[i]["prompt"] + conversations[i]["completion"])
     return ids, masks
+
+
+def _encode(tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool) -> list[list[int]]:
+    """The ids `apply_chat_template(conversations, add_generation_prompt=...)` gives: the rendered texts through
+    the same tokenizer call (no special tokens added), asking for the ids alone; the attention masks and token
+    type ids it would build for every row cost as much as the tokenizer itself."""
+    texts = tokenizer.apply_chat_template(conversations, add_generation_prompt=add_generation_prompt, tokenize=False)
+    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+    return encoded["input_ids"]
 
 
 def metas(part: pd.DataFrame) -> list:

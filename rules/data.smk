@@ -130,6 +130,7 @@ rule convert:
         "results/benchmarks/convert.tsv"
     conda:
         "../envs/data.yaml"
+    threads: 2  # processes that tokenize blocks side by side (above 32k rows); the outputs are the same for any number
     params:
         code=code_fingerprint("sftdpo.convert"),
         max_length=config["convert"]["max_length"],

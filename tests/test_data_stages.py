@@ -86,3 +86,28 @@ def test_a_block_of_multi_turn_conversations_only_is_tokenized(tmp_path):
     assert (ids[0], masks[0]) == (ids[1], masks[1]) == expected
     first_answer = tokenizer.apply_chat_template(turns)["input_ids"]
     assert sum(masks[0][: len(first_answer)]) > 0 and sum(masks[0][len(first_answer) :]) > 0  # both turns
+
+
+def test_convert_in_worker_processes_writes_the_same_files(tmp_path, monkeypatch):
+    """Blocks tokenized by two worker processes give the files one process writes (some rows over max_length)."""
+    import sftdpo.convert
+    from sftdpo.io import content_digest
+
+    task = get_task("arithmetic")
+    problems = task.problems(120, seed=0)
+    model_dir = scratch_base_model(tmp_path / "base", task, problems)
+    write_parquet(program_demos(task, problems), tmp_path / "v.parquet")
+    monkeypatch.setattr(sftdpo.convert, "BATCH", 10)  # 12 blocks: enough to start the workers
+    digests = []
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        out.mkdir()
+        monkeypatch.setattr(sftdpo.convert, "_WORKER", {})  # set only where blocks are tokenized
+        report = convert(
+            validated_path=str(tmp_path / "v.parquet"), model_dir=str(model_dir), chat_path=str(out / "chat.parquet"),
+            tokens_path=str(out / "t.h5"), report_path=str(out / "c.json"), max_length=30, workers=workers,
+        )  # fmt: skip
+        digests.append((content_digest(out / "chat.parquet"), content_digest(out / "t.h5"), report))
+        assert bool(sftdpo.convert._WORKER) == (workers == 1)  # two workers: none of it in this process
+    assert 0 < len(digests[0][2]["overlength"]) < 120
+    assert digests[0] == digests[1]

@@ -16,7 +16,9 @@ stop the stage, with the numbers per difficulty, before anything is written when
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import multiprocessing
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # Conversations templated and tokenized per call: the tokenizer's batch API amortises its per-call overhead.
 BATCH = 4096
+# Below this many blocks the worker processes' start-up (each loads the tokenizer) costs more than it saves.
+MIN_BLOCKS_FOR_WORKERS = 8
 
 
 def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[list[int]], list[list[int]]]:
@@ -87,6 +91,48 @@ def token_tensor(ids: list[list[int]], masks: list[list[int]], max_length: int, 
     return tokens
 
 
+_WORKER: dict[str, Any] = {}  # a worker process's tokenizer and settings (set by _start_worker)
+
+
+def _start_worker(model_dir: str, system_prompt: str | None, max_length: int, tokenizer=None) -> None:
+    tokenizer = tokenizer or load_tokenizer(model_dir)
+    _WORKER.update(tokenizer=tokenizer, system_prompt=system_prompt, max_length=max_length)
+
+
+def _tokenize_block(block: tuple[list[str], list[str], list]) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """A block's (prompts, completions, metas) -> its conversations, every row's token count and the token
+    tensor of the rows that fit max_length. Runs in a worker process, or in the job's own when there is one."""
+    tokenizer, max_length = _WORKER["tokenizer"], _WORKER["max_length"]
+    conversations = [
+        chat_messages(p, c, context=demo_context(meta, _WORKER["system_prompt"])) for p, c, meta in zip(*block)
+    ]
+    ids, masks = tokenize_conversations(tokenizer, conversations)
+    n_tokens = np.array([len(row_ids) for row_ids in ids], dtype=np.int64)
+    kept = np.flatnonzero(n_tokens <= max_length)
+    tensor = token_tensor([ids[i] for i in kept], [masks[i] for i in kept], max_length, tokenizer.pad_token_id)
+    return conversations, n_tokens, tensor
+
+
+def tokenized_blocks(blocks: Iterable, n_blocks: int, workers: int, worker_args: tuple, tokenizer) -> Iterator[tuple]:
+    """`_tokenize_block` of every block, in order. With `workers` > 1 (and enough blocks to pay for their
+    start-up) worker processes tokenize side by side, at most two blocks a worker ahead of the consumer,
+    so memory stays flat; a block's result does not depend on where it ran. `tokenizer`: the job's own, for
+    the blocks it tokenizes itself."""
+    if workers <= 1 or n_blocks < MIN_BLOCKS_FOR_WORKERS:
+        _start_worker(*worker_args, tokenizer=tokenizer)
+        yield from map(_tokenize_block, blocks)
+        return
+    # spawn: a fresh interpreter, not a fork of this one with Arrow's and the tokenizer's threads in it
+    with multiprocessing.get_context("spawn").Pool(workers, _start_worker, worker_args) as pool:
+        pending: deque = deque()
+        for block in blocks:
+            pending.append(pool.apply_async(_tokenize_block, (block,)))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
 class ConvertGateError(RuntimeError):
     """convert.max_length leaves too many rows out; the message gives the numbers per difficulty."""
 
@@ -128,8 +174,10 @@ def convert(
     max_length: int,
     gates: dict[str, Any] | None = None,
     system_prompt: str | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """`system_prompt` (convert.system_prompt) opens every conversation that has no system message of its own."""
+    """`system_prompt` (convert.system_prompt) opens every conversation that has no system message of its own.
+    `workers`: processes that template and tokenize blocks side by side (the outputs are the same for any number)."""
     frame = read_parquet(validated_path)
     tokenizer = load_tokenizer(model_dir)
     digest = tokenizer_hash(tokenizer)
@@ -137,20 +185,18 @@ def convert(
     kept_ids: list[str] = []
     kept_by_difficulty: Counter = Counter()
     total_tokens = longest = multi_turn = 0
+    starts = range(0, len(frame), BATCH)
+    columns = [frame["prompt"].tolist(), frame["completion"].tolist(), metas(frame)]
+    blocks = ([column[start : start + BATCH] for column in columns] for start in starts)
     # Blocks of rows from start to end: the token tensor and the chat rows go to temporary files as they are
     # made (memory stays flat at 1M rows); a failed gate raises before the files take their names.
     with atomic_path(tokens_path) as tokens_tmp, atomic_path(chat_path) as chat_tmp:
         writer = TokenWriter(str(tokens_tmp), tokenizer_hash=digest, max_length=max_length)
         chat_writer = None
         bar = tqdm(total=len(frame), desc="convert", mininterval=2)
-        for start in range(0, len(frame), BATCH):
+        results = tokenized_blocks(blocks, len(starts), workers, (model_dir, system_prompt, max_length), tokenizer)
+        for start, (conversations, n_tokens, tensor) in zip(starts, results):
             part = frame.iloc[start : start + BATCH]
-            conversations = [
-                chat_messages(p, c, context=demo_context(meta, system_prompt))
-                for p, c, meta in zip(part["prompt"].tolist(), part["completion"].tolist(), metas(part))
-            ]
-            ids, masks = tokenize_conversations(tokenizer, conversations)
-            n_tokens = np.array([len(row_ids) for row_ids in ids], dtype=np.int64)
             fits = n_tokens <= max_length
             overlength += [
                 {"id": part["id"].iat[i], "difficulty": part["difficulty"].iat[i], "n_tokens": int(n_tokens[i])}
@@ -163,8 +209,7 @@ def convert(
             chat["messages"] = [conversations[i]["prompt"] + conversations[i]["completion"] for i in kept]
             chat["n_tokens"] = n_tokens[kept]
             chat["token_row"] = np.arange(len(kept_ids), len(kept_ids) + len(kept), dtype=np.int64)
-            writer.append(token_tensor([ids[i] for i in kept], [masks[i] for i in kept], max_length,
-                                       tokenizer.pad_token_id))  # fmt: skip
+            writer.append(tensor)
             if len(chat):  # an empty block has no column types to give the file's schema
                 table = pa.Table.from_pandas(chat, preserve_index=False)
                 chat_writer = chat_writer or pq.ParquetWriter(chat_tmp, table.schema)

@@ -197,7 +197,13 @@ class ShardProgress:
     Rows are appended and flushed as they are produced; a rerun reads the done ids back and skips
     them, so a killed job continues where it stopped without regenerating or duplicating rows.
     A torn last line (killed mid-write) is ignored and its row is produced again.
+
+    Every append reaches the operating system (a killed job loses nothing it appended); it is synced to disk
+    at most every `SYNC_SECONDS` and at close, so a crash of the machine itself loses at most that much work:
+    a sync per flush cost ~4 ms, 40% of a 1M-row program-expert collect.
     """
+
+    SYNC_SECONDS = 1.0
 
     def __init__(self, path: str | os.PathLike, key: str = "id"):
         self.path = Path(path)
@@ -211,6 +217,7 @@ class ShardProgress:
                 tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
         self.done = {row[key] for row in self.rows}
         self._fh = self.path.open("a")
+        self._synced = time.monotonic()
 
     def append(self, rows: Iterable[dict]) -> None:
         for row in rows:
@@ -220,11 +227,15 @@ class ShardProgress:
             self.rows.append(row)
             self.done.add(row[self.key])
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if time.monotonic() - self._synced >= self.SYNC_SECONDS:
+            os.fsync(self._fh.fileno())
+            self._synced = time.monotonic()
         # Test-only pacing, so kill -9 tests can hit a shard between two flushes.
         time.sleep(float(os.environ.get("SFTDPO_TEST_FLUSH_DELAY", "0")))
 
     def close(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
         self._fh.close()
 
 

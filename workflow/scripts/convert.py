@@ -19,5 +19,6 @@ run(
         max_length=sm.params.max_length,
         gates=sm.params.gates,
         system_prompt=sm.params.system_prompt,
+        workers=sm.threads,
     ),
 )

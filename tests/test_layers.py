@@ -12,6 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sftdpo"
 LAYERS = {
     "plumbing": {
         "io",
+        "bulk",
         "records",
         "tables",
         "chat",

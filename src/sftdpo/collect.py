@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from sftdpo.bulk import gc_paused
 from sftdpo.experts import EXPERT_MODULES, get_expert
 from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import ShardProgress, params_hash, resume_dir, write_json, write_parquet
@@ -166,29 +167,7 @@ def collect_shard(
         progress.close()
     console.close()
 
-    answered = {row["key"]: row for row in progress.rows}
-    rows, failures = [], Counter()
-    by_difficulty: dict[str, Counter] = defaultdict(Counter)
-    for problem in problems:
-        done = answered[keys[problem.id]]
-        verdict = task_obj.verify(done["completion"], problem.answer)
-        by_difficulty[problem.difficulty]["n"] += 1
-        by_difficulty[problem.difficulty]["correct"] += verdict.correct
-        if not verdict.correct:
-            failures[verdict.reason] += 1
-        rows.append(
-            {
-                "id": problem.id,
-                "task": task_obj.name,
-                "difficulty": problem.difficulty,
-                "prompt": problem.prompt,
-                "completion": done["completion"],
-                "answer": problem.answer,
-                "expert": expert_obj.name,
-                "correct": verdict.correct,
-                "meta": json.dumps({**json.loads(done["meta"]), "problem": problem.meta}, sort_keys=True, default=str),
-            }
-        )
+    rows, failures, by_difficulty = shard_rows(problems, keys, progress.rows, task_obj, expert_obj.name)
     keep_failures = expert_obj.keep_failures
     written = rows if keep_failures else [r for r in rows if r["correct"]]
     frame = pd.DataFrame(written, columns=DEMO_COLUMNS)
@@ -218,3 +197,33 @@ def collect_shard(
     if summary_path:
         write_json(summary, summary_path)
     return frame
+
+
+@gc_paused()  # a row a problem, up to millions (sftdpo.bulk)
+def shard_rows(problems, keys: dict[str, str], answers: list[dict], task_obj, expert: str):
+    """The shard's demo rows from its problems and the answers in its progress, each re-verified; with the
+    verifier's failures by reason and the success counts by difficulty."""
+    answered = {row["key"]: row for row in answers}
+    rows, failures = [], Counter()
+    by_difficulty: dict[str, Counter] = defaultdict(Counter)
+    for problem in problems:
+        done = answered[keys[problem.id]]
+        verdict = task_obj.verify(done["completion"], problem.answer)
+        by_difficulty[problem.difficulty]["n"] += 1
+        by_difficulty[problem.difficulty]["correct"] += verdict.correct
+        if not verdict.correct:
+            failures[verdict.reason] += 1
+        rows.append(
+            {
+                "id": problem.id,
+                "task": task_obj.name,
+                "difficulty": problem.difficulty,
+                "prompt": problem.prompt,
+                "completion": done["completion"],
+                "answer": problem.answer,
+                "expert": expert,
+                "correct": verdict.correct,
+                "meta": json.dumps({**json.loads(done["meta"]), "problem": problem.meta}, sort_keys=True, default=str),
+            }
+        )
+    return rows, failures, by_difficulty

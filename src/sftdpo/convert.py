@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from sftdpo.bulk import gc_paused
 from sftdpo.chat import assistant_token_mask, chat_messages, demo_context
 from sftdpo.io import atomic_path, read_parquet, write_json
 from sftdpo.modeling import load_tokenizer, rendering, tokenizer_hash
@@ -99,6 +100,7 @@ def _start_worker(model_dir: str, system_prompt: str | None, max_length: int, to
     _WORKER.update(tokenizer=tokenizer, system_prompt=system_prompt, max_length=max_length)
 
 
+@gc_paused()  # lists of ids and masks for thousands of rows (sftdpo.bulk)
 def _tokenize_block(block: tuple[list[str], list[str], list]) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """A block's (prompts, completions, metas) -> its conversations, every row's token count and the token
     tensor of the rows that fit max_length. Runs in a worker process, or in the job's own when there is one."""
@@ -164,6 +166,7 @@ def check_gates(
     return failed
 
 
+@gc_paused()  # the chat rows of up to millions of conversations (sftdpo.bulk)
 def convert(
     *,
     validated_path: str,

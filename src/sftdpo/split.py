@@ -46,10 +46,14 @@ def assign_splits(frame: pd.DataFrame, *, strata: list[str], fractions: dict[str
     _, first_rows = np.unique(group_of_row, return_index=True)
     groups = pd.DataFrame({k: frame[k].iloc[first_rows].astype(str).to_numpy() for k in strata})
     stratum = groups.groupby(strata, sort=False).ngroup().to_numpy() if strata else np.zeros(len(keys), dtype=int)
-    groups["stratum"] = stratum
-    groups["hash"] = [hashlib.sha256(f"{seed}:{key}".encode()).hexdigest() for key in keys]
-    # A group's place in its stratum's seeded order, and the stratum's cut points (largest remainders).
-    rank = groups.sort_values(["stratum", "hash"]).groupby("stratum").cumcount().sort_index().to_numpy()
+    # A group's place in its stratum's seeded order (by the sha256 of seed and prompt), and the stratum's cut
+    # points (largest remainders). The digests sort as four big-endian 64-bit words: the order of their hex text.
+    digests = b"".join(hashlib.sha256(f"{seed}:{key}".encode()).digest() for key in keys)
+    words = np.frombuffer(digests, dtype=">u8").reshape(-1, 4)
+    order = np.lexsort((words[:, 3], words[:, 2], words[:, 1], words[:, 0], stratum))
+    first_of_stratum = np.searchsorted(stratum[order], stratum[order], side="left")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - first_of_stratum
     counts = [[allocate(int(n), fractions)[s] for s in SPLITS] for n in np.bincount(stratum)]
     cuts = np.array(counts, dtype=int).reshape(-1, len(SPLITS)).cumsum(axis=1)
     label = np.select([rank < cuts[stratum, 0], rank < cuts[stratum, 1]], ["train", "val"], "test")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from sftdpo.answers import normalise
+from sftdpo.bulk import gc_paused
 from sftdpo.chat import demo_context, normalise_prompt
 from sftdpo.io import read_json, read_parquet, write_json, write_parquet
 from sftdpo.tables import DEMO_COLUMNS
@@ -34,6 +35,7 @@ class QualityGateError(RuntimeError):
     """A quality gate failed; the message names the gate and the numbers."""
 
 
+@gc_paused()  # a row list and a verdict per row, 1M rows (sftdpo.bulk)
 def check_rows(
     frame: pd.DataFrame,
     *,

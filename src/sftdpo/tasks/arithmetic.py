@@ -16,6 +16,7 @@ import re
 
 import numpy as np
 
+from sftdpo.bulk import gc_paused
 from sftdpo.tasks import Problem, Task, Verdict
 
 STEP = re.compile(r"^(\d+)([+\-*])(\d+)=(-?\d+)$")
@@ -35,19 +36,25 @@ class ArithmeticTask(Task):
         self.min_ops, self.max_ops, self.max_operand, self.ops = min_ops, max_ops, max_operand, ops
 
     # -- generation -------------------------------------------------------------------------
-    def _expression(self, rng: random.Random, n_ops: int) -> tuple[list[int], list[str]]:
-        operands = [rng.randint(0, self.max_operand)]
+    def _expression(self, rng: random.Random, n_ops: int) -> tuple[list[int], list[str], int, str]:
+        """(operands, operators, value, written expression) of a random expression with `n_ops` operations."""
+        # rng._randbelow(k) is the one draw behind CPython's rng.randint(0, k - 1) and rng.choice of k items:
+        # the same numbers, without two layers of argument checks that were half of the time of 1M problems.
+        draw, n_operands, n_kinds = rng._randbelow, self.max_operand + 1, len(self.ops)
+        operands = [draw(n_operands)]
         ops: list[str] = []
         value = operands[0]
+        written = [str(value)]
         for _ in range(n_ops):
-            b = rng.randint(0, self.max_operand)
-            op = rng.choice(self.ops)
+            b = draw(n_operands)
+            op = self.ops[draw(n_kinds)]
             if op == "-" and b > value:  # keep running values non-negative
                 op = "+"
             value = OPS[op](value, b)
             operands.append(b)
             ops.append(op)
-        return operands, ops
+            written += (op, str(b))
+        return operands, ops, value, "".join(written)
 
     def max_problems(self) -> int:
         """How many distinct problems the settings allow (summed over levels; counted, not generated)."""
@@ -92,6 +99,7 @@ class ArithmeticTask(Task):
             counts = new
         return int(counts.sum())
 
+    @gc_paused()  # a million Problems (sftdpo.bulk)
     def problems(self, n: int, seed: int) -> list[Problem]:
         """`n` distinct problems; levels are drawn uniformly until a level's space is exhausted.
 
@@ -117,8 +125,7 @@ class ArithmeticTask(Task):
                 left = left or {lv: self.problems_with_ops(lv) for lv in levels}
                 open_levels = [lv for lv in levels if made[lv] < left[lv]]
             level = rng.choice(open_levels)
-            operands, ops = self._expression(rng, level)
-            expr = str(operands[0]) + "".join(f"{op}{b}" for op, b in zip(ops, operands[1:]))
+            operands, ops, value, expr = self._expression(rng, level)
             if expr in seen:
                 misses[level] += 1
                 continue
@@ -130,7 +137,7 @@ class ArithmeticTask(Task):
                 Problem(
                     id=f"arithmetic-{len(out):06d}",
                     prompt=f"What is {expr}?",
-                    answer=str(_evaluate(operands, ops)),
+                    answer=str(value),
                     difficulty=str(level),
                     meta={"operands": operands, "ops": ops},
                 )
@@ -175,10 +182,3 @@ def _answer(lines: list[str]) -> str | None:
         if match:
             return match.group(1)
     return None
-
-
-def _evaluate(operands: list[int], ops: list[str]) -> int:
-    value = operands[0]
-    for op, b in zip(ops, operands[1:]):
-        value = OPS[op](value, b)
-    return value

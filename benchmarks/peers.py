@@ -553,10 +553,11 @@ def measure(arm: str, args) -> dict:
     """One figure of one arm, in a fresh interpreter."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", arm, "--work", str(args.work)]
     cmd += ["--sft-steps", str(args.sft_steps), "--prompts", str(args.prompts), "--rows", str(args.rows)]
+    load = os.getloadavg()[0]  # the machine's 1-minute load before the run (the cores may be shared)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{arm} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "load_before": load}
 
 
 def fmt(value: float, unit: str) -> str:

@@ -539,14 +539,17 @@ def schedule(arms: list[str], repeats: int) -> list[str]:
 
 
 def summarise(unit: str, runs: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    """Median of each arm's runs and its speed relative to the first arm's (sftdpo's): sftdpo's speed ÷ the peer's,
-    above 1 when sftdpo is faster (a rate divided by a rate; for seconds, the peer's time ÷ sftdpo's)."""
-    medians = {arm: statistics.median(values) for arm, values in runs.items()}
-    first = next(iter(medians.values()))
-    return {
-        arm: {"median": m, "ratio": (m / first if unit == "s" else first / m) if m else float("nan")}
-        for arm, m in medians.items()
-    }
+    """Each arm's median and best run (the fastest: the least disturbed when the cores are shared), and the ratios
+    of sftdpo's (the first arm's) to them: sftdpo's speed ÷ the arm's, above 1 when sftdpo is faster (a rate divided
+    by a rate; for seconds, the arm's time ÷ sftdpo's)."""
+    best = min if unit == "s" else max
+    figures = {arm: {"median": statistics.median(v), "best": best(v)} for arm, v in runs.items()}
+    first = next(iter(figures.values()))
+    for arm in figures.values():
+        for key in ("median", "best"):
+            a, b = (arm[key], first[key]) if unit == "s" else (first[key], arm[key])
+            arm[f"{key}_ratio"] = a / b
+    return figures
 
 
 def measure(arm: str, args) -> dict:
@@ -588,19 +591,20 @@ def render(record: dict) -> str:
         if not row:
             lines.append(f"| {title} | not measured | | |")
             continue
+        ours = row["arms"][arms[0][0]]
         peers = [(label, row["arms"][arm]) for arm, label in arms[1:]]
         lines.append(
-            f"| {title} | {fmt(row['arms'][arms[0][0]]['median'], unit)} | "
-            + " · ".join(f"{label} {fmt(a['median'], unit)}" for label, a in peers)
+            f"| {title} | {fmt(ours['median'], unit)} ({fmt(ours['best'], unit)}) | "
+            + " · ".join(f"{label} {fmt(a['median'], unit)} ({fmt(a['best'], unit)})" for label, a in peers)
             + " | "
-            + " · ".join(f"{a['ratio']:.2f}" for _, a in peers)
+            + " · ".join(f"{a['median_ratio']:.2f} ({a['best_ratio']:.2f})" for _, a in peers)
             + " |"
         )
     m = record["machine"]
     where = f"{m['platform']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']}"
-    lines += ["", f"Medians of {record['repeats']} alternating runs; ratio: sftdpo's speed ÷ the peer's (above 1: "
-              f"sftdpo faster). Measured on {where}, commit {record['commit']}, {record['date']}, "
-              f"in {record['wall_seconds'] / 60:.0f} min."]  # fmt: skip
+    lines += ["", f"Median of {record['repeats']} alternating runs (in brackets: the best run); ratio: sftdpo's "
+              f"speed ÷ the peer's (above 1: sftdpo faster), of the medians (of the best runs). Measured on {where}, "
+              f"commit {record['commit']}, {record['date']}, in {record['wall_seconds'] / 60:.0f} min."]  # fmt: skip
     return "\n".join(lines)
 
 

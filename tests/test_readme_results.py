@@ -110,6 +110,8 @@ def test_peers_alternate_and_compare_medians_with_sftdpo():
     peers = load_peers()
     assert peers.schedule(["sftdpo", "a", "b"], 2) == ["sftdpo", "a", "b", "sftdpo", "a", "b"]
     rates = peers.summarise("tok/s", {"sftdpo": [10, 30, 20], "peer": [40, 5, 10]})
-    assert rates["sftdpo"] == {"median": 20, "ratio": 1.0} and rates["peer"] == {"median": 10, "ratio": 2.0}
+    assert rates["sftdpo"] == {"median": 20, "best": 30, "median_ratio": 1.0, "best_ratio": 1.0}
+    assert rates["peer"] == {"median": 10, "best": 40, "median_ratio": 2.0, "best_ratio": 0.75}
     times = peers.summarise("s", {"sftdpo": [2.0, 4.0, 3.0], "peer": [1.0, 1.5, 0.5]})
-    assert times["peer"]["ratio"] == 1.0 / 3.0  # seconds: sftdpo 3x slower than the peer, its speed a third
+    # seconds: the best run is the shortest; sftdpo 3x (4x) slower than the peer, its speed a third (a quarter)
+    assert times["peer"] == {"median": 1.0, "best": 0.5, "median_ratio": 1.0 / 3.0, "best_ratio": 0.25}

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -102,6 +103,11 @@ def timed(fn) -> tuple[object, float]:
 
 def rate(amount: float, seconds: float, **details) -> dict:
     return {"value": amount / seconds, "amount": amount, "seconds": seconds, **details}
+
+
+def job_threads(log: Path) -> int:
+    """The threads Snakemake gave a job, from the first line sftdpo.runner writes to the rule's log."""
+    return int(re.search(r"scheduled threads (\d+)", log.read_text()).group(1))
 
 
 def sidecar_params(path: Path) -> dict:
@@ -328,6 +334,8 @@ def data_sftdpo(work: Path, args) -> dict:
     results = work / "data/results"
     checks, conversion = sidecar_params(results / "demos/validated.parquet"), sidecar_params(results / "data/tokens.h5")
     splitting = sidecar_params(results / "data/train.parquet")
+    if "workers" in inspect.signature(convert).parameters:  # a convert that tokenizes in the job's threads
+        conversion["workers"] = job_threads(work / "data/logs/convert.log")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
 

@@ -5,7 +5,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: venv run test test-fast lint dag plan clean
+.PHONY: venv run test test-fast lint dag plan bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-fast: lint
 CONFIG ?=
 plan: venv
 	$(BIN)/snakemake -c1 results/plan/plan.json --forcerun plan $(if $(CONFIG),--configfile $(CONFIG))
+
+# sftdpo against its peers (README, "sftdpo against its peers"): about 15 minutes on 2 cores.
+bench: venv
+	$(BIN)/python benchmarks/peers.py --save
 
 dag: venv
 	$(BIN)/snakemake --dag | dot -Tsvg > dag.svg

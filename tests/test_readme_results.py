@@ -88,3 +88,30 @@ def test_readme_chaos_slurm_table_matches_the_saved_campaign():
     assert {row["scenario"] for row in record["scenarios"]} == set(chaos_slurm.SCENARIOS)
     assert all(row["identical"] for row in record["scenarios"]), record["scenarios"]
     assert current_table(*chaos_slurm.TABLE) == chaos_slurm.render(record)
+
+
+def load_peers():
+    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks/peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    return peers
+
+
+def test_readme_peers_table_matches_the_saved_figures():
+    peers = load_peers()
+    record = json.loads(peers.SAVED.read_text())
+    assert record["rows"] and {"platform", "cores", "python", "torch"} <= set(record["machine"])
+    for row in record["rows"].values():
+        assert all(len(arm["runs"]) == record["repeats"] for arm in row["arms"].values())
+    assert current_table(*peers.TABLE) == peers.render(record)
+
+
+def test_peers_alternate_and_compare_medians_with_sftdpo():
+    peers = load_peers()
+    assert peers.schedule(["sftdpo", "a", "b"], 2) == ["sftdpo", "a", "b", "sftdpo", "a", "b"]
+    rates = peers.summarise("tok/s", {"sftdpo": [10, 30, 20], "peer": [40, 5, 10]})
+    assert rates["sftdpo"] == {"median": 20, "best": 30, "median_ratio": 1.0, "best_ratio": 1.0}
+    assert rates["peer"] == {"median": 10, "best": 40, "median_ratio": 2.0, "best_ratio": 0.75}
+    times = peers.summarise("s", {"sftdpo": [2.0, 4.0, 3.0], "peer": [1.0, 1.5, 0.5]})
+    # seconds: the best run is the shortest; sftdpo 3x (4x) slower than the peer, its speed a third (a quarter)
+    assert times["peer"] == {"median": 1.0, "best": 0.5, "median_ratio": 1.0 / 3.0, "best_ratio": 0.25}

@@ -2,6 +2,7 @@
 
 import h5py
 import numpy as np
+import pytest
 
 from conftest import program_demos, scratch_base_model
 from sftdpo.collect import collect_shard
@@ -111,3 +112,29 @@ def test_convert_in_worker_processes_writes_the_same_files(tmp_path, monkeypatch
         assert bool(sftdpo.convert._WORKER) == (workers == 1)  # two workers: none of it in this process
     assert 0 < len(digests[0][2]["overlength"]) < 120
     assert digests[0] == digests[1]
+
+
+@pytest.mark.e2e
+def test_convert_job_tokenizes_in_worker_processes_with_the_same_files(tmp_path):
+    """Through the snakemake CLI with enough rows for convert's workers (-c2: 2 threads): the job's script is imported
+    again by each spawned worker, and the files equal those one process writes from the same validated rows."""
+    import yaml
+    from conftest import TINY, snakemake
+
+    from sftdpo.io import content_digest
+
+    overlay = tmp_path / "rows.yaml"
+    overlay.write_text(yaml.safe_dump({"task": {"n_problems": 40_000}}))  # 10 blocks of 4,096 rows
+    snakemake("results/data/convert.json", "-c2", "--configfile", TINY, overlay, cwd=tmp_path, timeout=900)
+    assert "tokenized by 2 worker processes" in (tmp_path / "logs/convert.log").read_text()
+    results = tmp_path / "results"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    report = convert(
+        validated_path=str(results / "demos/validated.parquet"), model_dir=str(results / "base/model"),
+        chat_path=str(alone / "chat.parquet"), tokens_path=str(alone / "tokens.h5"),
+        report_path=str(alone / "convert.json"), max_length=96, gates={}, workers=1,
+    )  # fmt: skip
+    assert report["n_rows"] > 8 * 4096
+    for name in ("chat.parquet", "tokens.h5"):
+        assert content_digest(results / "data" / name) == content_digest(alone / name), name

@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -119,20 +120,26 @@ def tokenized_blocks(blocks: Iterable, n_blocks: int, workers: int, worker_args:
     """`_tokenize_block` of every block, in order. With `workers` > 1 (and enough blocks to pay for their
     start-up) worker processes tokenize side by side, at most two blocks a worker ahead of the consumer,
     so memory stays flat; a block's result does not depend on where it ran. `tokenizer`: the job's own, for
-    the blocks it tokenizes itself."""
+    the blocks it tokenizes itself.
+
+    The workers are spawned (a fresh interpreter, not a fork of this one with Arrow's and the tokenizer's threads
+    in it), so they import the calling script again: a script that calls `convert` with workers needs an
+    `if __name__ == "__main__":` guard (workflow/scripts/convert.py has one). A worker that dies ends the job
+    with an error (BrokenProcessPool), never a wait."""
     if workers <= 1 or n_blocks < MIN_BLOCKS_FOR_WORKERS:
         _start_worker(*worker_args, tokenizer=tokenizer)
         yield from map(_tokenize_block, blocks)
         return
-    # spawn: a fresh interpreter, not a fork of this one with Arrow's and the tokenizer's threads in it
-    with multiprocessing.get_context("spawn").Pool(workers, _start_worker, worker_args) as pool:
+    log.info("convert: %d blocks tokenized by %d worker processes", n_blocks, workers)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=worker_args) as pool:
         pending: deque = deque()
         for block in blocks:
-            pending.append(pool.apply_async(_tokenize_block, (block,)))
+            pending.append(pool.submit(_tokenize_block, block))
             if len(pending) > 2 * workers:
-                yield pending.popleft().get()
+                yield pending.popleft().result()
         while pending:
-            yield pending.popleft().get()
+            yield pending.popleft().result()
 
 
 class ConvertGateError(RuntimeError):

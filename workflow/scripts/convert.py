@@ -7,18 +7,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from sftdpo.runner import run
 from sftdpo.convert import convert
 
-sm = snakemake  # noqa: F821
-run(
-    sm,
-    lambda: convert(
-        validated_path=sm.input.validated,
-        model_dir=sm.input.model,
-        chat_path=sm.output.chat,
-        tokens_path=sm.output.tokens,
-        report_path=sm.output.report,
-        max_length=sm.params.max_length,
-        gates=sm.params.gates,
-        system_prompt=sm.params.system_prompt,
-        workers=sm.threads,
-    ),
-)
+# Only as the job's own script: convert's worker processes (spawn) import this file again as __mp_main__,
+# without the `snakemake` object.
+if __name__ == "__main__":
+    sm = snakemake  # noqa: F821
+    run(
+        sm,
+        lambda: convert(
+            validated_path=sm.input.validated,
+            model_dir=sm.input.model,
+            chat_path=sm.output.chat,
+            tokens_path=sm.output.tokens,
+            report_path=sm.output.report,
+            max_length=sm.params.max_length,
+            gates=sm.params.gates,
+            system_prompt=sm.params.system_prompt,
+            workers=sm.threads,
+        ),
+    )

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import inspect
 import json
 import os
 import platform
@@ -334,8 +333,7 @@ def data_sftdpo(work: Path, args) -> dict:
     results = work / "data/results"
     checks, conversion = sidecar_params(results / "demos/validated.parquet"), sidecar_params(results / "data/tokens.h5")
     splitting = sidecar_params(results / "data/train.parquet")
-    if "workers" in inspect.signature(convert).parameters:  # a convert that tokenizes in the job's threads
-        conversion["workers"] = job_threads(work / "data/logs/convert.log")
+    conversion["workers"] = job_threads(work / "data/logs/convert.log")  # convert tokenizes in the job's threads
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
 

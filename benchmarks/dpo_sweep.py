@@ -55,7 +55,8 @@ def accuracy(model_dir: str, split_path: Path, out: Path, config: dict, stage: s
     options = {config["task"]["name"]: config["task"][config["task"]["name"]]}
     frame = evaluate(stage=stage, model_dir=model_dir, items_path=str(split_path), out_path=str(out),
                      task_options=options, max_new_tokens=config["evaluate"]["max_new_tokens"],
-                     batch_size=config["evaluate"]["batch_size"], seed=config["seed"])  # fmt: skip
+                     batch_size=config["evaluate"]["batch_size"], kv_cache_mb=config["evaluate"]["kv_cache_mb"],
+                     seed=config["seed"])  # fmt: skip
     return frame["correct"].to_numpy().astype(float)
 
 

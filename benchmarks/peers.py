@@ -308,7 +308,7 @@ def eval_sftdpo(work: Path, args) -> dict:
     rows, seconds = timed(lambda: greedy_verdicts(
         model, tokenizer, items, task_options={config["task"]["name"]: config["task"][config["task"]["name"]]},
         max_new_tokens=config["evaluate"]["max_new_tokens"], batch_size=config["evaluate"]["batch_size"],
-        seed=config["seed"], desc="evaluate",
+        kv_cache_mb=config["evaluate"]["kv_cache_mb"], seed=config["seed"], desc="evaluate",
     ))  # fmt: skip
     return rate(sum(r["n_tokens"] for r in rows), seconds, items=len(items))
 
@@ -580,7 +580,9 @@ def sizes(record: dict) -> dict[str, str]:
         "sft": f"{s['sft_steps']} steps × batch {s['sft_batch_size']}, {s['sft_threads']} threads",
         "rollouts": f"{s['prompts']} prompts × k={s['k']}, batch {s['rollouts_batch_size']}, "
         f"≤{s['rollouts_max_new_tokens']} new tokens, T={s['temperature']}",
-        "eval": f"{s['eval_items']} items, batch {s['eval_batch_size']}, ≤{s['eval_max_new_tokens']} new tokens",
+        "eval": f"{s['eval_items']} items, batch {s['eval_batch_size']}"
+        + (", longest prompts first" if s.get("eval_sorted") else "")
+        + f", ≤{s['eval_max_new_tokens']} new tokens",
         "data": f"{s['rows']:,} rows, in-process library calls",
         "job": "job time from the `benchmark:` file",
         "dry_run": f"{s['dry_run_jobs']:,} jobs",
@@ -657,6 +659,7 @@ def main() -> int:
             "temperature": config["rollouts"]["temperature"],
             "eval_batch_size": config["evaluate"]["batch_size"],
             "eval_max_new_tokens": config["evaluate"]["max_new_tokens"],
+            "eval_sorted": True,  # greedy_verdicts decodes the longest prompts first (since issue 11's batching)
             "eval_items": len(generation_inputs(args.work, "eval")),
             "rows": args.rows,
             **prepared,

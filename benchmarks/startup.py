@@ -10,6 +10,14 @@ everything a job does before its real work. Median of `--repeats` runs per rule,
 
 Prints a markdown table (rule, median s, whether torch got imported) and the total over the default
 DAG's 18 jobs (collect and rollouts have 2 shards, evaluate 3 stages).
+
+    .venv/bin/python benchmarks/startup.py --first-forward [--tiny benchmarks/peers/tiny]
+
+times each model rule's real job (sft, rollouts, dpo, evaluate), run by `snakemake --forcerun <rule>` in a copy of
+a finished tiny run (tests/config/tiny.yaml: the default's model, built by benchmarks/peers.py; built here when
+absent), from the job's process start to its model's first forward pass: a `sitecustomize` on PYTHONPATH hooks
+torch's module calls in the job's interpreter, writes the seconds since the process started (/proc) and ends the
+job. That is imports, config and input checks, reading the data, loading the model (and TRL's trainer set-up).
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +35,52 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests/config/tiny.yaml"
+# Each model rule's job in the tiny run: the target its --forcerun rebuilds.
+MODEL_JOBS = {
+    "sft": "results/sft/model",
+    "rollouts": "results/rollouts/shards/0.parquet",
+    "dpo": "results/dpo/adapter",
+    "evaluate": "results/eval/sft.parquet",
+}
+# Loaded by the job's interpreter (PYTHONPATH): when torch is imported, a hook on every module call records the
+# seconds since the process started (its start time in clock ticks since boot, /proc) at the first forward pass.
+FIRST_FORWARD_HOOK = """
+import importlib.abc, importlib.util, os, sys
+
+OUT = os.environ.get("SFTDPO_FIRST_FORWARD_OUT")
+
+
+def _since_start():
+    ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+    return float(open("/proc/uptime").read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _first_forward(module, args):
+    with open(OUT, "w") as fh:
+        fh.write(str(_since_start()))
+    os._exit(0)  # the measurement is taken: the job's work is not
+
+
+class _Torch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "torch":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("torch")
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            module.nn.modules.module.register_module_forward_pre_hook(_first_forward)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if OUT:
+    sys.meta_path.insert(0, _Torch())
+"""
 # Rules whose torch numerics are pinned by the config's `<stage>.resources.threads` (their `threads` param).
 TORCH_RULES = {"sft", "rollouts", "dpo", "evaluate"}
 JOBS = {"collect": 2, "rollouts": 2, "evaluate": 3}
@@ -82,11 +138,50 @@ def measure(repo: Path, script: Path, repeats: int) -> tuple[float, bool]:
     return statistics.median(times), torch
 
 
+def first_forward(tiny: Path, rule: str, repeats: int) -> list[float]:
+    """Seconds from the process start of `rule`'s job to its first forward pass, `repeats` runs."""
+    if not (tiny / "results/report/summary.json").exists():
+        tiny.mkdir(parents=True, exist_ok=True)
+        print(f"building the tiny run in {tiny}", flush=True)
+        snakemake_cmd = [str(ROOT / ".venv/bin/snakemake"), "-s", str(ROOT / "Snakefile"), "-c2"]
+        subprocess.run([*snakemake_cmd, "--configfile", str(TINY)], cwd=tiny, check=True, capture_output=True)
+    seconds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        hook_dir, run_dir = Path(tmp) / "hook", Path(tmp) / "run"
+        hook_dir.mkdir()
+        (hook_dir / "sitecustomize.py").write_text(FIRST_FORWARD_HOOK)
+        for name in ("results", "work", ".snakemake"):
+            if (tiny / name).exists():
+                shutil.copytree(tiny / name, run_dir / name, symlinks=True)
+        for _ in range(repeats):
+            out = Path(tmp) / "seconds"
+            out.unlink(missing_ok=True)
+            env = {**os.environ, "PYTHONPATH": str(hook_dir), "SFTDPO_FIRST_FORWARD_OUT": str(out)}
+            cmd = [str(ROOT / ".venv/bin/snakemake"), "-s", str(ROOT / "Snakefile"), "-c2", MODEL_JOBS[rule]]
+            cmd += ["--forcerun", rule, "--latency-wait", "0", "--configfile", str(TINY)]
+            # The job ends at its first forward pass, without its outputs: Snakemake reports it failed.
+            done = subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True)
+            if not out.exists():
+                raise SystemExit(f"{rule}: no forward pass recorded\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+            seconds.append(float(out.read_text()))
+            subprocess.run([*cmd[:4], "--unlock"], cwd=run_dir, capture_output=True)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=Path, default=ROOT)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--first-forward", action="store_true", help="model jobs: seconds to the first forward")
+    parser.add_argument("--tiny", type=Path, default=ROOT / "benchmarks/peers/tiny", help="a finished tiny run")
     args = parser.parse_args()
+    if args.first_forward:
+        print(f"seconds from a model job's process start to its first forward pass (median of {args.repeats})\n")
+        print("| rule | first forward s | runs |\n|---|---|---|")
+        for rule in MODEL_JOBS:
+            runs = first_forward(args.tiny, rule, args.repeats)
+            print(f"| {rule} | {statistics.median(runs):.2f} | {', '.join(f'{s:.2f}' for s in runs)} |", flush=True)
+        return
     rows, total = [], 0.0
     for script in sorted((args.repo / "workflow" / "scripts").glob("*.py")):
         seconds, torch = measure(args.repo, script, args.repeats)

@@ -40,6 +40,7 @@ def curriculum_evaluation():
         "task_options": task_options(),
         "max_new_tokens": config["evaluate"]["max_new_tokens"],
         "batch_size": config["evaluate"]["batch_size"],
+        "kv_cache_mb": config["evaluate"]["kv_cache_mb"],
     }
 
 

@@ -24,6 +24,7 @@ rule evaluate:
         code=code_fingerprint("sftdpo.evaluate"),
         max_new_tokens=config["evaluate"]["max_new_tokens"],
         batch_size=config["evaluate"]["batch_size"],
+        kv_cache_mb=config["evaluate"]["kv_cache_mb"],
         task_options=task_options(),
         seed=config["seed"],
         threads=resources("evaluate")["threads"],

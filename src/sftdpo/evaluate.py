@@ -26,16 +26,18 @@ def evaluate(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
+    kv_cache_mb: float = 2048,
     conversion_path: str | None = None,
 ) -> pd.DataFrame:
-    """`conversion_path`: convert.json, whose tokenizer rendering the model's must match (None: no check)."""
+    """`batch_size` and `kv_cache_mb` bound each generate call (sftdpo.generation.greedy_batch_size).
+    `conversion_path`: convert.json, whose tokenizer rendering the model's must match (None: no check)."""
     test = read_parquet(items_path)
     model, tokenizer = load_for_inference(model_dir)
     check_rendering(tokenizer, model_dir, conversion_path)
     progress = Progress(f"evaluate {stage}", len(test), unit="items")
     rows = greedy_verdicts(
         model, tokenizer, test, task_options=task_options, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        seed=seed, desc=f"evaluate {stage}", progress=progress,
+        kv_cache_mb=kv_cache_mb, seed=seed, desc=f"evaluate {stage}", progress=progress,
     )  # fmt: skip
     progress.close()
     rows = [{**row, "stage": stage} for row in rows]

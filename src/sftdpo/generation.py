@@ -87,6 +87,24 @@ def generate(
     return out
 
 
+def kv_cache_bytes_per_token(model) -> int:
+    """Bytes the KV cache holds for one token of one sequence: a key and a value per layer and KV head."""
+    config = model.config.get_text_config(decoder=True)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+
+
+def greedy_batch_size(
+    kv_bytes_per_token: int, longest_prompt: int, max_new_tokens: int, batch_size: int, kv_cache_mb: float
+) -> int:
+    """Sequences a greedy generate call: `batch_size` at most, fewer when their KV cache at full length (the longest
+    prompt plus `max_new_tokens`) would pass `kv_cache_mb`."""
+    per_sequence = kv_bytes_per_token * (longest_prompt + max_new_tokens)
+    return max(1, min(batch_size, int(kv_cache_mb * 2**20 // per_sequence)))
+
+
 def greedy_verdicts(
     model,
     tokenizer,
@@ -97,17 +115,31 @@ def greedy_verdicts(
     batch_size: int,
     seed: int,
     desc: str,
+    kv_cache_mb: float = 2048,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Greedy completions of `items` (a split's rows: id, task, difficulty, prompt messages, answer), each
     checked by its task's verifier: one evaluation row a item (id, task, difficulty, completion, prediction,
-    gold, correct, n_tokens). What evaluate writes and what the curriculum's checks measure."""
+    gold, correct, n_tokens), in the items' order. What evaluate writes and what the curriculum's checks measure.
+
+    Items are decoded longest prompt first, in batches of `greedy_batch_size`: similar prompts share a batch, so
+    it pads little and its rows tend to stop together (a batch runs until its longest answer ends); greedy
+    decoding draws nothing at random, so the order changes no completion.
+    """
     # The chat rows' prompt messages as SFT saw them (system message and earlier turns included).
     prompts = [list(messages) for messages in items["prompt"]]
-    outputs = generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, desc=desc,
-        progress=progress,
+    lengths = [len(prompt_ids(tokenizer, prompt_messages(p))) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # stable: ties keep the items' order
+    batch = greedy_batch_size(
+        kv_cache_bytes_per_token(model), max(lengths, default=0), max_new_tokens, batch_size, kv_cache_mb
+    )
+    decoded = generate(
+        model, tokenizer, [prompts[i] for i in order], max_new_tokens=max_new_tokens, batch_size=batch, seed=seed,
+        desc=desc, progress=progress,
     )  # fmt: skip
+    outputs: list[list[dict[str, Any]]] = [[] for _ in prompts]
+    for i, samples in zip(order, decoded):
+        outputs[i] = samples
     tasks = {name: get_task(name, **task_options.get(name, {})) for name in items["task"].unique()}
     rows = []
     for item, (sample,) in zip(items.itertuples(index=False), outputs):

@@ -351,7 +351,7 @@ def stage_rows(config: dict[str, Any], sizes: dict[str, Any]) -> list[dict[str, 
     for rule, split, jobs in (("evaluate", "test", 2 + n_dpo_runs), ("evaluate_val", "val", 1 + n_dpo_runs)):
         rows.append({"rule": rule, "jobs": jobs, "tokens": counts[split] * e["max_new_tokens"],
                      "batch": e["batch_size"], "max_new_tokens": e["max_new_tokens"],
-                     "backend": "transformers"})  # fmt: skip
+                     "backend": "transformers", "kv_cache_mb": e["kv_cache_mb"]})  # fmt: skip
     return rows
 
 
@@ -397,6 +397,13 @@ def make_plan(config: dict[str, Any], *, device: str = "auto", root: str = ".") 
         else:
             backend = "vllm" if row["backend"] == "vllm" and device != "cpu" else "transformers"
             trainable, reference = 0, 0
+            if "kv_cache_mb" in row:  # evaluate's batches shrink to its KV-cache budget (fp32, as load_model)
+                from sftdpo.generation import greedy_batch_size  # torch: imported where the plan needs it
+
+                kv_bytes = 2 * dims["layers"] * dims["kv_heads"] * dims["head_dim"] * 4
+                row["batch"] = greedy_batch_size(
+                    kv_bytes, sizes["longest"], row["max_new_tokens"], row["batch"], row["kv_cache_mb"]
+                )
             memory = inference_memory(
                 n_params=n_params, shape=dims, batch=row["batch"], prompt=sizes["longest"],
                 max_new_tokens=row["max_new_tokens"], backend=backend, device_bytes=device_bytes,

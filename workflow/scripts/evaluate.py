@@ -22,6 +22,7 @@ run(
         task_options=p.task_options,
         max_new_tokens=p.max_new_tokens,
         batch_size=p.batch_size,
+        kv_cache_mb=p.kv_cache_mb,
         seed=p.seed,
         conversion_path=sm.input.conversion,
     ),

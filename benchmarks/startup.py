@@ -11,13 +11,14 @@ everything a job does before its real work. Median of `--repeats` runs per rule,
 Prints a markdown table (rule, median s, whether torch got imported) and the total over the default
 DAG's 18 jobs (collect and rollouts have 2 shards, evaluate 3 stages).
 
-    .venv/bin/python benchmarks/startup.py --first-forward [--tiny benchmarks/peers/tiny]
+    .venv/bin/python benchmarks/startup.py --first-forward --save [--tiny benchmarks/peers/tiny]
 
 times each model rule's real job (sft, rollouts, dpo, evaluate), run by `snakemake --forcerun <rule>` in a copy of
 a finished tiny run (tests/config/tiny.yaml: the default's model, built by benchmarks/peers.py; built here when
 absent), from the job's process start to its model's first forward pass: a `sitecustomize` on PYTHONPATH hooks
 torch's module calls in the job's interpreter, writes the seconds since the process started (/proc) and ends the
 job. That is imports, config and input checks, reading the data, loading the model (and TRL's trainer set-up).
+`--save` keeps the runs in benchmarks/results/first_forward.json and rewrites the README's `first-forward-table`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -35,7 +37,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from readme_table import replace_table  # noqa: E402
+
 TINY = ROOT / "tests/config/tiny.yaml"
+SAVED = ROOT / "benchmarks/results/first_forward.json"
+TABLE = ("first-forward-table", "benchmarks/startup.py --first-forward --save")  # README marker name, command
 # Each model rule's job in the tiny run: the target its --forcerun rebuilds.
 MODEL_JOBS = {
     "sft": "results/sft/model",
@@ -140,32 +147,43 @@ def measure(repo: Path, script: Path, repeats: int) -> tuple[float, bool]:
 
 def first_forward(tiny: Path, rule: str, repeats: int) -> list[float]:
     """Seconds from the process start of `rule`'s job to its first forward pass, `repeats` runs."""
-    if not (tiny / "results/report/summary.json").exists():
-        tiny.mkdir(parents=True, exist_ok=True)
-        print(f"building the tiny run in {tiny}", flush=True)
-        snakemake_cmd = [str(ROOT / ".venv/bin/snakemake"), "-s", str(ROOT / "Snakefile"), "-c2"]
-        subprocess.run([*snakemake_cmd, "--configfile", str(TINY)], cwd=tiny, check=True, capture_output=True)
+    snakemake = [str(ROOT / ".venv/bin/snakemake"), "-s", str(ROOT / "Snakefile"), "-c2"]
+    config = ["--configfile", str(TINY)]  # last: it takes every argument after it
+    tiny.mkdir(parents=True, exist_ok=True)
+    # Up to date with this checkout first (a library edit reruns its rules), so only the measured job runs.
+    subprocess.run([*snakemake, *config], cwd=tiny, check=True, capture_output=True)
     seconds = []
     with tempfile.TemporaryDirectory() as tmp:
         hook_dir, run_dir = Path(tmp) / "hook", Path(tmp) / "run"
         hook_dir.mkdir()
         (hook_dir / "sitecustomize.py").write_text(FIRST_FORWARD_HOOK)
-        for name in ("results", "work", ".snakemake"):
+        for name in ("results", ".snakemake"):  # not work/: rollouts would resume its samples from there
             if (tiny / name).exists():
                 shutil.copytree(tiny / name, run_dir / name, symlinks=True)
         for _ in range(repeats):
             out = Path(tmp) / "seconds"
             out.unlink(missing_ok=True)
             env = {**os.environ, "PYTHONPATH": str(hook_dir), "SFTDPO_FIRST_FORWARD_OUT": str(out)}
-            cmd = [str(ROOT / ".venv/bin/snakemake"), "-s", str(ROOT / "Snakefile"), "-c2", MODEL_JOBS[rule]]
-            cmd += ["--forcerun", rule, "--latency-wait", "0", "--configfile", str(TINY)]
+            cmd = [*snakemake, MODEL_JOBS[rule], "--forcerun", rule, "--latency-wait", "0", *config]
+            planned = subprocess.run([*cmd[:-2], "-n", *config], cwd=run_dir, capture_output=True, text=True, check=True).stdout
+            if not re.search(rf"^{rule}\s+1$", planned, re.M) or not re.search(r"^total\s+1$", planned, re.M):
+                raise SystemExit(f"{rule}: the run would not be this one job alone:\n{planned[-2000:]}")
             # The job ends at its first forward pass, without its outputs: Snakemake reports it failed.
             done = subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True)
             if not out.exists():
                 raise SystemExit(f"{rule}: no forward pass recorded\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
             seconds.append(float(out.read_text()))
-            subprocess.run([*cmd[:4], "--unlock"], cwd=run_dir, capture_output=True)
+            subprocess.run([*snakemake, "--unlock", *config], cwd=run_dir, capture_output=True)
     return seconds
+
+
+def render(record: dict) -> str:
+    """The README table of a saved first-forward record."""
+    lines = ["| model job | first forward pass s (median) | runs |", "|---|---|---|"]
+    for rule, runs in record["rules"].items():
+        lines.append(f"| {rule} | {statistics.median(runs):.2f} | {', '.join(f'{s:.2f}' for s in runs)} |")
+    lines += ["", f"Seconds from the job's process start; measured on {record['machine']}, commit {record['commit']}."]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -174,13 +192,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--first-forward", action="store_true", help="model jobs: seconds to the first forward")
     parser.add_argument("--tiny", type=Path, default=ROOT / "benchmarks/peers/tiny", help="a finished tiny run")
+    parser.add_argument("--save", action="store_true", help="--first-forward: keep the record, rewrite the README")
     args = parser.parse_args()
     if args.first_forward:
-        print(f"seconds from a model job's process start to its first forward pass (median of {args.repeats})\n")
-        print("| rule | first forward s | runs |\n|---|---|---|")
-        for rule in MODEL_JOBS:
-            runs = first_forward(args.tiny, rule, args.repeats)
-            print(f"| {rule} | {statistics.median(runs):.2f} | {', '.join(f'{s:.2f}' for s in runs)} |", flush=True)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        record = {
+            "machine": f"{os.uname().machine}, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
+            "commit": commit.stdout.strip(),
+            "rules": {rule: first_forward(args.tiny, rule, args.repeats) for rule in MODEL_JOBS},
+        }
+        print(render(record))
+        if args.save:
+            SAVED.write_text(json.dumps(record, indent=1) + "\n")
+            replace_table(TABLE[0], render(record), TABLE[1])
         return
     rows, total = [], 0.0
     for script in sorted((args.repo / "workflow" / "scripts").glob("*.py")):

@@ -115,3 +115,13 @@ def test_peers_alternate_and_compare_medians_with_sftdpo():
     times = peers.summarise("s", {"sftdpo": [2.0, 4.0, 3.0], "peer": [1.0, 1.5, 0.5]})
     # seconds: the best run is the shortest; sftdpo 3x (4x) slower than the peer, its speed a third (a quarter)
     assert times["peer"] == {"median": 1.0, "best": 0.5, "median_ratio": 1.0 / 3.0, "best_ratio": 0.25}
+
+
+def test_readme_first_forward_table_matches_the_saved_figures():
+    spec = importlib.util.spec_from_file_location("startup", ROOT / "benchmarks/startup.py")
+    startup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(startup)
+    record = json.loads(startup.SAVED.read_text())
+    assert set(record["rules"]) == set(startup.MODEL_JOBS)
+    assert all(len(runs) >= 3 and all(0 < s < 60 for s in runs) for runs in record["rules"].values())
+    assert current_table(*startup.TABLE) == startup.render(record)

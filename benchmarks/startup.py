@@ -165,7 +165,8 @@ def first_forward(tiny: Path, rule: str, repeats: int) -> list[float]:
             out.unlink(missing_ok=True)
             env = {**os.environ, "PYTHONPATH": str(hook_dir), "SFTDPO_FIRST_FORWARD_OUT": str(out)}
             cmd = [*snakemake, MODEL_JOBS[rule], "--forcerun", rule, "--latency-wait", "0", *config]
-            planned = subprocess.run([*cmd[:-2], "-n", *config], cwd=run_dir, capture_output=True, text=True, check=True).stdout
+            dry_run = [*cmd[:-2], "-n", *config]
+            planned = subprocess.run(dry_run, cwd=run_dir, capture_output=True, text=True, check=True).stdout
             if not re.search(rf"^{rule}\s+1$", planned, re.M) or not re.search(r"^total\s+1$", planned, re.M):
                 raise SystemExit(f"{rule}: the run would not be this one job alone:\n{planned[-2000:]}")
             # The job ends at its first forward pass, without its outputs: Snakemake reports it failed.

@@ -59,6 +59,8 @@ ROWS = [
     ("sft", "SFT tok/s (real tokens)", "tok/s",
      [("sft_sftdpo", "sftdpo"), ("sft_hand_loop", "hand-written PyTorch loop"),
       ("sft_trl_same_settings", "TRL SFTTrainer, same settings"), ("sft_trl_defaults", "TRL SFTTrainer defaults")]),
+    ("sft_grouped", "SFT tok/s (real tokens), length-grouped batches", "tok/s",
+     [("sft_sftdpo_grouped", "sftdpo"), ("sft_hand_loop", "hand-written PyTorch loop")]),
     ("rollouts", "rollouts gen tok/s", "tok/s",
      [("rollouts_sftdpo", "sftdpo"), ("rollouts_one_prompt", "one prompt at a time"),
       ("rollouts_one_batch", "one batch of all")]),
@@ -125,7 +127,11 @@ def sft_examples(tiny: Path) -> list[dict]:
     return read_token_rows(str(tiny / "results/data/tokens.h5"), rows)[0]
 
 
-def sft_sftdpo(work: Path, args) -> dict:
+# sft.train.extra of the length-grouped arm: batches of rows of similar length pad less (TRL's LengthGroupedSampler).
+GROUPED = {"train_sampling_strategy": "group_by_length"}
+
+
+def sft_sftdpo(work: Path, args, extra: dict | None = None) -> dict:
     from sftdpo.sft import train_sft
 
     config, results = default_config(), work / "tiny/results"
@@ -136,11 +142,15 @@ def sft_sftdpo(work: Path, args) -> dict:
             val_path=str(results / "data/val.parquet"), tokens_path=str(results / "data/tokens.h5"),
             out_dir=f"{tmp}/model", metrics_path=f"{tmp}/metrics.json", curve_path=f"{tmp}/loss.png",
             curriculum_path=f"{tmp}/curriculum.json", work_dir=f"{tmp}/work", tracking_dir=f"{tmp}/tracking",
-            train={**config["sft"]["train"], "max_steps": args.sft_steps}, lora=config["sft"]["lora"],
+            train={**config["sft"]["train"], "max_steps": args.sft_steps, "extra": extra}, lora=config["sft"]["lora"],
             eval_rows=config["sft"]["eval_rows"], seed=config["seed"],
             conversion_path=str(results / "data/convert.json"),
         )  # fmt: skip
     return rate(metrics["num_input_tokens_seen"], metrics["train_seconds_this_run"], steps=metrics["global_step"])
+
+
+def sft_sftdpo_grouped(work: Path, args) -> dict:
+    return sft_sftdpo(work, args, GROUPED)
 
 
 def sft_hand_loop(work: Path, args) -> dict:
@@ -578,6 +588,7 @@ def sizes(record: dict) -> dict[str, str]:
     s = record["settings"]
     return {
         "sft": f"{s['sft_steps']} steps × batch {s['sft_batch_size']}, {s['sft_threads']} threads",
+        "sft_grouped": "`sft.train.extra: {train_sampling_strategy: group_by_length}`, otherwise as above",
         "rollouts": f"{s['prompts']} prompts × k={s['k']}, batch {s['rollouts_batch_size']}, "
         f"≤{s['rollouts_max_new_tokens']} new tokens, T={s['temperature']}",
         "eval": f"{s['eval_items']} items, batch {s['eval_batch_size']}"

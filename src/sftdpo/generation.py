@@ -28,11 +28,17 @@ def load_for_inference(model_dir: str):
     return model.to(device()).eval(), load_tokenizer(model_dir)
 
 
+def generate(model, tokenizer, prompts: list[str | list[Message]], **settings) -> list[list[dict[str, Any]]]:
+    """For each prompt (a user message's text, or the prompt messages of a chat row: system message, earlier
+    turns, the final user message), `k` completions as {"text", "n_tokens"} (`generate_ids` says how)."""
+    return generate_ids(model, tokenizer, [prompt_ids(tokenizer, prompt_messages(p)) for p in prompts], **settings)
+
+
 @torch.inference_mode()
-def generate(
+def generate_ids(
     model,
     tokenizer,
-    prompts: list[str | list[Message]],
+    prompts: list[list[int]],
     *,
     k: int = 1,
     temperature: float = 0.0,
@@ -43,17 +49,15 @@ def generate(
     desc: str = "generate",
     progress: Progress | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """For each prompt (a user message's text, or the prompt messages of a chat row: system message, earlier
-    turns, the final user message), `k` completions as {"text", "n_tokens"}; temperature 0 means greedy.
-    `progress` (the caller's console progress) counts the prompts done.
+    """For each prompt's token ids (chat template and generation prompt applied), `k` completions as {"text",
+    "n_tokens"}; temperature 0 means greedy. `progress` (the caller's console progress) counts the prompts done.
 
     Each batch reseeds from (seed, batch index), so a batch's samples do not depend on what ran
     before it: a resumed shard reproduces the rows an uninterrupted run would have written.
     """
     out: list[list[dict[str, Any]]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", mininterval=2):
-        batch = prompts[start : start + batch_size]
-        encoded = [prompt_ids(tokenizer, prompt_messages(p)) for p in batch]
+        encoded = prompts[start : start + batch_size]
         width = max(len(e) for e in encoded)
         pad = tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=model.device)
@@ -74,7 +78,7 @@ def generate(
             **sampling,
         )
         new = generated[:, width:]
-        for i in range(len(batch)):
+        for i in range(len(encoded)):
             samples = []
             for j in range(k):
                 ids = new[i * k + j].tolist()
@@ -83,7 +87,7 @@ def generate(
                 samples.append({"text": tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), "n_tokens": n})
             out.append(samples)
         if progress:
-            progress.update(len(batch))
+            progress.update(len(encoded))
     return out
 
 
@@ -127,17 +131,16 @@ def greedy_verdicts(
     decoding draws nothing at random, so the order changes no completion.
     """
     # The chat rows' prompt messages as SFT saw them (system message and earlier turns included).
-    prompts = [list(messages) for messages in items["prompt"]]
-    lengths = [len(prompt_ids(tokenizer, prompt_messages(p))) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # stable: ties keep the items' order
+    encoded = [prompt_ids(tokenizer, prompt_messages(messages)) for messages in items["prompt"]]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: ties keep the items' order
     batch = greedy_batch_size(
-        kv_cache_bytes_per_token(model), max(lengths, default=0), max_new_tokens, batch_size, kv_cache_mb
+        kv_cache_bytes_per_token(model), max(map(len, encoded), default=0), max_new_tokens, batch_size, kv_cache_mb
     )
-    decoded = generate(
-        model, tokenizer, [prompts[i] for i in order], max_new_tokens=max_new_tokens, batch_size=batch, seed=seed,
+    decoded = generate_ids(
+        model, tokenizer, [encoded[i] for i in order], max_new_tokens=max_new_tokens, batch_size=batch, seed=seed,
         desc=desc, progress=progress,
     )  # fmt: skip
-    outputs: list[list[dict[str, Any]]] = [[] for _ in prompts]
+    outputs: list[list[dict[str, Any]]] = [[] for _ in encoded]
     for i, samples in zip(order, decoded):
         outputs[i] = samples
     tasks = {name: get_task(name, **task_options.get(name, {})) for name in items["task"].unique()}

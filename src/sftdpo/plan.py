@@ -229,6 +229,11 @@ def training_memory(
     return {**parts, "total": sum(parts.values())}
 
 
+def kv_bytes_per_token(shape: dict[str, int], value_bytes: int) -> int:
+    """KV-cache bytes a token of a sequence: a key and a value per layer and KV head."""
+    return 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * value_bytes
+
+
 def inference_memory(
     *,
     n_params: int,
@@ -246,7 +251,7 @@ def inference_memory(
     value_bytes = 2 if backend == "vllm" else 4
     weights = value_bytes * n_params
     context = prompt + max_new_tokens
-    kv_cache = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * batch * context * value_bytes
+    kv_cache = kv_bytes_per_token(shape, value_bytes) * batch * context
     # The prompt's pass through one layer (q, k, v, attention output: 4·hidden; gate and up: 2·intermediate a
     # token; nothing is kept for a backward pass) and two fp32 copies of the last position's logits.
     working = batch * prompt * (4 * shape["hidden"] + 2 * shape["intermediate"]) * value_bytes
@@ -400,9 +405,9 @@ def make_plan(config: dict[str, Any], *, device: str = "auto", root: str = ".") 
             if "kv_cache_mb" in row:  # evaluate's batches shrink to its KV-cache budget (fp32, as load_model)
                 from sftdpo.generation import greedy_batch_size  # torch: imported where the plan needs it
 
-                kv_bytes = 2 * dims["layers"] * dims["kv_heads"] * dims["head_dim"] * 4
+                longest, budget = sizes["longest"], row["kv_cache_mb"]
                 row["batch"] = greedy_batch_size(
-                    kv_bytes, sizes["longest"], row["max_new_tokens"], row["batch"], row["kv_cache_mb"]
+                    kv_bytes_per_token(dims, 4), longest, row["max_new_tokens"], row["batch"], budget
                 )
             memory = inference_memory(
                 n_params=n_params, shape=dims, batch=row["batch"], prompt=sizes["longest"],

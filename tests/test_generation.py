@@ -1,10 +1,25 @@
 """Greedy evaluation's batching (issue 11): longest prompts first, batches bounded by a KV-cache budget, rows
-back in the items' order and the same completions as decoding one item at a time."""
+back in the items' order and the same completions as decoding one item at a time; the greedy loop that drops
+finished rows makes the tokens transformers' `generate` makes."""
+
+import copy
 
 import pytest
+import torch
 
 from conftest import converted_splits, scratch_base_model, train_settings
-from sftdpo.generation import generate, greedy_batch_size, greedy_verdicts, kv_cache_bytes_per_token, load_for_inference
+from sftdpo.chat import prompt_ids
+from sftdpo.generation import (
+    generate,
+    greedy_batch_size,
+    greedy_loop_applies,
+    greedy_new_ids,
+    greedy_verdicts,
+    kv_cache_bytes_per_token,
+    left_padded,
+    load_for_inference,
+    prompt_messages,
+)
 from sftdpo.io import read_parquet
 from sftdpo.sft import train_sft
 from sftdpo.tasks import get_task
@@ -59,3 +74,30 @@ def test_greedy_rows_keep_the_items_order_and_match_one_item_at_a_time(model_and
     assert len(set(completions)) > 1  # the model says different things to different prompts
     assert [r["completion"] for r in batched] == completions
     assert [r["completion"] for r in budgeted] == completions
+
+
+def test_greedy_loop_makes_the_tokens_of_transformers_generate(model_and_items):
+    model, tokenizer, items = model_and_items
+    encoded = [prompt_ids(tokenizer, prompt_messages(p)) for p in items["prompt"]]
+    input_ids, attention = left_padded(encoded, tokenizer.pad_token_id, model.device)
+    assert attention.sum(1).unique().numel() > 1  # prompts of several lengths: some rows are padded
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    with torch.inference_mode():
+        reference = model.generate(
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=48, do_sample=False, temperature=None,
+            top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos,
+        )[:, input_ids.shape[1] :].tolist()  # fmt: skip
+        pruned = greedy_new_ids(model, input_ids, attention, 48, eos)
+    # generate pads a row after its end-of-sequence token until the batch's last row ends; the loop stops the row.
+    expected = [ids[: ids.index(eos) + 1] if eos in ids else ids for ids in reference]
+    assert pruned == expected
+    lengths = {len(ids) for ids in pruned}
+    assert len(lengths) > 1 and min(lengths) < 48  # rows ended at different steps: the loop dropped some early
+
+
+def test_a_generation_config_with_a_logits_processor_decodes_through_generate(model_and_items):
+    model = model_and_items[0]
+    assert greedy_loop_applies(model)
+    penalised = copy.deepcopy(model)
+    penalised.generation_config.repetition_penalty = 1.3  # changes greedy's choice: only `generate` applies it
+    assert not greedy_loop_applies(penalised)

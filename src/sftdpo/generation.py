@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -52,43 +53,140 @@ def generate_ids(
     """For each prompt's token ids (chat template and generation prompt applied), `k` completions as {"text",
     "n_tokens"}; temperature 0 means greedy. `progress` (the caller's console progress) counts the prompts done.
 
-    Each batch reseeds from (seed, batch index), so a batch's samples do not depend on what ran
-    before it: a resumed shard reproduces the rows an uninterrupted run would have written.
+    One greedy completion a prompt is decoded by `greedy_new_ids` where it applies (rows leave the batch as they
+    end), samples by transformers' `generate`. Each batch reseeds from (seed, batch index), so a batch's samples
+    do not depend on what ran before it: a resumed shard reproduces the rows an uninterrupted run would have written.
     """
+    greedy = temperature <= 0 and k == 1 and greedy_loop_applies(model)
     out: list[list[dict[str, Any]]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", mininterval=2):
         encoded = prompts[start : start + batch_size]
-        width = max(len(e) for e in encoded)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=model.device)
-        attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=model.device)
-        torch.manual_seed(seed * 1_000_003 + start)
-        sampling = (
-            dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
-            if temperature > 0
-            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        )
-        generated = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=k,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-            **sampling,
-        )
-        new = generated[:, width:]
+        input_ids, attention = left_padded(encoded, tokenizer.pad_token_id, model.device)
+        if greedy:
+            new = greedy_new_ids(model, input_ids, attention, max_new_tokens, tokenizer.eos_token_id)
+        else:
+            new = sampled_new_ids(
+                model, tokenizer, input_ids, attention, k=k, temperature=temperature, top_p=top_p,
+                max_new_tokens=max_new_tokens, seed=seed * 1_000_003 + start,
+            )  # fmt: skip
         for i in range(len(encoded)):
-            samples = []
-            for j in range(k):
-                ids = new[i * k + j].tolist()
-                n = next((t + 1 for t, tok in enumerate(ids) if tok == tokenizer.eos_token_id), len(ids))
-                n = len([t for t in ids[:n] if t != pad])
-                samples.append({"text": tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), "n_tokens": n})
-            out.append(samples)
+            out.append([completion(tokenizer, new[i * k + j]) for j in range(k)])
         if progress:
             progress.update(len(encoded))
     return out
+
+
+def left_padded(encoded: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids padded on the left to the longest prompt, and their attention mask."""
+    width = max(len(e) for e in encoded)
+    input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+    attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    return input_ids, attention
+
+
+def completion(tokenizer, ids: list[int]) -> dict[str, Any]:
+    """{"text", "n_tokens"} of a sample's new ids: up to and including the first end-of-sequence token, pads
+    not counted."""
+    n = next((t + 1 for t, tok in enumerate(ids) if tok == tokenizer.eos_token_id), len(ids))
+    n = len([t for t in ids[:n] if t != tokenizer.pad_token_id])
+    return {"text": tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), "n_tokens": n}
+
+
+def sampled_new_ids(
+    model, tokenizer, input_ids, attention, *, k: int, temperature: float, top_p: float, max_new_tokens: int, seed: int
+) -> list[list[int]]:
+    """transformers' `generate`: `k` samples a prompt (greedy at temperature 0), each its new ids.
+
+    The batch reseeds from `seed`, so its samples do not depend on what ran before it."""
+    torch.manual_seed(seed)
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=None)
+        if temperature > 0
+        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    )
+    generated = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=k,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **sampling,
+    )
+    return generated[:, input_ids.shape[1] :].tolist()
+
+
+# Generation-config fields that change which token greedy decoding picks, with their neutral values: a model
+# that sets one is decoded by transformers' `generate`, which applies them.
+GREEDY_NEUTRAL = {
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "sequence_bias": (None,),
+    "min_new_tokens": (None, 0),
+    "min_length": (None, 0),
+}
+
+
+def greedy_loop_applies(model) -> bool:
+    """Whether `greedy_new_ids` decodes this model as `generate` would: a decoder-only model with transformers'
+    default dynamic KV cache, taking position ids, whose generation config adds no logits processor to plain
+    greedy decoding."""
+    config = getattr(model, "generation_config", None)
+    supports_cache = getattr(model, "_supports_default_dynamic_cache", lambda: False)()
+    if model.config.is_encoder_decoder or config is None or not supports_cache:
+        return False
+    if getattr(config, "cache_implementation", None) not in (None, "dynamic"):
+        return False
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        return False
+    return all(getattr(config, name, None) in neutral for name, neutral in GREEDY_NEUTRAL.items())
+
+
+def greedy_new_ids(model, input_ids, attention, max_new_tokens: int, eos: int) -> list[list[int]]:
+    """Greedy new ids of each row, stopping at `eos` or after `max_new_tokens`.
+
+    Unlike `generate`, which decodes every row until the batch's longest answer ends, a row leaves the batch
+    (and its KV cache) the step it ends, so a batch costs the tokens it makes. Each row's computation is the one
+    `generate` does (same positions, mask and cache), so the tokens are the same.
+    """
+    from transformers import DynamicCache
+
+    rows = torch.arange(len(input_ids), device=input_ids.device)
+    positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)  # as `generate` numbers left-padded rows
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+    arguments = set(inspect.signature(model.forward).parameters)
+    # The cache's keyword is `cache` since transformers 5.x (`past_key_values` before, deprecated).
+    cache_kw = {"cache" if "cache" in arguments else "past_key_values": cache}
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in arguments else {}  # as `generate` asks
+    logits = model(
+        input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **cache_kw, **last_only
+    ).logits[:, -1]
+    next_position = positions[:, -1:] + 1
+    new: list[list[int]] = [[] for _ in range(len(input_ids))]
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(-1)
+        for row, token in zip(rows.tolist(), tokens.tolist()):
+            new[row].append(token)
+        going = tokens != eos
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, tokens, attention, next_position = rows[keep], tokens[keep], attention[keep], next_position[keep]
+        attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)
+        logits = model(
+            input_ids=tokens[:, None], attention_mask=attention, position_ids=next_position, use_cache=True,
+            **cache_kw,
+        ).logits[:, -1]  # fmt: skip
+        next_position = next_position + 1
+    return new
 
 
 def kv_cache_bytes_per_token(model) -> int:
@@ -127,8 +225,8 @@ def greedy_verdicts(
     gold, correct, n_tokens), in the items' order. What evaluate writes and what the curriculum's checks measure.
 
     Items are decoded longest prompt first, in batches of `greedy_batch_size`: similar prompts share a batch, so
-    it pads little and its rows tend to stop together (a batch runs until its longest answer ends); greedy
-    decoding draws nothing at random, so the order changes no completion.
+    it pads little, and each row leaves its batch when its answer ends (`greedy_new_ids`); greedy decoding draws
+    nothing at random, so the order changes no completion.
     """
     # The chat rows' prompt messages as SFT saw them (system message and earlier turns included).
     encoded = [prompt_ids(tokenizer, prompt_messages(messages)) for messages in items["prompt"]]

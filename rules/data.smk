@@ -105,6 +105,7 @@ rule validate:
         "results/benchmarks/validate.tsv"
     conda:
         "../envs/data.yaml"
+    threads: 2  # processes that run the verifier side by side (from 131k rows); the outputs are the same for any number
     params:
         code=code_fingerprint("sftdpo.validate"),
         task_options=task_options(),

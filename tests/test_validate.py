@@ -95,3 +95,46 @@ def test_validate_writes_kept_rejected_report_and_plots(tmp_path):
     assert all((tmp_path / f"{k}.png").read_bytes()[:4] == b"\x89PNG" for k in plots)
     with pytest.raises(QualityGateError, match="gate max_rejected_fraction"):
         validate(**kwargs, gates={"max_rejected_fraction": 0.1, "min_rows": 1, "min_rows_per_difficulty": 1})
+
+
+def test_the_arrow_scan_flags_every_text_python_calls_blank():
+    """`_integrity_suspects` finds blank texts with Arrow's regex (RE2): it must flag every string `str.isspace`
+    accepts, or a blank prompt would pass integrity unseen."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from sftdpo.validate import BLANK
+
+    spaces = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+    assert len(spaces) == 29  # CPython 3.11's whitespace
+    texts = ["", *spaces, "".join(spaces), " \t\u3000 "]
+    assert pc.match_substring_regex(pa.array(texts), BLANK).to_pylist() == [True] * len(texts)
+    assert not any(pc.match_substring_regex(pa.array([" a", "x", "\u200b", "1 "]), BLANK).to_pylist())
+    # and through check_rows: a prompt of each whitespace character is rejected as empty
+    rows = pd.DataFrame([row(i, s * 2, "1+2=3\n#### 3", "3") for i, s in enumerate(spaces)])
+    assert rows["prompt"].dtype == "str"  # an Arrow-backed text column: the Arrow scan, not the Python one
+    result = check_rows(rows, source="demos.parquet", task_options={}, max_prompt_chars=100, max_completion_chars=200)
+    assert result["reason"].tolist() == ["empty"] * len(spaces)
+
+
+def test_verifier_processes_give_the_rows_one_process_gives(monkeypatch, caplog):
+    import sftdpo.validate as validate_module
+
+    # Small blocks, so 27 rows make 9 blocks for two spawned workers (at 1M rows: 16 blocks of 65,536).
+    monkeypatch.setattr(validate_module, "VERIFY_BLOCK", 3)
+    monkeypatch.setattr(validate_module, "MIN_ROWS_FOR_WORKERS", 4)
+    reworded = frame().assign(id=lambda f: f["id"] + "b", prompt=lambda f: f["prompt"].str.replace("What", "Say"))
+    rows = pd.concat([frame(), reworded, frame()], ignore_index=True)  # the third copy: duplicates of the first
+    settings = dict(source="demos.parquet", task_options={}, max_prompt_chars=100, max_completion_chars=200)
+    alone = check_rows(rows, **settings, workers=1)
+    with caplog.at_level("INFO", logger="sftdpo.validate"):
+        side_by_side = check_rows(rows, **settings, workers=2)
+    assert "verified by 2 worker processes" in caplog.text
+    pd.testing.assert_frame_equal(alone, side_by_side)
+    reasons = alone["reason"].tolist()
+    assert reasons[:9] == reasons[9:18] == checked()["reason"].tolist()  # the verifier's verdicts included
+    # The third copy: ids seen before are duplicates; the rows rejected the first time are checked again.
+    assert reasons[18:] == [
+        "duplicate_id", "verifier:wrong_answer", "verifier:invalid_step", "duplicate_prompt", "duplicate_id",
+        "empty", "wrong_type:int", "too_long:>200", "duplicate_id",
+    ]  # fmt: skip

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from typing import Iterator
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Iterator
 
 
 @contextlib.contextmanager
@@ -20,3 +24,60 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def ordered_map(
+    function: Callable[[Any], Any],
+    blocks: Iterable,
+    *,
+    workers: int,
+    initializer: Callable[..., None],
+    initargs: tuple = (),
+) -> Iterator[Any]:
+    """`function(block)` of every block, in order. With `workers` > 1, that many worker processes work side by
+    side, at most two blocks a worker ahead of the consumer, so memory stays flat; otherwise this process does
+    it all. `initializer(*initargs)` runs once in each process that calls `function` (this one included).
+
+    The workers are spawned (a fresh interpreter, not a fork of this one with Arrow's and a tokenizer's threads
+    in it), so they import the calling script again: a script that calls this with workers needs an
+    `if __name__ == "__main__":` guard (workflow/scripts/convert.py and validate.py have one). A worker that dies
+    ends the job with an error (BrokenProcessPool), never a wait."""
+    if workers <= 1:
+        initializer(*initargs)
+        yield from map(function, blocks)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+        pending: deque = deque()
+        for block in blocks:
+            pending.append(pool.submit(function, block))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+@contextlib.contextmanager
+def background_map(
+    function: Callable[[Any], Any],
+    blocks: list,
+    *,
+    workers: int,
+    initializer: Callable[..., None],
+    initargs: tuple = (),
+) -> Iterator[Callable[[], list]]:
+    """Within the block, a function that returns `function(block)` of every block, in order. With `workers` > 1
+    every block is handed to that many spawned worker processes on entry (see `ordered_map`), so they work while
+    the caller goes on, and the function waits for them; otherwise the function does the work when called. The
+    workers are shut down on exit, unfinished blocks cancelled."""
+    if workers <= 1:
+        yield lambda: list(ordered_map(function, blocks, workers=1, initializer=initializer, initargs=initargs))
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+        futures = [pool.submit(function, block) for block in blocks]
+        try:
+            yield lambda: [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()

@@ -16,10 +16,8 @@ stop the stage, with the numbers per difficulty, before anything is written when
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -28,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from sftdpo.bulk import gc_paused
+from sftdpo.bulk import gc_paused, ordered_map
 from sftdpo.chat import assistant_token_mask, chat_messages, demo_context
 from sftdpo.io import atomic_path, read_parquet, write_json
 from sftdpo.modeling import load_tokenizer, rendering, tokenizer_hash
@@ -124,29 +122,14 @@ def _tokenize_block(block: tuple[list[str], list[str], list]) -> tuple[list[dict
 
 
 def tokenized_blocks(blocks: Iterable, n_blocks: int, workers: int, worker_args: tuple, tokenizer) -> Iterator[tuple]:
-    """`_tokenize_block` of every block, in order. With `workers` > 1 (and enough blocks to pay for their
-    start-up) worker processes tokenize side by side, at most two blocks a worker ahead of the consumer,
-    so memory stays flat; a block's result does not depend on where it ran. `tokenizer`: the job's own, for
-    the blocks it tokenizes itself.
-
-    The workers are spawned (a fresh interpreter, not a fork of this one with Arrow's and the tokenizer's threads
-    in it), so they import the calling script again: a script that calls `convert` with workers needs an
-    `if __name__ == "__main__":` guard (workflow/scripts/convert.py has one). A worker that dies ends the job
-    with an error (BrokenProcessPool), never a wait."""
+    """`_tokenize_block` of every block, in order, by `workers` processes side by side when there are enough blocks
+    to pay for their start-up (`bulk.ordered_map`); a block's result does not depend on where it ran.
+    `tokenizer`: the job's own, for the blocks it tokenizes itself."""
     if workers <= 1 or n_blocks < MIN_BLOCKS_FOR_WORKERS:
-        _start_worker(*worker_args, tokenizer=tokenizer)
-        yield from map(_tokenize_block, blocks)
-        return
+        return ordered_map(_tokenize_block, blocks, workers=1, initializer=_start_worker,
+                           initargs=(*worker_args, tokenizer))  # fmt: skip
     log.info("convert: %d blocks tokenized by %d worker processes", n_blocks, workers)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=worker_args) as pool:
-        pending: deque = deque()
-        for block in blocks:
-            pending.append(pool.submit(_tokenize_block, block))
-            if len(pending) > 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    return ordered_map(_tokenize_block, blocks, workers=workers, initializer=_start_worker, initargs=worker_args)
 
 
 class ConvertGateError(RuntimeError):

@@ -12,13 +12,13 @@ from sftdpo.chat import prompt_ids
 from sftdpo.generation import (
     generate,
     greedy_batch_size,
-    greedy_loop_applies,
-    greedy_new_ids,
     greedy_verdicts,
     kv_cache_bytes_per_token,
     left_padded,
     load_for_inference,
     prompt_messages,
+    pruned_decoding_applies,
+    pruned_new_ids,
 )
 from sftdpo.io import read_parquet
 from sftdpo.sft import train_sft
@@ -76,28 +76,48 @@ def test_greedy_rows_keep_the_items_order_and_match_one_item_at_a_time(model_and
     assert [r["completion"] for r in budgeted] == completions
 
 
-def test_greedy_loop_makes_the_tokens_of_transformers_generate(model_and_items):
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        dict(do_sample=False, temperature=None, top_p=None),
+        dict(do_sample=True, temperature=1.0, top_p=1.0),  # rollouts' default
+        dict(do_sample=True, temperature=0.7, top_p=0.9),  # both warpers
+    ],
+    ids=["greedy", "sampled", "sampled-warped"],
+)
+def test_pruned_decoding_makes_the_tokens_of_transformers_generate(model_and_items, sampling):
     model, tokenizer, items = model_and_items
+    k = 4 if sampling["do_sample"] else 1
     encoded = [prompt_ids(tokenizer, prompt_messages(p)) for p in items["prompt"]]
     input_ids, attention = left_padded(encoded, tokenizer.pad_token_id, model.device)
     assert attention.sum(1).unique().numel() > 1  # prompts of several lengths: some rows are padded
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     with torch.inference_mode():
+        torch.manual_seed(7)
         reference = model.generate(
-            input_ids=input_ids, attention_mask=attention, max_new_tokens=48, do_sample=False, temperature=None,
-            top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos,
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=48, num_return_sequences=k, top_k=None,
+            pad_token_id=pad, eos_token_id=eos, **sampling,
         )[:, input_ids.shape[1] :].tolist()  # fmt: skip
-        pruned = greedy_new_ids(model, input_ids, attention, 48, eos)
+        torch.manual_seed(7)
+        pruned = pruned_new_ids(
+            model, input_ids.repeat_interleave(k, dim=0), attention.repeat_interleave(k, dim=0), 48, eos,
+            temperature=sampling["temperature"] or 0.0, top_p=sampling["top_p"] or 1.0,
+        )  # fmt: skip
     # generate pads a row after its end-of-sequence token until the batch's last row ends; the loop stops the row.
     expected = [ids[: ids.index(eos) + 1] if eos in ids else ids for ids in reference]
     assert pruned == expected
     lengths = {len(ids) for ids in pruned}
     assert len(lengths) > 1 and min(lengths) < 48  # rows ended at different steps: the loop dropped some early
+    if sampling["do_sample"]:
+        assert len({tuple(ids) for ids in pruned[:k]}) > 1  # the k samples of a prompt differ: it did sample
 
 
 def test_a_generation_config_with_a_logits_processor_decodes_through_generate(model_and_items):
     model = model_and_items[0]
-    assert greedy_loop_applies(model)
+    assert pruned_decoding_applies(model) and pruned_decoding_applies(model, sampling=True)
     penalised = copy.deepcopy(model)
     penalised.generation_config.repetition_penalty = 1.3  # changes greedy's choice: only `generate` applies it
-    assert not greedy_loop_applies(penalised)
+    assert not pruned_decoding_applies(penalised) and not pruned_decoding_applies(penalised, sampling=True)
+    typical = copy.deepcopy(model)
+    typical.generation_config.typical_p = 0.9  # a warper only sampling applies
+    assert pruned_decoding_applies(typical) and not pruned_decoding_applies(typical, sampling=True)

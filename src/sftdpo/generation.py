@@ -53,17 +53,22 @@ def generate_ids(
     """For each prompt's token ids (chat template and generation prompt applied), `k` completions as {"text",
     "n_tokens"}; temperature 0 means greedy. `progress` (the caller's console progress) counts the prompts done.
 
-    One greedy completion a prompt is decoded by `greedy_new_ids` where it applies (rows leave the batch as they
-    end), samples by transformers' `generate`. Each batch reseeds from (seed, batch index), so a batch's samples
+    Decoded by `pruned_new_ids` where it applies (rows leave the batch as they end: the tokens `generate` makes, in
+    less time), else by transformers' `generate`. Each batch reseeds from (seed, batch index), so a batch's samples
     do not depend on what ran before it: a resumed shard reproduces the rows an uninterrupted run would have written.
     """
-    greedy = temperature <= 0 and k == 1 and greedy_loop_applies(model)
+    sampling = temperature > 0
+    pruned = pruned_decoding_applies(model, sampling=sampling) and (sampling or k == 1)
     out: list[list[dict[str, Any]]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", mininterval=2):
         encoded = prompts[start : start + batch_size]
         input_ids, attention = left_padded(encoded, tokenizer.pad_token_id, model.device)
-        if greedy:
-            new = greedy_new_ids(model, input_ids, attention, max_new_tokens, tokenizer.eos_token_id)
+        if pruned:
+            torch.manual_seed(seed * 1_000_003 + start)
+            new = pruned_new_ids(
+                model, input_ids.repeat_interleave(k, dim=0), attention.repeat_interleave(k, dim=0), max_new_tokens,
+                tokenizer.eos_token_id, temperature=temperature, top_p=top_p,
+            )  # fmt: skip
         else:
             new = sampled_new_ids(
                 model, tokenizer, input_ids, attention, k=k, temperature=temperature, top_p=top_p,
@@ -116,8 +121,8 @@ def sampled_new_ids(
     return generated[:, input_ids.shape[1] :].tolist()
 
 
-# Generation-config fields that change which token greedy decoding picks, with their neutral values: a model
-# that sets one is decoded by transformers' `generate`, which applies them.
+# Generation-config fields that change which token is picked, with their neutral values: a model that sets one is
+# decoded by transformers' `generate`, which applies them. SAMPLING_NEUTRAL: those that only sampling reads.
 GREEDY_NEUTRAL = {
     "repetition_penalty": (None, 1.0),
     "encoder_repetition_penalty": (None, 1.0),
@@ -131,33 +136,53 @@ GREEDY_NEUTRAL = {
     "min_new_tokens": (None, 0),
     "min_length": (None, 0),
 }
+SAMPLING_NEUTRAL = {
+    "min_p": (None, 0.0),
+    "typical_p": (None, 1.0),
+    "epsilon_cutoff": (None, 0.0),
+    "eta_cutoff": (None, 0.0),
+}
 
 
-def greedy_loop_applies(model) -> bool:
-    """Whether `greedy_new_ids` decodes this model as `generate` would: a decoder-only model with transformers'
-    default dynamic KV cache, taking position ids, whose generation config adds no logits processor to plain
-    greedy decoding."""
+def pruned_decoding_applies(model, *, sampling: bool = False) -> bool:
+    """Whether `pruned_new_ids` decodes this model as `generate` would: a decoder-only model on the CPU (where
+    `torch.multinomial` draws one number per token of every row, so a row's sample does not depend on the
+    others'), with transformers' default dynamic KV cache, taking position ids, whose generation config adds no
+    logits processor to greedy decoding or to sampling with a temperature and top-p."""
     config = getattr(model, "generation_config", None)
     supports_cache = getattr(model, "_supports_default_dynamic_cache", lambda: False)()
-    if model.config.is_encoder_decoder or config is None or not supports_cache:
+    if model.config.is_encoder_decoder or config is None or not supports_cache or model.device.type != "cpu":
         return False
     if getattr(config, "cache_implementation", None) not in (None, "dynamic"):
         return False
     if "position_ids" not in inspect.signature(model.forward).parameters:
         return False
-    return all(getattr(config, name, None) in neutral for name, neutral in GREEDY_NEUTRAL.items())
+    neutral = {**GREEDY_NEUTRAL, **(SAMPLING_NEUTRAL if sampling else {})}
+    return all(getattr(config, name, None) in values for name, values in neutral.items())
 
 
-def greedy_new_ids(model, input_ids, attention, max_new_tokens: int, eos: int) -> list[list[int]]:
-    """Greedy new ids of each row, stopping at `eos` or after `max_new_tokens`.
+def pruned_new_ids(
+    model, input_ids, attention, max_new_tokens: int, eos: int, *, temperature: float = 0.0, top_p: float = 1.0
+) -> list[list[int]]:
+    """New ids of each row, greedy at temperature 0, else sampled (temperature, top-p), stopping at `eos` or after
+    `max_new_tokens`; the tokens transformers' `generate` makes from the same random state.
 
-    Unlike `generate`, which decodes every row until the batch's longest answer ends, a row leaves the batch
-    (and its KV cache) the step it ends, so a batch costs the tokens it makes. Each row's computation is the one
-    `generate` does (same positions, mask and cache), so the tokens are the same.
+    Unlike `generate`, which runs every row through the model until the batch's longest answer ends, a row leaves
+    the batch (and its KV cache) the step it ends, so a batch costs the tokens it makes. Each remaining row's
+    computation is the one `generate` does (same positions, mask and cache, float32 scores through the same
+    temperature and top-p warpers). Sampling still draws from a [all rows, vocabulary] table each step, ended rows
+    included, as `generate` does, because `torch.multinomial` on the CPU draws one exponential per cell and takes
+    each row's best ratio: a row's sample depends on its own probabilities and the random state alone.
     """
-    from transformers import DynamicCache
+    from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 
-    rows = torch.arange(len(input_ids), device=input_ids.device)
+    warpers = []  # as `generate` orders them; a temperature of 1 and a top-p of 1 change nothing and are left out
+    if temperature > 0 and temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if temperature > 0 and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    n_rows = len(input_ids)
+    rows = torch.arange(n_rows, device=input_ids.device)
     positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)  # as `generate` numbers left-padded rows
     cache = DynamicCache(config=model.config.get_text_config(decoder=True))
     arguments = set(inspect.signature(model.forward).parameters)
@@ -168,9 +193,17 @@ def greedy_new_ids(model, input_ids, attention, max_new_tokens: int, eos: int) -
         input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **cache_kw, **last_only
     ).logits[:, -1]
     next_position = positions[:, -1:] + 1
-    new: list[list[int]] = [[] for _ in range(len(input_ids))]
+    new: list[list[int]] = [[] for _ in range(n_rows)]
     for step in range(max_new_tokens):
-        tokens = logits.argmax(-1)
+        scores = logits.to(dtype=torch.float32)
+        if temperature > 0:
+            for warp in warpers:
+                scores = warp(None, scores)
+            every_row = scores.new_ones(n_rows, scores.shape[-1])  # ended rows: any probabilities
+            every_row[rows] = torch.nn.functional.softmax(scores, dim=-1)
+            tokens = torch.multinomial(every_row, num_samples=1).squeeze(1)[rows]
+        else:
+            tokens = scores.argmax(-1)
         for row, token in zip(rows.tolist(), tokens.tolist()):
             new[row].append(token)
         going = tokens != eos
@@ -225,7 +258,7 @@ def greedy_verdicts(
     gold, correct, n_tokens), in the items' order. What evaluate writes and what the curriculum's checks measure.
 
     Items are decoded longest prompt first, in batches of `greedy_batch_size`: similar prompts share a batch, so
-    it pads little, and each row leaves its batch when its answer ends (`greedy_new_ids`); greedy decoding draws
+    it pads little, and each row leaves its batch when its answer ends (`pruned_new_ids`); greedy decoding draws
     nothing at random, so the order changes no completion.
     """
     # The chat rows' prompt messages as SFT saw them (system message and earlier turns included).

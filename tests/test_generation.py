@@ -100,8 +100,8 @@ def test_pruned_decoding_makes_the_tokens_of_transformers_generate(model_and_ite
         )[:, input_ids.shape[1] :].tolist()  # fmt: skip
         torch.manual_seed(7)
         pruned = pruned_new_ids(
-            model, input_ids.repeat_interleave(k, dim=0), attention.repeat_interleave(k, dim=0), 48, eos,
-            temperature=sampling["temperature"] or 0.0, top_p=sampling["top_p"] or 1.0,
+            model, input_ids, attention, 48, eos, k=k, temperature=sampling["temperature"] or 0.0,
+            top_p=sampling["top_p"] or 1.0,
         )  # fmt: skip
     # generate pads a row after its end-of-sequence token until the batch's last row ends; the loop stops the row.
     expected = [ids[: ids.index(eos) + 1] if eos in ids else ids for ids in reference]

@@ -66,8 +66,8 @@ def generate_ids(
         if pruned:
             torch.manual_seed(seed * 1_000_003 + start)
             new = pruned_new_ids(
-                model, input_ids.repeat_interleave(k, dim=0), attention.repeat_interleave(k, dim=0), max_new_tokens,
-                tokenizer.eos_token_id, temperature=temperature, top_p=top_p,
+                model, input_ids, attention, max_new_tokens, tokenizer.eos_token_id, k=k, temperature=temperature,
+                top_p=top_p,
             )  # fmt: skip
         else:
             new = sampled_new_ids(
@@ -162,17 +162,27 @@ def pruned_decoding_applies(model, *, sampling: bool = False) -> bool:
 
 
 def pruned_new_ids(
-    model, input_ids, attention, max_new_tokens: int, eos: int, *, temperature: float = 0.0, top_p: float = 1.0
+    model,
+    input_ids,
+    attention,
+    max_new_tokens: int,
+    eos: int,
+    *,
+    k: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
 ) -> list[list[int]]:
-    """New ids of each row, greedy at temperature 0, else sampled (temperature, top-p), stopping at `eos` or after
-    `max_new_tokens`; the tokens transformers' `generate` makes from the same random state.
+    """New ids of `k` sequences a prompt (rows i * k to i * k + k - 1: prompt i), greedy at temperature 0, else
+    sampled (temperature, top-p), each stopping at `eos` or after `max_new_tokens`; the tokens transformers'
+    `generate(num_return_sequences=k)` makes from the same random state.
 
-    Unlike `generate`, which runs every row through the model until the batch's longest answer ends, a row leaves
-    the batch (and its KV cache) the step it ends, so a batch costs the tokens it makes. Each remaining row's
-    computation is the one `generate` does (same positions, mask and cache, float32 scores through the same
-    temperature and top-p warpers). Sampling still draws from a [all rows, vocabulary] table each step, ended rows
-    included, as `generate` does, because `torch.multinomial` on the CPU draws one exponential per cell and takes
-    each row's best ratio: a row's sample depends on its own probabilities and the random state alone.
+    Where `generate` reads every copy of a prompt and runs every row through the model until the batch's longest
+    answer ends, this reads each prompt once (its KV cache copied k times) and a row leaves the batch (and its KV
+    cache) the step it ends, so a batch costs the tokens it makes. Each row's computation is the one `generate`
+    does (same positions, mask and cache, float32 scores through the same temperature and top-p warpers).
+    Sampling still draws from a [all rows, vocabulary] table each step, ended rows included, as `generate` does:
+    `torch.multinomial` on the CPU draws one exponential per cell and takes each row's best ratio, so a row's
+    sample depends on its own probabilities and the random state alone.
     """
     from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 
@@ -181,7 +191,7 @@ def pruned_new_ids(
         warpers.append(TemperatureLogitsWarper(temperature))
     if temperature > 0 and top_p < 1.0:
         warpers.append(TopPLogitsWarper(top_p))
-    n_rows = len(input_ids)
+    n_rows = len(input_ids) * k
     rows = torch.arange(n_rows, device=input_ids.device)
     positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)  # as `generate` numbers left-padded rows
     cache = DynamicCache(config=model.config.get_text_config(decoder=True))
@@ -192,6 +202,9 @@ def pruned_new_ids(
     logits = model(
         input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, **cache_kw, **last_only
     ).logits[:, -1]
+    if k > 1:
+        cache.batch_repeat_interleave(k)
+        logits, attention, positions = (t.repeat_interleave(k, dim=0) for t in (logits, attention, positions))
     next_position = positions[:, -1:] + 1
     new: list[list[int]] = [[] for _ in range(n_rows)]
     for step in range(max_new_tokens):

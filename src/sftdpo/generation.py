@@ -207,6 +207,7 @@ def pruned_new_ids(
         logits, attention, positions = (t.repeat_interleave(k, dim=0) for t in (logits, attention, positions))
     next_position = positions[:, -1:] + 1
     new: list[list[int]] = [[] for _ in range(n_rows)]
+    going = torch.ones(n_rows, dtype=torch.bool, device=input_ids.device)  # of the rows in the batch (`rows`)
     for step in range(max_new_tokens):
         scores = logits.to(dtype=torch.float32)
         if temperature > 0:
@@ -217,15 +218,18 @@ def pruned_new_ids(
             tokens = torch.multinomial(every_row, num_samples=1).squeeze(1)[rows]
         else:
             tokens = scores.argmax(-1)
-        for row, token in zip(rows.tolist(), tokens.tolist()):
+        for row, token in zip(rows[going].tolist(), tokens[going].tolist()):
             new[row].append(token)
-        going = tokens != eos
-        if step == max_new_tokens - 1 or not going.any():
+        going &= tokens != eos
+        n_going = int(going.sum())
+        if step == max_new_tokens - 1 or not n_going:
             break
-        if not going.all():
+        # Ended rows leave in groups (an eighth of the batch at least): each leaving copies every layer's cache.
+        if len(rows) - n_going >= max(1, len(rows) // 8):
             keep = going.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             rows, tokens, attention, next_position = rows[keep], tokens[keep], attention[keep], next_position[keep]
+            going = going[keep]
         attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)
         logits = model(
             input_ids=tokens[:, None], attention_mask=attention, position_ids=next_position, use_cache=True,

@@ -28,7 +28,8 @@ from readme_table import replace_table
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ROOT / "benchmarks" / "results" / "data_stages.json"
 TABLE = ("data-stages-table", "benchmarks/data_stages.py --save")  # the README table's marker name and command
-STAGES = ("collect", "merge_demos", "validate", "convert", "split")
+STAGES = ("problems", "collect", "merge_demos", "validate", "convert", "split")
+SEE_EVERY_ROW = {"problems", "collect", "merge_demos", "validate"}  # convert and split see the kept rows
 
 
 def stage_times(benchmarks: Path) -> dict[str, dict[str, float]]:
@@ -57,8 +58,7 @@ def run(rows: int, workdir: Path) -> dict:
     stages = stage_times(workdir / "results/benchmarks")
     kept = json.loads((workdir / "results/demos/validation.json").read_text())["n_kept"]
     for name, figures in stages.items():
-        # collect and validate see every row; convert and split the kept ones.
-        figures["rows_per_second"] = (rows if name in STAGES[:3] else kept) / figures["seconds"]
+        figures["rows_per_second"] = (rows if name in SEE_EVERY_ROW else kept) / figures["seconds"]
     return {"rows": rows, "kept": kept, "wall_seconds": wall, "stages": stages}
 
 
@@ -70,8 +70,8 @@ def render(record: dict) -> str:
     for size in record["sizes"]:
         cells = []
         for stage in STAGES:
-            f = size["stages"][stage]
-            cells.append(f"{f['seconds']:.1f} ({f['rows_per_second']:,.0f}, {f['max_rss_mb']:,.0f})")
+            f = size["stages"].get(stage)  # none: a record from before the stage existed
+            cells.append(f"{f['seconds']:.1f} ({f['rows_per_second']:,.0f}, {f['max_rss_mb']:,.0f})" if f else "–")
         lines.append(f"| {size['rows']:,} | " + " | ".join(cells) + f" | {size['wall_seconds']:.0f} |")
     lines += ["", f"Measured on {record['machine']}, commit {record['commit']}."]
     return "\n".join(lines)

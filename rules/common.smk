@@ -139,6 +139,15 @@ def collect_inputs(wildcards):
     return files
 
 
+def collect_problems(wildcards):
+    """The task's problems, made once for all shards (`rule problems`); none for an expert that brings its own."""
+    return (
+        []
+        if config["collect"]["expert"] == "files"
+        else ["results/demos/problems.parquet"]
+    )
+
+
 def tokenizer_files():
     """The import the scratch tokenizer learns from (collect.expert: files), else None (task text)."""
     if config["model"]["name_or_path"] != "scratch":

@@ -28,10 +28,34 @@ rule base_model:
         "../workflow/scripts/base_model.py"
 
 
+rule problems:
+    """The task's problems, made once for every collect shard (a shard reads its own row group)."""
+    input:
+        task_data_files(),
+    output:
+        "results/demos/problems.parquet",
+    log:
+        "logs/problems.log",
+    benchmark:
+        "results/benchmarks/problems.tsv"
+    conda:
+        "../envs/data.yaml"
+    params:
+        code=code_fingerprint("sftdpo.collect"),
+        task=config["task"]["name"],
+        task_options=task_options(),
+        n_problems=config["task"]["n_problems"],
+        n_shards=config["collect"]["shards"],
+        seed=config["seed"],
+    script:
+        "../workflow/scripts/problems.py"
+
+
 rule collect:
     """One shard of expert demonstrations (resumable: progress in work/collect/)."""
     input:
-        collect_inputs,
+        data=collect_inputs,
+        problems=collect_problems,
     output:
         demos="results/demos/shards/{shard}.parquet",
         summary="results/demos/shards/{shard}.json",

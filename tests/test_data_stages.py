@@ -4,8 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import program_demos, scratch_base_model
-from sftdpo.collect import collect_shard
+from conftest import GSM8K, program_demos, scratch_base_model
+from sftdpo.collect import collect_shard, read_problems, write_problems
 from sftdpo.convert import convert
 from sftdpo.io import read_parquet, write_parquet
 from sftdpo.modeling import load_tokenizer
@@ -38,6 +38,42 @@ def test_shards_partition_the_problems_and_resume_without_repeats(tmp_path):
     again = collect_shard(**COMMON, shard=0, work_dir=str(tmp_path / "work"), out_path=str(tmp_path / "again.parquet"))
     assert again.equals(frames[0])
     assert len(progress.read_text().splitlines()) == 30
+
+
+GSM8K_TRAIN = GSM8K / "train.jsonl"
+GSM8K_OPTIONS = {"path": str(GSM8K_TRAIN)}
+no_gsm8k = pytest.mark.skipif(not GSM8K_TRAIN.exists(), reason=f"GSM8K not found at {GSM8K}")
+
+
+@pytest.mark.parametrize(
+    "task, options",
+    [("arithmetic", {}), pytest.param("gsm8k", GSM8K_OPTIONS, marks=no_gsm8k)],
+    ids=["arithmetic", "gsm8k"],
+)
+def test_problems_made_once_are_each_shards_problems(tmp_path, task, options):
+    """rule problems writes the task's problems once; each collect shard reads back its own, equal to the ones it
+    would make (id, prompt, answer, difficulty and meta), from its own row group, and writes the same rows."""
+    import pyarrow.parquet as pq
+
+    n, seed, n_shards = 90, 5, 4
+    path = str(tmp_path / "problems.parquet")
+    assert (
+        write_problems(task=task, task_options=options, n_problems=n, seed=seed, n_shards=n_shards, out_path=path)[
+            "n_problems"
+        ]
+        == n
+    )
+    problems = get_task(task, **options).problems(n, seed)
+    for shard in range(n_shards):
+        assert read_problems(path, shard) == problems[shard::n_shards]
+    metadata = pq.ParquetFile(path).metadata
+    assert metadata.num_row_groups == n_shards and metadata.row_group(1).num_rows == len(problems[1::n_shards])
+    settings = {**COMMON, "task": task, "task_options": options, "n_problems": n, "seed": seed, "n_shards": n_shards}
+    made = collect_shard(**settings, shard=1, work_dir=str(tmp_path / "a"), out_path=str(tmp_path / "made.parquet"))
+    read = collect_shard(**settings, shard=1, work_dir=str(tmp_path / "b"), out_path=str(tmp_path / "read.parquet"),
+                         problems_path=path)  # fmt: skip
+    assert len(made) == len(problems[1::n_shards]) and read.equals(made)
+    assert (tmp_path / "made.parquet").read_bytes() == (tmp_path / "read.parquet").read_bytes()
 
 
 def test_convert_writes_ids_attention_and_loss_masks(tmp_path):

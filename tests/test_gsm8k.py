@@ -218,7 +218,7 @@ def test_gsm8k_qwen_example_plans_every_rule(tmp_path):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("total")[0], re.M))
     assert counts == {
         "base_model": "1",
-        "collect": "4",
+        "collect": "4",  # imported rows: no problems job
         "merge_demos": "1",
         "validate": "1",
         "convert": "1",

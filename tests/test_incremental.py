@@ -100,7 +100,9 @@ def test_library_code_change_reruns_its_stage(finished, repo_copy, module, expec
 
 def test_target_builds_only_what_it_needs(tmp_path):
     out = snakemake("-n", "results/sft/model", "--configfile", TINY, cwd=tmp_path).stdout
-    assert job_counts(out) == jobs("base_model", "collect", "merge_demos", "validate", "convert", "split", "sft")
+    assert job_counts(out) == jobs(
+        "base_model", "problems", "collect", "merge_demos", "validate", "convert", "split", "sft"
+    )
 
 
 def test_forcerun_dpo_reruns_dpo_and_dependants_only(finished):

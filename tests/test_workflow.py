@@ -12,6 +12,7 @@ from sftdpo.io import read_parquet
 
 EDGES = {
     ("base_model", "convert"),
+    ("problems", "collect"),
     ("collect", "merge_demos"),
     ("merge_demos", "validate"),
     ("collect", "validate"),  # the shard summaries: rows the importer could not read
@@ -56,6 +57,7 @@ def test_dry_run_lists_every_rule(tmp_path):
     out = snakemake("-n", cwd=tmp_path).stdout
     assert job_counts(out) == {
         "base_model": 1,
+        "problems": 1,
         "collect": 2,
         "merge_demos": 1,
         "validate": 1,
@@ -89,7 +91,15 @@ def test_rulegraph_has_the_pipeline_order(tmp_path):
 
 def test_targeted_data_artifact_needs_only_data_stages(tmp_path):
     out = snakemake("-n", "results/data/train.parquet", cwd=tmp_path).stdout
-    assert job_counts(out) == {"base_model": 1, "collect": 2, "merge_demos": 1, "validate": 1, "convert": 1, "split": 1}
+    assert job_counts(out) == {
+        "base_model": 1,
+        "problems": 1,
+        "collect": 2,
+        "merge_demos": 1,
+        "validate": 1,
+        "convert": 1,
+        "split": 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -214,7 +224,7 @@ def test_end_to_end_artifacts(tiny_run):
         r("sft/model")
     )
     assert json.loads((r("dpo/adapter") / "sftdpo_base.json").read_text())["relative_to_adapter"] == "../../sft/model"
-    assert len(list((workdir / "results/benchmarks").rglob("*.tsv"))) == 19  # 17 jobs + evaluate_val sft, dpo
+    assert len(list((workdir / "results/benchmarks").rglob("*.tsv"))) == 20  # 18 jobs + evaluate_val sft, dpo
 
 
 @pytest.mark.e2e

@@ -18,17 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sftdpo.bulk import gc_paused
 from sftdpo.experts import EXPERT_MODULES, get_expert
 from sftdpo.fingerprint import code_fingerprint
-from sftdpo.io import ShardProgress, params_hash, resume_dir, write_json, write_parquet
+from sftdpo.io import ShardProgress, atomic_path, params_hash, resume_dir, write_json, write_parquet
 from sftdpo.progress import Progress
 from sftdpo.tables import DEMO_COLUMNS
-from sftdpo.tasks import get_task
+from sftdpo.tasks import Problem, get_task
 
 log = logging.getLogger(__name__)
+# json.dumps(value, sort_keys=True, default=str), one encoder for every row
+META_JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 # Options that change how a teacher's answers are fetched, not which answers (see progress_key).
 TEACHER_TRANSPORT = (
@@ -88,6 +92,45 @@ def _key(problem_id: str, prompt: str, token: str = "") -> str:
     return f"{problem_id}:{hashlib.sha256(f'{token}|{prompt}'.encode()).hexdigest()[:12]}"
 
 
+PROBLEM_COLUMNS = ["id", "prompt", "answer", "difficulty", "meta", "shard"]
+
+
+@gc_paused()  # a Problem a row, up to millions (sftdpo.bulk)
+def write_problems(
+    *, task: str, task_options: dict[str, Any], n_problems: int, seed: int, n_shards: int, out_path: str
+) -> dict[str, Any]:
+    """The task's `problems(n_problems, seed)`, made once for every collect shard, to parquet: a row a problem (its
+    meta as JSON text) with the shard that asks it (`shard`: its position modulo `n_shards`), one row group a
+    shard, so a shard reads its own rows only (`read_problems`). Returns counts per shard."""
+    problems = get_task(task, **task_options).problems(n_problems, seed)
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, problems_schema()) as writer:
+        for shard in range(n_shards):
+            mine = problems[shard::n_shards]
+            writer.write_table(pa.table({
+                "id": [p.id for p in mine], "prompt": [p.prompt for p in mine], "answer": [p.answer for p in mine],
+                "difficulty": [p.difficulty for p in mine], "meta": [META_JSON.encode(p.meta) for p in mine],
+                "shard": pa.array([shard] * len(mine), pa.int32()),
+            }, schema=problems_schema()))  # fmt: skip
+    log.info("problems: %d of task %s for %d shards (%s)", len(problems), task, n_shards, out_path)
+    return {"n_problems": len(problems), "n_shards": n_shards}
+
+
+def problems_schema() -> pa.Schema:
+    text = [pa.field(name, pa.string()) for name in PROBLEM_COLUMNS[:-1]]
+    return pa.schema([*text, pa.field("shard", pa.int32())])
+
+
+@gc_paused()
+def read_problems(path: str, shard: int) -> list[Problem]:
+    """The problems `write_problems` gave to `shard`, in the task's order."""
+    table = pq.read_table(path, columns=PROBLEM_COLUMNS[:-1], filters=[("shard", "=", shard)])
+    columns = [table.column(name).to_pylist() for name in PROBLEM_COLUMNS[:-1]]
+    return [
+        Problem(id=i, prompt=prompt, answer=answer, difficulty=difficulty, meta=json.loads(meta))
+        for i, prompt, answer, difficulty, meta in zip(*columns)
+    ]
+
+
 def collect_shard(
     *,
     task: str,
@@ -103,11 +146,13 @@ def collect_shard(
     flush_every: int,
     summary_path: str | None = None,
     flush_seconds: float = 5.0,
+    problems_path: str | None = None,
 ) -> pd.DataFrame:
     """Write the demonstrations of this shard's problems to `out_path` (and a summary to `summary_path`).
 
-    The shard's problems are the task's `problems(n_problems, seed)[shard::n_shards]`, or, for an expert
-    that brings its own (`files`), its rows whose number is `shard` modulo `n_shards`. Answers are
+    The shard's problems are the task's `problems(n_problems, seed)[shard::n_shards]`: read from `problems_path`
+    (`write_problems`: made once for all shards) or made here; or, for an expert that brings its own (`files`),
+    its rows whose number is `shard` modulo `n_shards`. Answers are
     recorded as they arrive in `<work_dir>/<progress key>/<shard>.jsonl`, so a rerun resumes.
     """
     if not 0 <= shard < n_shards:
@@ -134,7 +179,9 @@ def collect_shard(
     task_obj = get_task(task, **task_options)
     expert_obj = get_expert(expert, task_obj, seed=seed, **expert_options)
     problems = expert_obj.shard_problems(shard, n_shards)
-    if problems is None:
+    if problems is None and problems_path:
+        problems = read_problems(problems_path, shard)
+    elif problems is None:
         problems = task_obj.problems(n_problems, seed)[shard::n_shards]
     progress = ShardProgress(progress_path, key="key")
     keys = {p.id: _key(p.id, p.prompt, expert_obj.cache_token) for p in problems}

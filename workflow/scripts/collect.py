@@ -25,5 +25,6 @@ run(
         out_path=sm.output.demos,
         summary_path=sm.output.summary,
         flush_every=p.flush_every,
+        problems_path=sm.input.problems[0] if sm.input.problems else None,
     ),
 )

@@ -18,6 +18,7 @@ class Problem:
     prompt: str
     answer: str
     difficulty: str
+    # JSON values: rule problems writes it as JSON text for the collect shards, which read it back.
     meta: dict[str, Any] = field(default_factory=dict)
 
 

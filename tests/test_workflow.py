@@ -53,16 +53,14 @@ EDGES = {
 }
 
 
+# The jobs of the data stages in the default DAG (collect.shards 2).
+DATA_JOBS = {"base_model": 1, "problems": 1, "collect": 2, "merge_demos": 1, "validate": 1, "convert": 1, "split": 1}
+
+
 def test_dry_run_lists_every_rule(tmp_path):
     out = snakemake("-n", cwd=tmp_path).stdout
     assert job_counts(out) == {
-        "base_model": 1,
-        "problems": 1,
-        "collect": 2,
-        "merge_demos": 1,
-        "validate": 1,
-        "convert": 1,
-        "split": 1,
+        **DATA_JOBS,
         "sft": 1,
         "rollouts": 2,
         "merge_rollouts": 1,
@@ -91,15 +89,7 @@ def test_rulegraph_has_the_pipeline_order(tmp_path):
 
 def test_targeted_data_artifact_needs_only_data_stages(tmp_path):
     out = snakemake("-n", "results/data/train.parquet", cwd=tmp_path).stdout
-    assert job_counts(out) == {
-        "base_model": 1,
-        "problems": 1,
-        "collect": 2,
-        "merge_demos": 1,
-        "validate": 1,
-        "convert": 1,
-        "split": 1,
-    }
+    assert job_counts(out) == DATA_JOBS
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Data stages at scale: collect, validate, convert and split of N program-expert rows, through the snakemake CLI.
+"""Data stages at scale: problems, collect, validate, convert and split of N program-expert rows, via snakemake.
 
     .venv/bin/python benchmarks/data_stages.py --rows 100000 400000 1000000 --save
 

@@ -242,7 +242,9 @@ def test_walk_a_pair_back_to_its_demonstration_and_models(tiny_run, finished):
     assert demo["table"] == "results/demos/demos.parquet" and demo["id"] == pair["prompt_id"]
     assert demo["expert"] == demos.loc[pair["prompt_id"], "expert"] == "program"
     assert demo["meta"] == json.loads(demos.loc[pair["prompt_id"], "meta"]) and "seed" in demo["meta"]
-    assert [h["rule"] for h in walk["prompt"]["hops"]] == ["split", "convert", "validate", "merge_demos", "collect"]
+    assert [h["rule"] for h in walk["prompt"]["hops"]] == [
+        "split", "convert", "validate", "merge_demos", "collect", "problems",
+    ]  # fmt: skip
     assert walk["prompt"]["hops"][0]["table"] == f"results/data/{pair['split']}.parquet"
     sft, base = walk["models"]
     assert (sft["path"], sft["rule"], sft["digest"]) == ("results/sft/model", "sft", sft_digest)

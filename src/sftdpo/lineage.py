@@ -189,7 +189,8 @@ class Walker:
 
     def trace(self, path: str | Path, row_id: str) -> list[dict[str, Any]]:
         """The tables a row passed through with the same id, from `path` upstream through the recorded inputs:
-        [{table, rule, row}], the last one the earliest (the collect shard for a demonstration)."""
+        [{table, rule, row}], the last one the earliest (for a demonstration: its problem in rule problems' table,
+        or the collect shard of an imported row)."""
         hops = []
         while True:
             side = self.sidecar(path)

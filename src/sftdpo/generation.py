@@ -92,8 +92,9 @@ def left_padded(encoded: list[list[int]], pad: int, device) -> tuple[torch.Tenso
 def completion(tokenizer, ids: list[int]) -> dict[str, Any]:
     """{"text", "n_tokens"} of a sample's new ids: up to and including the first end-of-sequence token, pads
     not counted."""
-    n = next((t + 1 for t, tok in enumerate(ids) if tok == tokenizer.eos_token_id), len(ids))
-    n = len([t for t in ids[:n] if t != tokenizer.pad_token_id])
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id  # read once: each read is a vocabulary lookup
+    n = ids.index(eos) + 1 if eos in ids else len(ids)
+    n = len([t for t in ids[:n] if t != pad])
     return {"text": tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), "n_tokens": n}
 
 
@@ -208,12 +209,14 @@ def pruned_new_ids(
     next_position = positions[:, -1:] + 1
     new: list[list[int]] = [[] for _ in range(n_rows)]
     going = torch.ones(n_rows, dtype=torch.bool, device=input_ids.device)  # of the rows in the batch (`rows`)
+    every_row = None
     for step in range(max_new_tokens):
         scores = logits.to(dtype=torch.float32)
         if temperature > 0:
             for warp in warpers:
                 scores = warp(None, scores)
-            every_row = scores.new_ones(n_rows, scores.shape[-1])  # ended rows: any probabilities
+            if every_row is None:
+                every_row = scores.new_ones(n_rows, scores.shape[-1])  # ended rows: any probabilities
             every_row[rows] = torch.nn.functional.softmax(scores, dim=-1)
             tokens = torch.multinomial(every_row, num_samples=1).squeeze(1)[rows]
         else:

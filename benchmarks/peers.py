@@ -519,10 +519,10 @@ def prepare(work: Path, rows: int) -> dict:
     import data_stages
 
     tiny = work / "tiny"
-    if not (tiny / "results/report/summary.json").exists():
-        tiny.mkdir(parents=True, exist_ok=True)
-        print("building inputs: the tiny config's DAG (snakemake -c2 --configfile tests/config/tiny.yaml)", flush=True)
-        sftdpo_snakemake(tiny)
+    tiny.mkdir(parents=True, exist_ok=True)
+    # Built once, then brought up to date with the checkout: the no-op row needs a run this code has nothing to do in.
+    print("inputs: the tiny config's DAG, up to date (snakemake -c2 --configfile tests/config/tiny.yaml)", flush=True)
+    sftdpo_snakemake(tiny)
     data = work / "data"
     if not (data / "results/data/split.json").exists():
         data.mkdir(parents=True, exist_ok=True)

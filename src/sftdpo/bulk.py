@@ -26,6 +26,13 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def spawned_pool(workers: int, initializer: Callable[..., None], initargs: tuple) -> ProcessPoolExecutor:
+    """`workers` spawned processes, each running `initializer(*initargs)` first (see `ordered_map` for why spawned)."""
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer, initargs=initargs
+    )
+
+
 def ordered_map(
     function: Callable[[Any], Any],
     blocks: Iterable,
@@ -46,8 +53,7 @@ def ordered_map(
         initializer(*initargs)
         yield from map(function, blocks)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+    with spawned_pool(workers, initializer, initargs) as pool:
         pending: deque = deque()
         for block in blocks:
             pending.append(pool.submit(function, block))
@@ -73,8 +79,7 @@ def background_map(
     if workers <= 1:
         yield lambda: list(ordered_map(function, blocks, workers=1, initializer=initializer, initargs=initargs))
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+    with spawned_pool(workers, initializer, initargs) as pool:
         futures = [pool.submit(function, block) for block in blocks]
         try:
             yield lambda: [future.result() for future in futures]

@@ -92,7 +92,8 @@ def _key(problem_id: str, prompt: str, token: str = "") -> str:
     return f"{problem_id}:{hashlib.sha256(f'{token}|{prompt}'.encode()).hexdigest()[:12]}"
 
 
-PROBLEM_COLUMNS = ["id", "prompt", "answer", "difficulty", "meta", "shard"]
+PROBLEM_TEXT = ["id", "prompt", "answer", "difficulty", "meta"]  # and `shard`, the collect shard that asks it
+PROBLEMS_SCHEMA = pa.schema([*(pa.field(name, pa.string()) for name in PROBLEM_TEXT), pa.field("shard", pa.int32())])
 
 
 @gc_paused()  # a Problem a row, up to millions (sftdpo.bulk)
@@ -101,30 +102,25 @@ def write_problems(
 ) -> dict[str, Any]:
     """The task's `problems(n_problems, seed)`, made once for every collect shard, to parquet: a row a problem (its
     meta as JSON text) with the shard that asks it (`shard`: its position modulo `n_shards`), one row group a
-    shard, so a shard reads its own rows only (`read_problems`). Returns counts per shard."""
+    shard, so a shard reads its own rows only (`read_problems`). Returns the number of problems and of shards."""
     problems = get_task(task, **task_options).problems(n_problems, seed)
-    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, problems_schema()) as writer:
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, PROBLEMS_SCHEMA) as writer:
         for shard in range(n_shards):
             mine = problems[shard::n_shards]
             writer.write_table(pa.table({
                 "id": [p.id for p in mine], "prompt": [p.prompt for p in mine], "answer": [p.answer for p in mine],
                 "difficulty": [p.difficulty for p in mine], "meta": [META_JSON.encode(p.meta) for p in mine],
                 "shard": pa.array([shard] * len(mine), pa.int32()),
-            }, schema=problems_schema()))  # fmt: skip
+            }, schema=PROBLEMS_SCHEMA))  # fmt: skip
     log.info("problems: %d of task %s for %d shards (%s)", len(problems), task, n_shards, out_path)
     return {"n_problems": len(problems), "n_shards": n_shards}
-
-
-def problems_schema() -> pa.Schema:
-    text = [pa.field(name, pa.string()) for name in PROBLEM_COLUMNS[:-1]]
-    return pa.schema([*text, pa.field("shard", pa.int32())])
 
 
 @gc_paused()
 def read_problems(path: str, shard: int) -> list[Problem]:
     """The problems `write_problems` gave to `shard`, in the task's order."""
-    table = pq.read_table(path, columns=PROBLEM_COLUMNS[:-1], filters=[("shard", "=", shard)])
-    columns = [table.column(name).to_pylist() for name in PROBLEM_COLUMNS[:-1]]
+    table = pq.read_table(path, columns=PROBLEM_TEXT, filters=[("shard", "=", shard)])
+    columns = [table.column(name).to_pylist() for name in PROBLEM_TEXT]
     return [
         Problem(id=i, prompt=prompt, answer=answer, difficulty=difficulty, meta=json.loads(meta))
         for i, prompt, answer, difficulty, meta in zip(*columns)

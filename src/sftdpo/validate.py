@@ -168,15 +168,15 @@ def _integrity_suspects(frame: pd.DataFrame, columns: dict[str, list], limits: d
     compute functions on text columns (most files), else in Python (`not v.strip()` is `v == "" or v.isspace()`
     without building a new string)."""
     suspects: set[int] = set()
-    for name in TEXT_FIELDS:
-        text = _arrow_text(frame[name])
+    texts = {name: _arrow_text(frame[name]) for name in TEXT_FIELDS}  # each column converted once
+    for name, text in texts.items():
         if text is None:
             suspects.update(i for i, v in enumerate(columns[name]) if type(v) is not str or not v or v.isspace())
         else:
             blank = pc.or_kleene(pc.is_null(text), pc.match_substring_regex(text, BLANK))
             suspects.update(np.flatnonzero(blank.to_numpy(zero_copy_only=False)).tolist())
     for name, limit in limits.items():
-        text = _arrow_text(frame[name])
+        text = texts[name]
         if text is None:
             suspects.update(i for i, v in enumerate(columns[name]) if type(v) is str and len(v) > limit)
         else:

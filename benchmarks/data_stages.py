@@ -1,11 +1,14 @@
 """Data stages at scale: problems, collect, validate, convert and split of N program-expert rows, via snakemake.
 
     .venv/bin/python benchmarks/data_stages.py --rows 100000 400000 1000000 --save
+    .venv/bin/python benchmarks/data_stages.py --rows 1000000 --shards 8   # collect.shards = convert.shards = 8
 
 Each size runs `snakemake results/data/split.json -c2` in a fresh directory (the default config, a task family
 large enough for N: `task.arithmetic` max_ops 4, max_operand 99) and reads the jobs' `benchmark:` files: wall
-seconds, rows per second and peak RSS per stage. `--save` keeps the figures in benchmarks/results/data_stages.json
-and rewrites the README's table between the `data-stages-table` markers (the machine is named there).
+seconds (summed over a stage's shards, and its longest shard: the stage's wall on enough nodes), rows per second
+and peak RSS per stage. `--save` keeps the figures in benchmarks/results/data_stages.json and rewrites the README's
+table between the `data-stages-table` markers (the machine is named there); with `--shards`, the file
+benchmarks/results/data_stages_sharded.json and no table.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from readme_table import replace_table
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ROOT / "benchmarks" / "results" / "data_stages.json"
 TABLE = ("data-stages-table", "benchmarks/data_stages.py --save")  # the README table's marker name and command
-STAGES = ("problems", "collect", "merge_demos", "validate", "convert", "split")
-SEE_EVERY_ROW = {"problems", "collect", "merge_demos", "validate"}  # convert and split see the kept rows
+SAVED_SHARDED = ROOT / "benchmarks" / "results" / "data_stages_sharded.json"
+STAGES = ("problems", "collect", "merge_demos", "validate_shard", "validate", "convert_shard", "convert", "split")
+SEE_EVERY_ROW = {"problems", "collect", "merge_demos", "validate_shard", "validate"}  # convert and split see the kept rows
 
 
 def stage_times(benchmarks: Path) -> dict[str, dict[str, float]]:
-    """Wall seconds (summed over shards) and peak RSS (max over shards) per stage from Snakemake's TSVs."""
+    """Wall seconds (summed over shards; `longest_shard_seconds`: the longest one) and peak RSS (max over shards) per
+    stage from Snakemake's TSVs."""
     out: dict[str, dict[str, float]] = {}
     for path in sorted(benchmarks.rglob("*.tsv")):
         stage = path.relative_to(benchmarks).parts[0].removesuffix(".tsv")
@@ -41,15 +46,19 @@ def stage_times(benchmarks: Path) -> dict[str, dict[str, float]]:
             continue
         with path.open() as fh:
             record = list(csv.DictReader(fh, delimiter="\t"))[-1]
-        seen = out.setdefault(stage, {"seconds": 0.0, "max_rss_mb": 0.0})
+        seen = out.setdefault(stage, {"seconds": 0.0, "longest_shard_seconds": 0.0, "max_rss_mb": 0.0})
         seen["seconds"] += float(record["s"])
+        seen["longest_shard_seconds"] = max(seen["longest_shard_seconds"], float(record["s"]))
         seen["max_rss_mb"] = max(seen["max_rss_mb"], float(record["max_rss"]))
     return out
 
 
-def run(rows: int, workdir: Path) -> dict:
+def run(rows: int, workdir: Path, shards: int | None = None) -> dict:
     overlay = workdir / "scale.yaml"
-    overlay.write_text(yaml.safe_dump({"task": {"n_problems": rows, "arithmetic": {"max_ops": 4, "max_operand": 99}}}))
+    settings = {"task": {"n_problems": rows, "arithmetic": {"max_ops": 4, "max_operand": 99}}}
+    if shards:
+        settings.update(collect={"shards": shards}, convert={"shards": shards})
+    overlay.write_text(yaml.safe_dump(settings))
     cmd = [str(ROOT / ".venv/bin/snakemake"), "-s", str(ROOT / "Snakefile"), "results/data/split.json", "-c2"]
     cmd += ["--configfile", str(ROOT / "config/config.yaml"), str(overlay)]
     start = time.perf_counter()
@@ -59,7 +68,7 @@ def run(rows: int, workdir: Path) -> dict:
     kept = json.loads((workdir / "results/demos/validation.json").read_text())["n_kept"]
     for name, figures in stages.items():
         figures["rows_per_second"] = (rows if name in SEE_EVERY_ROW else kept) / figures["seconds"]
-    return {"rows": rows, "kept": kept, "wall_seconds": wall, "stages": stages}
+    return {"rows": rows, "shards": shards, "kept": kept, "wall_seconds": wall, "stages": stages}
 
 
 def render(record: dict) -> str:
@@ -71,7 +80,11 @@ def render(record: dict) -> str:
         cells = []
         for stage in STAGES:
             f = size["stages"].get(stage)  # none: a record from before the stage existed
-            cells.append(f"{f['seconds']:.1f} ({f['rows_per_second']:,.0f}, {f['max_rss_mb']:,.0f})" if f else "–")
+            if not f:
+                cells.append("–")
+                continue
+            longest = f" [longest shard {f['longest_shard_seconds']:.1f}]" if size.get("shards") else ""
+            cells.append(f"{f['seconds']:.1f}{longest} ({f['rows_per_second']:,.0f}, {f['max_rss_mb']:,.0f})")
         lines.append(f"| {size['rows']:,} | " + " | ".join(cells) + f" | {size['wall_seconds']:.0f} |")
     lines += ["", f"Measured on {record['machine']}, commit {record['commit']}."]
     return "\n".join(lines)
@@ -80,6 +93,7 @@ def render(record: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--shards", type=int, help="collect.shards and convert.shards (default: the config's)")
     parser.add_argument("--save", action="store_true", help="keep the figures and rewrite the README table")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -91,9 +105,12 @@ def main() -> None:
     }
     for rows in args.rows:
         with tempfile.TemporaryDirectory(prefix=f"data-stages-{rows}-") as tmp:
-            record["sizes"].append(run(rows, Path(tmp)))
+            record["sizes"].append(run(rows, Path(tmp), args.shards))
         print(render(record), flush=True)
-    if args.save:
+    if args.save and args.shards:
+        SAVED_SHARDED.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"saved to {SAVED_SHARDED.relative_to(ROOT)}")
+    elif args.save:
         SAVED.parent.mkdir(parents=True, exist_ok=True)
         SAVED.write_text(json.dumps(record, indent=1) + "\n")
         replace_table(TABLE[0], render(record), TABLE[1])

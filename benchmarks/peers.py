@@ -341,9 +341,14 @@ def data_sftdpo(work: Path, args) -> dict:
     from sftdpo.validate import validate
 
     results = work / "data/results"
-    checks, conversion = sidecar_params(results / "demos/validated.parquet"), sidecar_params(results / "data/tokens.h5")
+    # validate's params: its own (gates) and its shards' (verifier and limits); in-process it makes the checks itself
+    checks = {
+        **sidecar_params(results / "demos/checks/0.parquet"),
+        **sidecar_params(results / "demos/validated.parquet"),
+    }
+    conversion = sidecar_params(results / "data/tokens.h5")
     splitting = sidecar_params(results / "data/train.parquet")
-    conversion["workers"] = job_threads(work / "data/logs/convert.log")  # convert tokenizes in the job's threads
+    conversion["workers"] = job_threads(work / "data/logs/convert_shard/0.log")  # a shard tokenizes in its threads
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
 

@@ -98,10 +98,33 @@ rule merge_demos:
         "../workflow/scripts/merge_demos.py"
 
 
+rule validate_shard:
+    """The checks of one demo shard that need only its rows: integrity, the verifier, digests of prompts and answers."""
+    input:
+        "results/demos/shards/{shard}.parquet",
+    output:
+        "results/demos/checks/{shard}.parquet",
+    log:
+        "logs/validate_shard/{shard}.log",
+    benchmark:
+        "results/benchmarks/validate_shard/{shard}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 2  # processes that run the verifier side by side (from 131k rows); the outputs are the same for any number
+    params:
+        code=code_fingerprint("sftdpo.validate"),
+        task_options=task_options(),
+        max_prompt_chars=config["validate"]["max_prompt_chars"],
+        max_completion_chars=config["validate"]["max_completion_chars"],
+    script:
+        "../workflow/scripts/validate_shard.py"
+
+
 rule validate:
     """Re-check every demonstration, keep rejected rows with a reason, stop on failed quality gates."""
     input:
         demos="results/demos/demos.parquet",
+        checks=expand("results/demos/checks/{shard}.parquet", shard=shards("collect")),
         # The shard summaries list the rows the importer could not read (collect.expert: files).
         summaries=expand("results/demos/shards/{shard}.json", shard=shards("collect")),
     output:
@@ -129,22 +152,48 @@ rule validate:
         "results/benchmarks/validate.tsv"
     conda:
         "../envs/data.yaml"
-    threads: 2  # processes that run the verifier side by side (from 131k rows); the outputs are the same for any number
     params:
         code=code_fingerprint("sftdpo.validate"),
-        task_options=task_options(),
-        max_prompt_chars=config["validate"]["max_prompt_chars"],
-        max_completion_chars=config["validate"]["max_completion_chars"],
         gates=config["validate"]["gates"],
     script:
         "../workflow/scripts/validate.py"
 
 
-rule convert:
-    """Chat rows (TRL conversational) and the token tensor [N, L, 3] in HDF5."""
+rule convert_shard:
+    """One shard of the validated rows as chat rows and a token tensor (shards run side by side, on any node)."""
     input:
         validated="results/demos/validated.parquet",
         model="results/base/model",
+    output:
+        chat="results/data/shards/{shard}.chat.parquet",
+        tokens="results/data/shards/{shard}.tokens.h5",
+        summary="results/data/shards/{shard}.summary.json",
+    log:
+        "logs/convert_shard/{shard}.log",
+    benchmark:
+        "results/benchmarks/convert_shard/{shard}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 2  # processes that tokenize blocks side by side (above 32k rows); the outputs are the same for any number
+    params:
+        code=code_fingerprint("sftdpo.convert"),
+        n_shards=config["convert"]["shards"],
+        max_length=config["convert"]["max_length"],
+        system_prompt=config["convert"]["system_prompt"],
+    script:
+        "../workflow/scripts/convert_shard.py"
+
+
+rule convert:
+    """Chat rows (TRL conversational) and the token tensor [N, L, 3] in HDF5: the convert shards in one, gates on the totals."""
+    input:
+        # the shards' chat tables first: lineage walks a row to the first input that holds its id
+        chat=expand("results/data/shards/{shard}.chat.parquet", shard=shards("convert")),
+        tokens=expand("results/data/shards/{shard}.tokens.h5", shard=shards("convert")),
+        summaries=expand(
+            "results/data/shards/{shard}.summary.json", shard=shards("convert")
+        ),
+        validated="results/demos/validated.parquet",
     output:
         chat="results/data/chat.parquet",
         tokens="results/data/tokens.h5",
@@ -155,7 +204,6 @@ rule convert:
         "results/benchmarks/convert.tsv"
     conda:
         "../envs/data.yaml"
-    threads: 2  # processes that tokenize blocks side by side (above 32k rows); the outputs are the same for any number
     params:
         code=code_fingerprint("sftdpo.convert"),
         max_length=config["convert"]["max_length"],

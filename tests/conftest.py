@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
 # The pipeline's rules in DAG order, and the ones that run on a GPU when one is there.
-RULES = ["base_model", "problems", "collect", "merge_demos", "validate", "convert", "split", "sft", "rollouts",
-         "merge_rollouts", "preferences", "dpo", "evaluate", "evaluate_val", "report", "all"]  # fmt: skip
+RULES = ["base_model", "problems", "collect", "merge_demos", "validate_shard", "validate", "convert_shard", "convert",
+         "split", "sft", "rollouts", "merge_rollouts", "preferences", "dpo", "evaluate", "evaluate_val", "report",
+         "all"]  # fmt: skip
 GPU_RULES = {"sft", "rollouts", "dpo", "evaluate", "evaluate_val"}
 # Rules that only run with dpo.variants or dpo.rounds > 1 set, and the config section sizing each GPU rule.
 OPTIONAL_GPU_RULES = {"dpo_variant", "dpo_round", "rollouts_round"}

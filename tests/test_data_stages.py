@@ -6,8 +6,8 @@ import pytest
 
 from conftest import GSM8K, program_demos, scratch_base_model
 from sftdpo.collect import collect_shard, read_problems, write_problems
-from sftdpo.convert import convert
-from sftdpo.io import read_parquet, write_parquet
+from sftdpo.convert import ConvertGateError, convert
+from sftdpo.io import read_json, read_parquet, write_parquet
 from sftdpo.modeling import load_tokenizer
 from sftdpo.tasks import get_task
 
@@ -150,6 +150,51 @@ def test_convert_in_worker_processes_writes_the_same_files(tmp_path, monkeypatch
     assert digests[0] == digests[1]
 
 
+@pytest.mark.parametrize("shards", [2, 5, 130])  # 130 shards of 120 rows: ten of them empty
+def test_convert_shards_put_together_make_the_files_of_one(tmp_path, monkeypatch, shards):
+    """convert_shard over a share of the rows each, then merge_shards: the chat rows, token tensor and report of one
+    shard, `token_row` counted over all shards, overlength rows and gates over the totals."""
+    import sftdpo.convert
+    from sftdpo.io import content_digest
+
+    task = get_task("arithmetic")
+    problems = task.problems(120, seed=0)
+    model_dir = scratch_base_model(tmp_path / "base", task, problems)
+    write_parquet(program_demos(task, problems), tmp_path / "v.parquet")
+    monkeypatch.setattr(sftdpo.convert, "BATCH", 10)
+    found = []
+    for n in (1, shards):
+        out = tmp_path / f"shards{n}"
+        report = convert(
+            validated_path=str(tmp_path / "v.parquet"), model_dir=str(model_dir), chat_path=str(out / "chat.parquet"),
+            tokens_path=str(out / "t.h5"), report_path=str(out / "c.json"), max_length=30, shards=n,
+        )  # fmt: skip
+        found.append((content_digest(out / "chat.parquet"), content_digest(out / "t.h5"), report))
+        assert sorted(p.name for p in out.iterdir()) == ["c.json", "chat.parquet", "t.h5"]  # shards' files removed
+    assert 0 < len(found[0][2]["overlength"]) < 120
+    assert found[0] == found[1]
+    chat = read_parquet(tmp_path / f"shards{shards}/chat.parquet")
+    assert chat["token_row"].tolist() == list(range(len(chat)))
+    with pytest.raises(ConvertGateError, match=r"gate max_dropped_fraction: \d+/120 rows"):
+        convert(
+            validated_path=str(tmp_path / "v.parquet"), model_dir=str(model_dir), chat_path=str(tmp_path / "g/c.pq"),
+            tokens_path=str(tmp_path / "g/t.h5"), report_path=str(tmp_path / "g/c.json"), max_length=30, shards=shards,
+            gates={"max_dropped_fraction": 0.0},
+        )  # fmt: skip
+    assert not (tmp_path / "g/c.pq").exists()
+
+
+def test_convert_shards_cover_every_row_once_in_order():
+    from sftdpo.convert import shard_rows
+
+    for n_rows, n_shards in [(0, 3), (1, 1), (2, 5), (40_967, 3), (10**6, 8)]:
+        parts = [shard_rows(n_rows, i, n_shards) for i in range(n_shards)]
+        assert [r for part in parts for r in part] == list(range(n_rows))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    with pytest.raises(ValueError, match="convert shard 3 is not one of 3 shards"):
+        shard_rows(10, 3, 3)
+
+
 @pytest.mark.e2e
 def test_convert_job_tokenizes_in_worker_processes_with_the_same_files(tmp_path):
     """Through the snakemake CLI with enough rows for convert's workers (-c2: 2 threads): the job's script is imported
@@ -160,10 +205,12 @@ def test_convert_job_tokenizes_in_worker_processes_with_the_same_files(tmp_path)
     from sftdpo.io import content_digest
 
     overlay = tmp_path / "rows.yaml"
-    overlay.write_text(yaml.safe_dump({"task": {"n_problems": 40_000}}))  # 10 blocks of 4,096 rows
+    # 10 blocks of 4,096 rows in one convert shard (tiny.yaml has two)
+    overlay.write_text(yaml.safe_dump({"task": {"n_problems": 40_000}, "convert": {"shards": 1}}))
     snakemake("results/data/convert.json", "-c2", "--configfile", TINY, overlay, cwd=tmp_path, timeout=900)
-    assert "tokenized by 2 worker processes" in (tmp_path / "logs/convert.log").read_text()
+    assert "tokenized by 2 worker processes" in (tmp_path / "logs/convert_shard/0.log").read_text()
     results = tmp_path / "results"
+    one_shard = {name: content_digest(results / "data" / name) for name in ("chat.parquet", "tokens.h5")}
     alone = tmp_path / "alone"
     alone.mkdir()
     report = convert(
@@ -174,3 +221,14 @@ def test_convert_job_tokenizes_in_worker_processes_with_the_same_files(tmp_path)
     assert report["n_rows"] > 8 * 4096
     for name in ("chat.parquet", "tokens.h5"):
         assert content_digest(results / "data" / name) == content_digest(alone / name), name
+    # Three convert_shard jobs of ~12,700 rows each, put together by rule convert: the same files again; only the
+    # convert jobs rerun.
+    overlay.write_text(yaml.safe_dump({"task": {"n_problems": 40_000}, "convert": {"shards": 3}}))
+    out = snakemake("results/data/convert.json", "-c2", "--configfile", TINY, overlay, cwd=tmp_path, timeout=900)
+    assert sorted(p.name for p in (results / "data/shards").glob("*.summary.json")) == [
+        "0.summary.json", "1.summary.json", "2.summary.json"]  # fmt: skip
+    assert "rule validate:" not in out.stderr and "rule convert_shard:" in out.stderr
+    validated = len(read_parquet(results / "demos/validated.parquet"))
+    shares = [read_json(results / f"data/shards/{i}.summary.json")["rows"] for i in range(3)]
+    assert shares == [[0, validated // 3], [validated // 3, 2 * validated // 3], [2 * validated // 3, validated]]
+    assert {name: content_digest(results / "data" / name) for name in one_shard} == one_shard

@@ -220,7 +220,9 @@ def test_gsm8k_qwen_example_plans_every_rule(tmp_path):
         "base_model": "1",
         "collect": "4",  # imported rows: no problems job
         "merge_demos": "1",
+        "validate_shard": "4",
         "validate": "1",
+        "convert_shard": "1",
         "convert": "1",
         "split": "1",
         "sft": "1",

@@ -14,7 +14,7 @@ from sftdpo.lineage import sidecar_path
 pytestmark = pytest.mark.e2e
 
 DOWNSTREAM = RULES
-SHARDED = {"collect": 2, "rollouts": 2}
+SHARDED = {"collect": 2, "validate_shard": 2, "convert_shard": 2, "rollouts": 2}
 
 
 EVALUATED = ("base", "sft", "dpo")  # on test; on val all but base (what selects among DPO runs)
@@ -43,9 +43,11 @@ def dry_run(workdir, *args, snakefile=None):
 
 PARAMETER_CHANGES = [
     ({"collect": {"program": {"error_rate": 0.06}}}, from_("collect")),
-    ({"model": {"scratch": {"layers": 3}}}, {**jobs("base_model"), **from_("convert")}),
-    ({"validate": {"max_completion_chars": 1000}}, from_("validate")),
-    ({"convert": {"max_length": 90}}, from_("convert")),
+    ({"model": {"scratch": {"layers": 3}}}, {**jobs("base_model"), **from_("convert_shard")}),
+    ({"validate": {"max_completion_chars": 1000}}, from_("validate_shard")),
+    ({"validate": {"gates": {"min_rows": 40}}}, from_("validate")),  # the shards' checks stay
+    ({"convert": {"max_length": 90}}, from_("convert_shard")),
+    ({"convert": {"gates": {"max_dropped_fraction": 0.2}}}, from_("convert")),  # the shards stay
     ({"split": {"strata": ["difficulty"]}}, from_("split")),
     ({"sft": {"train": {"learning_rate": 0.002}}}, AFTER_SFT),
     ({"sft": {"curriculum": {"stages": [{"name": "all", "difficulty_mix": {"1": 1, "2": 1, "3": 1}}]}}}, AFTER_SFT),
@@ -101,7 +103,16 @@ def test_library_code_change_reruns_its_stage(finished, repo_copy, module, expec
 def test_target_builds_only_what_it_needs(tmp_path):
     out = snakemake("-n", "results/sft/model", "--configfile", TINY, cwd=tmp_path).stdout
     assert job_counts(out) == jobs(
-        "base_model", "problems", "collect", "merge_demos", "validate", "convert", "split", "sft"
+        "base_model",
+        "problems",
+        "collect",
+        "merge_demos",
+        "validate_shard",
+        "validate",
+        "convert_shard",
+        "convert",
+        "split",
+        "sft",
     )
 
 

@@ -243,7 +243,7 @@ def test_walk_a_pair_back_to_its_demonstration_and_models(tiny_run, finished):
     assert demo["expert"] == demos.loc[pair["prompt_id"], "expert"] == "program"
     assert demo["meta"] == json.loads(demos.loc[pair["prompt_id"], "meta"]) and "seed" in demo["meta"]
     assert [h["rule"] for h in walk["prompt"]["hops"]] == [
-        "split", "convert", "validate", "merge_demos", "collect", "problems",
+        "split", "convert", "convert_shard", "validate", "merge_demos", "collect", "problems",
     ]  # fmt: skip
     assert walk["prompt"]["hops"][0]["table"] == f"results/data/{pair['split']}.parquet"
     sft, base = walk["models"]

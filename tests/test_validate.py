@@ -138,3 +138,57 @@ def test_verifier_processes_give_the_rows_one_process_gives(monkeypatch, caplog)
         "duplicate_id", "verifier:wrong_answer", "verifier:invalid_step", "duplicate_prompt", "duplicate_id",
         "empty", "wrong_type:int", "too_long:>200", "duplicate_id",
     ]  # fmt: skip
+
+
+def test_shard_checks_put_together_give_the_files_of_one_validate(tmp_path):
+    """Rules validate_shard (each demo shard's own checks) and validate (the checks across rows, on digests): the
+    files one in-process validate writes, with duplicates, near-duplicates and conflicting answers across shards."""
+    from sftdpo.io import concat_parquet
+    from sftdpo.validate import check_shard
+
+    reworded = frame().assign(id=lambda f: f["id"] + "b", prompt=lambda f: f["prompt"].str.replace("What", "Say"))
+    across = pd.DataFrame(
+        [
+            row(9, "What is 8+1?", "8+1=9\n#### 9", "9"),
+            row(10, "what is  8+1?", "8+1=10\n#### 10", "10"),  # conflicting answers with r9, another shard
+            row(11, "WHAT is 7+2?", "7+2=9\n#### 9", "9"),  # kept: sorted before r8, r8c (near-duplicates)
+        ]
+    )
+    rows = pd.concat([frame(), reworded, frame().assign(id=lambda f: f["id"] + "c"), across], ignore_index=True)
+    rows["difficulty"] = rows["difficulty"].astype(str)  # a parquet column has one type
+    shards = [str(tmp_path / f"shard{i}.parquet") for i in range(3)]
+    for i, path in enumerate(shards):
+        write_parquet(rows.iloc[i::3].reset_index(drop=True), path)
+    concat_parquet(shards, str(tmp_path / "demos.parquet"), sort_by="id")  # what merge_demos writes
+    limits = dict(task_options={}, max_prompt_chars=100, max_completion_chars=200)
+    checks = [str(tmp_path / f"checks{i}.parquet") for i in range(3)]
+    for shard, path in zip(shards, checks):
+        check_shard(shard_path=shard, checks_path=path, **limits)
+    assert set(read_parquet(checks[0]).columns) >= {"id", "verifier", "prompt_digest", "answer_digest"}
+    gates = {"max_rejected_fraction": 0.9, "min_rows": 1, "min_rows_per_difficulty": 1}
+    reports = []
+    for name, extra in (("one", limits), ("shards", {"checks_paths": checks})):
+        out = tmp_path / name
+        out.mkdir()
+        reports.append(
+            validate(
+                demos_path=str(tmp_path / "demos.parquet"),
+                validated_path=str(out / "v.parquet"),
+                rejected_path=str(out / "r.parquet"),
+                report_path=str(out / "report.json"),
+                plot_paths={p: str(out / f"{p}.png") for p in ("difficulty", "lengths", "rejections")},
+                gates=gates,
+                **extra,
+            )  # fmt: skip
+        )
+    assert reports[0] == reports[1]
+    for name in ("v.parquet", "r.parquet"):
+        pd.testing.assert_frame_equal(read_parquet(tmp_path / "one" / name), read_parquet(tmp_path / "shards" / name))
+    by_reason = reports[0]["rejections_by_reason"]
+    assert by_reason["conflicting_answers"] == 2 and by_reason["near_duplicate_prompt"] == 2
+    assert by_reason["duplicate_prompt"] >= 2  # the third copy's prompts, in other shards than the first's
+    # Checks of other shards than the demos' are an error, not misaligned verdicts.
+    with pytest.raises(ValueError, match="do not line up with the rows of"):
+        validate(demos_path=str(tmp_path / "demos.parquet"), validated_path=str(tmp_path / "x.parquet"),
+                 rejected_path=str(tmp_path / "y.parquet"), report_path=str(tmp_path / "z.json"),
+                 plot_paths={}, gates=gates, checks_paths=checks[:2])  # fmt: skip

@@ -11,12 +11,16 @@ from conftest import ROOT, TINY, OPTIONAL_RULES, job_counts, snakemake
 from sftdpo.io import read_parquet
 
 EDGES = {
-    ("base_model", "convert"),
+    ("base_model", "convert_shard"),
     ("problems", "collect"),
     ("collect", "merge_demos"),
     ("merge_demos", "validate"),
+    ("collect", "validate_shard"),
+    ("validate_shard", "validate"),
     ("collect", "validate"),  # the shard summaries: rows the importer could not read
-    ("validate", "convert"),
+    ("validate", "convert_shard"),
+    ("validate", "convert"),  # the path named in a failed gate's message
+    ("convert_shard", "convert"),
     ("validate", "report"),
     ("convert", "split"),
     ("convert", "sft"),
@@ -54,7 +58,8 @@ EDGES = {
 
 
 # The jobs of the data stages in the default DAG (collect.shards 2).
-DATA_JOBS = {"base_model": 1, "problems": 1, "collect": 2, "merge_demos": 1, "validate": 1, "convert": 1, "split": 1}
+DATA_JOBS = {"base_model": 1, "problems": 1, "collect": 2, "merge_demos": 1, "validate_shard": 2, "validate": 1,
+             "convert_shard": 1, "convert": 1, "split": 1}  # fmt: skip
 
 
 def test_dry_run_lists_every_rule(tmp_path):
@@ -214,7 +219,7 @@ def test_end_to_end_artifacts(tiny_run):
         r("sft/model")
     )
     assert json.loads((r("dpo/adapter") / "sftdpo_base.json").read_text())["relative_to_adapter"] == "../../sft/model"
-    assert len(list((workdir / "results/benchmarks").rglob("*.tsv"))) == 20  # 18 jobs + evaluate_val sft, dpo
+    assert len(list((workdir / "results/benchmarks").rglob("*.tsv"))) == 24  # 22 jobs + evaluate_val sft, dpo
 
 
 @pytest.mark.e2e

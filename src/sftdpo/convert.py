@@ -8,6 +8,9 @@ tokens.h5 holds `tokens`, int32 [N, L, 3]: input ids, attention mask, loss mask 
 assistant turns only), right-padded; `ids` gives each row's demonstration id. Attributes record the
 tokenizer hash and L. chat.parquet's `token_row` points into it.
 
+In the DAG, rule convert_shard converts a share of the rows (`convert.shards` jobs, on one machine or many) and rule
+convert puts the shards together (`merge_shards`); `convert` does both in one process. The files are the same.
+
 Rows longer than `max_length` tokens are left out and listed in convert.json; gates (`convert.gates`)
 stop the stage, with the numbers per difficulty, before anything is written when more than
 `max_dropped_fraction` of the rows, or all but `min_rows_per_difficulty` of a difficulty, would go.
@@ -16,19 +19,22 @@ stop the stage, with the numbers per difficulty, before anything is written when
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sftdpo.bulk import gc_paused, ordered_map
 from sftdpo.chat import assistant_token_mask, chat_messages, demo_context
-from sftdpo.io import atomic_path, read_parquet, write_json
+from sftdpo.io import atomic_path, read_json, write_json
 from sftdpo.modeling import load_tokenizer, rendering, tokenizer_hash
 from sftdpo.tables import TokenWriter
 
@@ -137,20 +143,20 @@ class ConvertGateError(RuntimeError):
 
 
 def check_gates(
-    frame: pd.DataFrame, overlength: list[dict[str, Any]], max_length: int, gates: dict[str, Any]
+    total: Counter, n_rows: int, overlength: list[dict[str, Any]], max_length: int, gates: dict[str, Any]
 ) -> list[str]:
-    """Messages for every failed gate of convert (empty when all pass)."""
-    total = Counter(str(d) for d in frame["difficulty"])
+    """Messages for every failed gate of convert (empty when all pass); `total`: the validated rows by difficulty
+    (as text), `n_rows` of them."""
     dropped = Counter(str(o["difficulty"]) for o in overlength)
     by_level = ", ".join(f"{level!r}: {dropped[level]}/{n}" for level, n in sorted(total.items()))
     longest = max((o["n_tokens"] for o in overlength), default=0)
     hint = f"raise convert.max_length (the longest row has {longest} tokens) and sft.train.max_length with it"
     failed = []
     limit = gates.get("max_dropped_fraction", 1.0)
-    if frame.shape[0] and len(overlength) / frame.shape[0] > limit:
+    if n_rows and len(overlength) / n_rows > limit:
         failed.append(
-            f"gate max_dropped_fraction: {len(overlength)}/{frame.shape[0]} rows "
-            f"({len(overlength) / frame.shape[0]:.1%}) are longer than convert.max_length={max_length} tokens "
+            f"gate max_dropped_fraction: {len(overlength)}/{n_rows} rows "
+            f"({len(overlength) / n_rows:.1%}) are longer than convert.max_length={max_length} tokens "
             f"> {limit:.1%}; dropped by difficulty: {by_level}; {hint}"
         )
     minimum = gates.get("min_rows_per_difficulty", 0)
@@ -164,40 +170,56 @@ def check_gates(
 
 
 @gc_paused()  # the chat rows of up to millions of conversations (sftdpo.bulk)
-def convert(
+def convert_shard(
     *,
     validated_path: str,
     model_dir: str,
+    shard: int,
+    n_shards: int,
     chat_path: str,
     tokens_path: str,
-    report_path: str,
+    summary_path: str,
     max_length: int,
-    gates: dict[str, Any] | None = None,
     system_prompt: str | None = None,
     workers: int = 1,
 ) -> dict[str, Any]:
-    """`system_prompt` (convert.system_prompt) opens every conversation that has no system message of its own.
+    """Convert shard `shard` of `n_shards` of the validated rows (`shard_rows`): its chat rows (`token_row` counts
+    from 0 in the shard), its token tensor, and a summary `merge_shards` adds up. A shard's rows do not depend on
+    the others', so shards run side by side, on one machine or many.
     `workers`: processes that template and tokenize blocks side by side (the outputs are the same for any number)."""
-    frame = read_parquet(validated_path)
+    table = pq.read_table(validated_path)
+    rows = shard_rows(table.num_rows, shard, n_shards)
+    frame = table.slice(rows.start, len(rows)).to_pandas()
+    del table
     tokenizer = load_tokenizer(model_dir)
     digest = tokenizer_hash(tokenizer)
-    overlength: list[dict[str, Any]] = []
-    kept_ids: list[str] = []
-    kept_by_difficulty: Counter = Counter()
-    total_tokens = longest = multi_turn = 0
+    summary: dict[str, Any] = {
+        "rows": [rows.start, rows.stop],
+        "n_input_rows": len(frame),
+        "input_by_difficulty": _counts(frame["difficulty"]),
+        "n_rows": 0,
+        "kept_by_difficulty": Counter(),
+        "total_tokens": 0,
+        "longest": 0,
+        "multi_turn_rows": 0,
+        "overlength": [],
+        "tokenizer_hash": digest,
+        "rendering": rendering(tokenizer),
+    }
     starts = range(0, len(frame), BATCH)
     blocks = (block_columns(frame, start) for start in starts)
     # Blocks of rows from start to end: the token tensor and the chat rows go to temporary files as they are
-    # made (memory stays flat at 1M rows); a failed gate raises before the files take their names.
+    # made (memory stays flat at 1M rows).
     with atomic_path(tokens_path) as tokens_tmp, atomic_path(chat_path) as chat_tmp:
         writer = TokenWriter(str(tokens_tmp), tokenizer_hash=digest, max_length=max_length)
         chat_writer = None
-        bar = tqdm(total=len(frame), desc="convert", mininterval=2)
+        kept_ids: list[str] = []
+        bar = tqdm(total=len(frame), desc=f"convert shard {shard}", mininterval=2)
         results = tokenized_blocks(blocks, len(starts), workers, (model_dir, system_prompt, max_length), tokenizer)
         for start, (conversations, n_tokens, tensor) in zip(starts, results):
             part = frame.iloc[start : start + BATCH]
             fits = n_tokens <= max_length
-            overlength += [
+            summary["overlength"] += [
                 {"id": part["id"].iat[i], "difficulty": part["difficulty"].iat[i], "n_tokens": int(n_tokens[i])}
                 for i in np.flatnonzero(~fits)
             ]
@@ -214,35 +236,104 @@ def convert(
                 chat_writer = chat_writer or pq.ParquetWriter(chat_tmp, table.schema)
                 chat_writer.write_table(table)
             kept_ids += chat["id"].tolist()
-            kept_by_difficulty.update(chat["difficulty"].astype(str))
-            total_tokens += int(chat["n_tokens"].sum())
-            longest = max([longest, *chat["n_tokens"].tolist()])
+            summary["kept_by_difficulty"].update(chat["difficulty"].astype(str))
+            summary["total_tokens"] += int(chat["n_tokens"].sum())
+            summary["longest"] = max([summary["longest"], *chat["n_tokens"].tolist()])
             # conversations with earlier exchanges before the final user message
-            multi_turn += sum(sum(m["role"] == "user" for m in prompt) > 1 for prompt in chat["prompt"])
+            summary["multi_turn_rows"] += sum(sum(m["role"] == "user" for m in prompt) > 1 for prompt in chat["prompt"])
             bar.update(len(part))
         bar.close()
         writer.close(kept_ids)
         if chat_writer:
             chat_writer.close()
-        failed = check_gates(frame, overlength, max_length, gates or {})
-        if failed:
-            raise ConvertGateError(f"convert of {validated_path} failed:\n  " + "\n  ".join(failed))
-        if not kept_ids:
-            raise ValueError(f"{validated_path}: no row fits convert.max_length={max_length} tokens")
+        else:  # no row of this shard fits (or it has none): an empty table, which merge_shards skips
+            pq.write_table(pa.table({"id": pa.array([], pa.string())}), chat_tmp)
+    summary["n_rows"] = len(kept_ids)
+    summary["kept_by_difficulty"] = dict(sorted(summary["kept_by_difficulty"].items()))
+    write_json(summary, summary_path)
+    return summary
+
+
+def shard_rows(n_rows: int, shard: int, n_shards: int) -> range:
+    """The validated rows of convert shard `shard` of `n_shards`: consecutive, as even as can be."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"convert shard {shard} is not one of {n_shards} shards")
+    return range(shard * n_rows // n_shards, (shard + 1) * n_rows // n_shards)
+
+
+def _counts(values: pd.Series) -> dict[str, int]:
+    return dict(sorted(Counter(values.astype(str)).items()))
+
+
+TOKEN_COPY_ROWS = 65_536  # rows of a shard's token tensor merge_shards copies at a time
+
+
+def merge_shards(
+    *,
+    validated_path: str,
+    shards: list[dict[str, str]],
+    chat_path: str,
+    tokens_path: str,
+    report_path: str,
+    max_length: int,
+    gates: dict[str, Any] | None = None,
+    system_prompt: str | None = None,
+) -> dict[str, Any]:
+    """chat.parquet, tokens.h5 and convert.json from the shards' (`chat`, `tokens`, `summary` paths, in row
+    order): the shards' rows one after another, `token_row` counted over all of them. The gates (`convert.gates`)
+    apply to the totals; a failed gate raises before anything is written. No tokenizer is loaded."""
+    import h5py
+
+    summaries = [read_json(shard["summary"]) for shard in shards]
+    overlength = [o for s in summaries for o in s["overlength"]]
+    totals = sum((Counter(s["input_by_difficulty"]) for s in summaries), Counter())
+    n_input = sum(s["n_input_rows"] for s in summaries)
+    failed = check_gates(totals, n_input, overlength, max_length, gates or {})
+    if failed:
+        raise ConvertGateError(f"convert of {validated_path} failed:\n  " + "\n  ".join(failed))
+    n_rows = sum(s["n_rows"] for s in summaries)
+    if not n_rows:
+        raise ValueError(f"{validated_path}: no row fits convert.max_length={max_length} tokens")
+    digest = summaries[0]["tokenizer_hash"]
+    with atomic_path(tokens_path) as tokens_tmp, atomic_path(chat_path) as chat_tmp:
+        writer = TokenWriter(str(tokens_tmp), tokenizer_hash=digest, max_length=max_length)
+        chat_writer = None
+        ids: list[str] = []
+        for shard, summary in zip(shards, summaries):
+            if not summary["n_rows"]:
+                continue
+            chat = pq.ParquetFile(shard["chat"])
+            chat_writer = chat_writer or pq.ParquetWriter(chat_tmp, chat.schema_arrow)
+            for group in range(chat.num_row_groups):
+                table = chat.read_row_group(group)
+                column = table.schema.get_field_index("token_row")
+                token_row = pc.add(table["token_row"], pa.scalar(len(ids), pa.int64()))
+                chat_writer.write_table(table.set_column(column, "token_row", token_row))
+            with h5py.File(shard["tokens"], "r") as h5:
+                tokens = h5["tokens"]
+                for start in range(0, len(tokens), TOKEN_COPY_ROWS):
+                    writer.append(tokens[start : start + TOKEN_COPY_ROWS])
+                ids += [v.decode() for v in h5["ids"][()]]
+        writer.close(ids)
+        chat_writer.close()
+    kept_by_difficulty = sum((Counter(s["kept_by_difficulty"]) for s in summaries), Counter())
     report = {
-        "n_rows": len(kept_ids),
+        "n_rows": n_rows,
         "max_length": max_length,
-        "tokens_shape": [len(kept_ids), max_length, 3],
-        "n_tokens": {"mean": total_tokens / len(kept_ids), "max": longest},
+        "tokens_shape": [n_rows, max_length, 3],
+        "n_tokens": {
+            "mean": sum(s["total_tokens"] for s in summaries) / n_rows,
+            "max": max(s["longest"] for s in summaries),
+        },
         "overlength": overlength,
-        "dropped_fraction": len(overlength) / max(len(frame), 1),
-        "kept_by_difficulty": {str(k): int(v) for k, v in sorted(kept_by_difficulty.items())},
+        "dropped_fraction": len(overlength) / max(n_input, 1),
+        "kept_by_difficulty": dict(sorted(kept_by_difficulty.items())),
         "gates": gates or {},
         "tokenizer_hash": digest,
         # What sft, rollouts, dpo and evaluate check their model's tokenizer against (modeling.check_rendering).
-        "rendering": rendering(tokenizer),
+        "rendering": summaries[0]["rendering"],
         "system_prompt": system_prompt,
-        "multi_turn_rows": multi_turn,
+        "multi_turn_rows": sum(s["multi_turn_rows"] for s in summaries),
     }
     if overlength:
         log.warning(
@@ -250,3 +341,35 @@ def convert(
         )
     write_json(report, report_path)
     return report
+
+
+def convert(
+    *,
+    validated_path: str,
+    model_dir: str,
+    chat_path: str,
+    tokens_path: str,
+    report_path: str,
+    max_length: int,
+    gates: dict[str, Any] | None = None,
+    system_prompt: str | None = None,
+    workers: int = 1,
+    shards: int = 1,
+) -> dict[str, Any]:
+    """The whole conversion in this process: `convert_shard` of each of `shards` shards, one after another, into a
+    temporary directory beside `chat_path`, then `merge_shards` (what rules convert_shard and convert do as jobs).
+    `system_prompt` (convert.system_prompt) opens every conversation that has no system message of its own."""
+    out = Path(chat_path).parent
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".convert-shards-") as tmp:
+        paths = [{name: f"{tmp}/{i}.{name}.{ext}" for name, ext in SHARD_FILES.items()} for i in range(shards)]
+        for i, shard in enumerate(paths):
+            convert_shard(validated_path=validated_path, model_dir=model_dir, shard=i, n_shards=shards,
+                          chat_path=shard["chat"], tokens_path=shard["tokens"], summary_path=shard["summary"],
+                          max_length=max_length, system_prompt=system_prompt, workers=workers)  # fmt: skip
+        return merge_shards(validated_path=validated_path, shards=paths, chat_path=chat_path, tokens_path=tokens_path,
+                            report_path=report_path, max_length=max_length, gates=gates,
+                            system_prompt=system_prompt)  # fmt: skip
+
+
+SHARD_FILES = {"chat": "parquet", "tokens": "h5", "summary": "json"}  # a convert shard's outputs

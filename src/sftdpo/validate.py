@@ -6,10 +6,16 @@ after the split's normalisation: `near_duplicate_prompt`), a prompt given with d
 importer could not read (`collect.expert: files`) are listed too, from the shard summaries: counted in
 `validation.json` under `import` and written to `rejected.parquet` with their file, line and reason, so
 one table holds every row that will not be trained on. A one-line summary goes to the console.
+
+In the DAG the work is split in two, so it spreads over nodes with the collect shards: rule validate_shard makes
+each demo shard's `row_checks` (integrity, the verifier, digests of prompts and answers), and rule validate
+`decide`s on all of them (the checks across rows, on the digests) and writes the outputs. `validate` without
+`checks_paths` does both in one process: the same files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter, defaultdict, namedtuple
@@ -19,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from sftdpo.answers import normalise
 from sftdpo.bulk import background_map, gc_paused
@@ -42,8 +49,33 @@ class QualityGateError(RuntimeError):
     """A quality gate failed; the message names the gate and the numbers."""
 
 
+def check_rows(frame: pd.DataFrame, **settings: Any) -> pd.DataFrame:
+    """Return `frame` with `reason` and `field` columns: both None for a valid row.
+
+    The first failing check wins, in this order: integrity (types, empty strings, lengths), a duplicate
+    id, a prompt given with different answers (all its rows), duplicate prompts (the first occurrence
+    is kept; `near_duplicate_prompt` when they differ only in case or whitespace), then the verifier.
+    `settings`: those of `row_checks` (source, task options, length limits, verifier processes). Rules
+    validate_shard and validate split this in two: `row_checks` per demo shard, `decide` on all of them.
+    """
+    return decide(frame, row_checks(frame, **settings))
+
+
+# The columns of a shard's checks (rule validate_shard): a row's own verdicts, and digests of what the checks
+# across rows compare (16 bytes each: a collision among 10^9 rows has odds of 10^-21).
+CHECK_COLUMNS = [
+    "id",
+    "integrity",
+    "integrity_field",
+    "verifier",
+    "prompt_digest",
+    "normalised_digest",
+    "answer_digest",
+]
+
+
 @gc_paused()  # a row list and a verdict per row, 1M rows (sftdpo.bulk)
-def check_rows(
+def row_checks(
     frame: pd.DataFrame,
     *,
     source: str,
@@ -52,20 +84,14 @@ def check_rows(
     max_completion_chars: int,
     workers: int = 1,
 ) -> pd.DataFrame:
-    """Return `frame` with `reason` and `field` columns: both None for a valid row.
-
-    The first failing check wins, in this order: integrity (types, empty strings, lengths), a duplicate
-    id, a prompt given with different answers (all its rows), duplicate prompts (the first occurrence
-    is kept; `near_duplicate_prompt` when they differ only in case or whitespace), then the verifier.
-    `workers`: processes that run the verifier side by side (the result is the same for any number).
-    """
+    """What each row's checks find from the row alone (`CHECK_COLUMNS`, one row per row of `frame`): the integrity
+    reason and field, the verifier's reason (None: it holds), and digests of the prompt's exact and normalised
+    identity and of the canonical answer (None where integrity failed). `decide` reads them for the checks across
+    rows. `workers`: processes that run the verifier side by side (the result is the same for any number)."""
     missing = [c for c in DEMO_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{source}: missing required column(s) {missing}; expected {DEMO_COLUMNS}")
     limits = {"prompt": max_prompt_chars, "completion": max_completion_chars}
-    seen_ids: set[str] = set()
-    seen_prompts: set[str] = set()
-    seen_normalised: set[str] = set()
     # Plain lists, read once: iterating pandas' (Arrow-backed) string columns row by row is slow at 1M rows.
     columns = {name: frame[name].tolist() for name in Row._fields}
     integrity = [(None, None)] * len(frame)
@@ -81,44 +107,131 @@ def check_rows(
     with background_map(
         _verify_block, blocks, workers=workers, initializer=_start_verifier, initargs=(task_options,)
     ) as verdicts:
-        identity = [
-            _identity(prompt, meta) if reason is None else ("", "")
-            for prompt, meta, (reason, _) in zip(columns["prompt"], columns["meta"], integrity)
-        ]
-        canonical: dict[str, str] = {}  # answers repeat: normalise each distinct one once
-        answers: dict[str, set[str]] = defaultdict(set)
-        for answer, (reason, _), (_, key) in zip(columns["answer"], integrity, identity):
-            if reason is None:
-                if answer not in canonical:
-                    canonical[answer] = normalise(answer) or answer.strip()
-                answers[key].add(canonical[answer])
+        identity: list[tuple[bytes | None, bytes | None]] = [(None, None)] * len(frame)
+        for i in candidates:
+            exact, key = _identity(columns["prompt"][i], columns["meta"][i])
+            identity[i] = (_digest(exact), _digest(key))
+        canonical: dict[str, bytes] = {}  # answers repeat: normalise each distinct one once
+        answers: list[bytes | None] = []
+        for answer, (reason, _) in zip(columns["answer"], integrity):
+            if reason is None and answer not in canonical:
+                canonical[answer] = _digest(normalise(answer) or answer.strip())
+            answers.append(canonical[answer] if reason is None else None)
         verifier: list[str | None] = [None] * len(frame)
         for i, reason in zip(candidates, (reason for block in verdicts() for reason in block)):
             verifier[i] = reason
-    reasons: list[str | None] = []
-    fields: list[str | None] = []
-    for row_id, verified, (reason, field), (exact, key) in zip(columns["id"], verifier, integrity, identity):
-        if reason is None:
-            if row_id in seen_ids:
-                reason, field = "duplicate_id", "id"
-            elif len(answers[key]) > 1:
-                reason, field = "conflicting_answers", "answer"
-            elif exact in seen_prompts:
-                reason, field = "duplicate_prompt", "prompt"
-            elif key in seen_normalised:
-                reason, field = "near_duplicate_prompt", "prompt"
-        if reason is None and verified is not None:
-            reason, field = verified, "completion"
-        if reason is None:
+    return pd.DataFrame(
+        {
+            "id": frame["id"].to_numpy(),
+            "integrity": pd.Series([reason for reason, _ in integrity], dtype=object),
+            "integrity_field": pd.Series([field for _, field in integrity], dtype=object),
+            "verifier": pd.Series(verifier, dtype=object),
+            "prompt_digest": pd.Series([exact for exact, _ in identity], dtype=object),
+            "normalised_digest": pd.Series([key for _, key in identity], dtype=object),
+            "answer_digest": pd.Series(answers, dtype=object),
+        }
+    )
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def decide(frame: pd.DataFrame, checks: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with `reason` and `field` columns (both None for a kept row), from its rows' `row_checks` (in the
+    same order) and the checks across rows: a duplicate id, a prompt given with different answers (every row of it),
+    a duplicate or near-duplicate prompt (the first kept occurrence stays), in that order, after integrity and
+    before the verifier. Only the digests of prompts and answers are compared, not the texts.
+
+    A row that passed integrity and shares neither its id nor its normalised prompt with another such row can meet
+    none of the checks across rows (an exact duplicate is a normalised one too): the verifier decides it, for all
+    such rows at once. Only the rows that share one go through the checks in order."""
+    reasons = _values(checks["integrity"])
+    fields = _values(checks["integrity_field"])
+    verifier = _values(checks["verifier"])
+    ok = checks["integrity"].isna().to_numpy()
+    shared = np.zeros(len(checks), dtype=bool)
+    shared[ok] = (
+        checks["id"][ok].duplicated(keep=False).to_numpy()
+        | checks["normalised_digest"][ok].duplicated(keep=False).to_numpy()
+    )
+    alone = ok & ~shared
+    reasons[alone] = verifier[alone]
+    fields[alone & (verifier != None)] = "completion"  # noqa: E711 (an element-wise comparison)
+    rows = np.flatnonzero(shared)
+    ids, exacts, keys, answers_of = (
+        checks[name].to_numpy()[rows] for name in ("id", "prompt_digest", "normalised_digest", "answer_digest")
+    )
+    answers: dict[bytes, set[bytes]] = defaultdict(set)
+    for key, answer in zip(keys, answers_of):
+        answers[key].add(answer)
+    seen_ids: set[str] = set()
+    seen_prompts: set[bytes] = set()
+    seen_normalised: set[bytes] = set()
+    for i, row_id, exact, key in zip(rows, ids, exacts, keys):
+        reason = field = None
+        if row_id in seen_ids:
+            reason, field = "duplicate_id", "id"
+        elif len(answers[key]) > 1:
+            reason, field = "conflicting_answers", "answer"
+        elif exact in seen_prompts:
+            reason, field = "duplicate_prompt", "prompt"
+        elif key in seen_normalised:
+            reason, field = "near_duplicate_prompt", "prompt"
+        elif verifier[i] is not None:
+            reason, field = verifier[i], "completion"
+        else:
             seen_ids.add(row_id)
             seen_prompts.add(exact)
             seen_normalised.add(key)
-        reasons.append(reason)
-        fields.append(field)
+        reasons[i], fields[i] = reason, field
     out = frame.copy()
-    out["reason"] = reasons
-    out["field"] = fields
+    out["reason"] = reasons.tolist()
+    out["field"] = fields.tolist()
     return out
+
+
+def _values(column: pd.Series) -> np.ndarray:
+    """The column as an object array, None where a value is missing (pandas' text columns hold NaN there)."""
+    values = column.to_numpy(dtype=object, copy=True)
+    values[column.isna().to_numpy()] = None
+    return values
+
+
+def check_shard(
+    *,
+    shard_path: str,
+    checks_path: str,
+    task_options: dict[str, dict[str, Any]],
+    max_prompt_chars: int,
+    max_completion_chars: int,
+    workers: int = 1,
+) -> int:
+    """Rule validate_shard: `row_checks` of one demo shard, written to `checks_path`; returns its row count."""
+    frame = read_parquet(shard_path)
+    checks = row_checks(
+        frame,
+        source=shard_path,
+        task_options=task_options,
+        max_prompt_chars=max_prompt_chars,
+        max_completion_chars=max_completion_chars,
+        workers=workers,
+    )
+    write_parquet(checks, checks_path)
+    return len(checks)
+
+
+def read_checks(checks_paths: list[str], demos: pd.DataFrame, demos_path: str) -> pd.DataFrame:
+    """The shards' checks in the order of demos.parquet's rows (merge_demos: the shards one after another, sorted
+    by id, stable); an error when they do not line up (checks from other shards than the demos)."""
+    table = pa.concat_tables([pq.read_table(path) for path in checks_paths], promote_options="default")
+    checks = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")])).to_pandas()  # a stable sort
+    if len(checks) != len(demos) or not (checks["id"].to_numpy() == demos["id"].to_numpy()).all():
+        raise ValueError(
+            f"the shards' checks ({len(checks)} rows: {checks_paths}) do not line up with the rows of {demos_path} "
+            f"({len(demos)}); rerun validate_shard and merge_demos from the same collect shards"
+        )
+    return checks
 
 
 _VERIFIER: dict[str, Any] = {}  # a process's task options and tasks (set by _start_verifier)
@@ -370,24 +483,29 @@ def validate(
     rejected_path: str,
     report_path: str,
     plot_paths: dict[str, str],
-    task_options: dict[str, dict[str, Any]],
-    max_prompt_chars: int,
-    max_completion_chars: int,
     gates: dict[str, Any],
+    checks_paths: list[str] | None = None,
+    task_options: dict[str, dict[str, Any]] | None = None,
+    max_prompt_chars: int | None = None,
+    max_completion_chars: int | None = None,
     import_summaries: list[str] | None = None,
     workers: int = 1,
 ) -> dict[str, Any]:
-    """`workers`: processes that run the verifier side by side (the outputs are the same for any number)."""
+    """`checks_paths`: the demo shards' `row_checks` (rule validate_shard); without them this process makes them
+    (from `task_options`, the two length limits and `workers` verifier processes). The outputs are the same."""
     frame = read_parquet(demos_path)
     bad_rows = import_bad_rows(import_summaries or [])
-    checked = check_rows(
-        frame,
-        source=demos_path,
-        task_options=task_options,
-        max_prompt_chars=max_prompt_chars,
-        max_completion_chars=max_completion_chars,
-        workers=workers,
-    )
+    if checks_paths is not None:
+        checked = decide(frame, read_checks(checks_paths, frame, demos_path))
+    else:
+        checked = check_rows(
+            frame,
+            source=demos_path,
+            task_options=task_options or {},
+            max_prompt_chars=max_prompt_chars,
+            max_completion_chars=max_completion_chars,
+            workers=workers,
+        )
     stats = statistics(checked)
     stats["import"] = {
         "n_bad_rows": len(bad_rows),

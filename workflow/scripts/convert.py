@@ -1,27 +1,25 @@
-"""Rule convert: chat rows and the token tensor (adapter: reads `snakemake`, calls the library)."""
+"""Rule convert: the convert shards in one chat table and token tensor, gates on the totals (adapter: reads
+`snakemake`, calls the library)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from sftdpo.runner import run
-from sftdpo.convert import convert
+from sftdpo.convert import merge_shards
 
-# Only as the job's own script: convert's worker processes (spawn) import this file again as __mp_main__,
-# without the `snakemake` object.
-if __name__ == "__main__":
-    sm = snakemake  # noqa: F821
-    run(
-        sm,
-        lambda: convert(
-            validated_path=sm.input.validated,
-            model_dir=sm.input.model,
-            chat_path=sm.output.chat,
-            tokens_path=sm.output.tokens,
-            report_path=sm.output.report,
-            max_length=sm.params.max_length,
-            gates=sm.params.gates,
-            system_prompt=sm.params.system_prompt,
-            workers=sm.threads,
-        ),
-    )
+sm = snakemake  # noqa: F821
+shard_files = zip(sm.input.chat, sm.input.tokens, sm.input.summaries)
+run(
+    sm,
+    lambda: merge_shards(
+        validated_path=sm.input.validated,
+        shards=[{"chat": c, "tokens": t, "summary": s} for c, t, s in shard_files],
+        chat_path=sm.output.chat,
+        tokens_path=sm.output.tokens,
+        report_path=sm.output.report,
+        max_length=sm.params.max_length,
+        gates=sm.params.gates,
+        system_prompt=sm.params.system_prompt,
+    ),
+)

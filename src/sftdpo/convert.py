@@ -19,6 +19,7 @@ stop the stage, with the numbers per difficulty, before anything is written when
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -282,8 +283,6 @@ def merge_shards(
     """chat.parquet, tokens.h5 and convert.json from the shards' (`chat`, `tokens`, `summary` paths, in row
     order): the shards' rows one after another, `token_row` counted over all of them. The gates (`convert.gates`)
     apply to the totals; a failed gate raises before anything is written. No tokenizer is loaded."""
-    import h5py
-
     summaries = [read_json(shard["summary"]) for shard in shards]
     overlength = [o for s in summaries for o in s["overlength"]]
     totals = sum((Counter(s["input_by_difficulty"]) for s in summaries), Counter())
@@ -294,9 +293,47 @@ def merge_shards(
     n_rows = sum(s["n_rows"] for s in summaries)
     if not n_rows:
         raise ValueError(f"{validated_path}: no row fits convert.max_length={max_length} tokens")
-    digest = summaries[0]["tokenizer_hash"]
+    if len(shards) == 1:  # its files are the result (token_row from 0, the same attributes): copied, not rewritten
+        for source, target in ((shards[0]["tokens"], tokens_path), (shards[0]["chat"], chat_path)):
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
+    else:
+        _concatenate(shards, summaries, chat_path, tokens_path, max_length)
+    kept_by_difficulty = sum((Counter(s["kept_by_difficulty"]) for s in summaries), Counter())
+    report = {
+        "n_rows": n_rows,
+        "max_length": max_length,
+        "tokens_shape": [n_rows, max_length, 3],
+        "n_tokens": {
+            "mean": sum(s["total_tokens"] for s in summaries) / n_rows,
+            "max": max(s["longest"] for s in summaries),
+        },
+        "overlength": overlength,
+        "dropped_fraction": len(overlength) / max(n_input, 1),
+        "kept_by_difficulty": dict(sorted(kept_by_difficulty.items())),
+        "gates": gates or {},
+        "tokenizer_hash": summaries[0]["tokenizer_hash"],
+        # What sft, rollouts, dpo and evaluate check their model's tokenizer against (modeling.check_rendering).
+        "rendering": summaries[0]["rendering"],
+        "system_prompt": system_prompt,
+        "multi_turn_rows": sum(s["multi_turn_rows"] for s in summaries),
+    }
+    if overlength:
+        log.warning(
+            "%d rows exceed convert.max_length=%d and were left out: %s", len(overlength), max_length, overlength[:5]
+        )
+    write_json(report, report_path)
+    return report
+
+
+def _concatenate(
+    shards: list[dict[str, str]], summaries: list[dict[str, Any]], chat_path: str, tokens_path: str, max_length: int
+) -> None:
+    """The shards' chat rows and token tensors one after another, `token_row` shifted by the rows before."""
+    import h5py
+
     with atomic_path(tokens_path) as tokens_tmp, atomic_path(chat_path) as chat_tmp:
-        writer = TokenWriter(str(tokens_tmp), tokenizer_hash=digest, max_length=max_length)
+        writer = TokenWriter(str(tokens_tmp), tokenizer_hash=summaries[0]["tokenizer_hash"], max_length=max_length)
         chat_writer = None
         ids: list[str] = []
         for shard, summary in zip(shards, summaries):
@@ -316,31 +353,6 @@ def merge_shards(
                 ids += [v.decode() for v in h5["ids"][()]]
         writer.close(ids)
         chat_writer.close()
-    kept_by_difficulty = sum((Counter(s["kept_by_difficulty"]) for s in summaries), Counter())
-    report = {
-        "n_rows": n_rows,
-        "max_length": max_length,
-        "tokens_shape": [n_rows, max_length, 3],
-        "n_tokens": {
-            "mean": sum(s["total_tokens"] for s in summaries) / n_rows,
-            "max": max(s["longest"] for s in summaries),
-        },
-        "overlength": overlength,
-        "dropped_fraction": len(overlength) / max(n_input, 1),
-        "kept_by_difficulty": dict(sorted(kept_by_difficulty.items())),
-        "gates": gates or {},
-        "tokenizer_hash": digest,
-        # What sft, rollouts, dpo and evaluate check their model's tokenizer against (modeling.check_rendering).
-        "rendering": summaries[0]["rendering"],
-        "system_prompt": system_prompt,
-        "multi_turn_rows": sum(s["multi_turn_rows"] for s in summaries),
-    }
-    if overlength:
-        log.warning(
-            "%d rows exceed convert.max_length=%d and were left out: %s", len(overlength), max_length, overlength[:5]
-        )
-    write_json(report, report_path)
-    return report
 
 
 def convert(

@@ -7,8 +7,8 @@ Each size runs `snakemake results/data/split.json -c2` in a fresh directory (the
 large enough for N: `task.arithmetic` max_ops 4, max_operand 99) and reads the jobs' `benchmark:` files: wall
 seconds (summed over a stage's shards, and its longest shard: the stage's wall on enough nodes), rows per second
 and peak RSS per stage. `--save` keeps the figures in benchmarks/results/data_stages.json and rewrites the README's
-table between the `data-stages-table` markers (the machine is named there); with `--shards`, the file
-benchmarks/results/data_stages_sharded.json and no table.
+table between the `data-stages-table` markers (the machine is named there); with `--shards`,
+benchmarks/results/data_stages_sharded.json and the `data-stages-sharded-table`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from readme_table import replace_table
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = ROOT / "benchmarks" / "results" / "data_stages.json"
 TABLE = ("data-stages-table", "benchmarks/data_stages.py --save")  # the README table's marker name and command
+TABLE_SHARDED = ("data-stages-sharded-table", "benchmarks/data_stages.py --rows 1000000 --shards 8 --save")
 SAVED_SHARDED = ROOT / "benchmarks" / "results" / "data_stages_sharded.json"
 STAGES = ("problems", "collect", "merge_demos", "validate_shard", "validate", "convert_shard", "convert", "split")
-SEE_EVERY_ROW = {"problems", "collect", "merge_demos", "validate_shard", "validate"}  # convert and split see the kept rows
+# convert and split see the kept rows
+SEE_EVERY_ROW = {"problems", "collect", "merge_demos", "validate_shard", "validate"}
 
 
 def stage_times(benchmarks: Path) -> dict[str, dict[str, float]]:
@@ -46,7 +48,8 @@ def stage_times(benchmarks: Path) -> dict[str, dict[str, float]]:
             continue
         with path.open() as fh:
             record = list(csv.DictReader(fh, delimiter="\t"))[-1]
-        seen = out.setdefault(stage, {"seconds": 0.0, "longest_shard_seconds": 0.0, "max_rss_mb": 0.0})
+        seen = out.setdefault(stage, {"seconds": 0.0, "longest_shard_seconds": 0.0, "max_rss_mb": 0.0, "jobs": 0})
+        seen["jobs"] += 1
         seen["seconds"] += float(record["s"])
         seen["longest_shard_seconds"] = max(seen["longest_shard_seconds"], float(record["s"]))
         seen["max_rss_mb"] = max(seen["max_rss_mb"], float(record["max_rss"]))
@@ -83,9 +86,12 @@ def render(record: dict) -> str:
             if not f:
                 cells.append("–")
                 continue
-            longest = f" [longest shard {f['longest_shard_seconds']:.1f}]" if size.get("shards") else ""
+            longest = f" [{f['jobs']} jobs, longest {f['longest_shard_seconds']:.1f}]" if f.get("jobs", 1) > 1 else ""
             cells.append(f"{f['seconds']:.1f}{longest} ({f['rows_per_second']:,.0f}, {f['max_rss_mb']:,.0f})")
         lines.append(f"| {size['rows']:,} | " + " | ".join(cells) + f" | {size['wall_seconds']:.0f} |")
+        if size.get("shards"):  # the data stages are a chain: on a node per shard, the longest shards add up
+            longest = sum(f["longest_shard_seconds"] for f in size["stages"].values())
+            lines.append(f"| longest shards added up | {longest:.0f} s: the chain's wall with a node per shard |")
     lines += ["", f"Measured on {record['machine']}, commit {record['commit']}."]
     return "\n".join(lines)
 
@@ -109,7 +115,8 @@ def main() -> None:
         print(render(record), flush=True)
     if args.save and args.shards:
         SAVED_SHARDED.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"saved to {SAVED_SHARDED.relative_to(ROOT)}")
+        replace_table(TABLE_SHARDED[0], render(record), TABLE_SHARDED[1])
+        print(f"saved to {SAVED_SHARDED.relative_to(ROOT)} and the README's {TABLE_SHARDED[0]}")
     elif args.save:
         SAVED.parent.mkdir(parents=True, exist_ok=True)
         SAVED.write_text(json.dumps(record, indent=1) + "\n")

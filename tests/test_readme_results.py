@@ -38,6 +38,9 @@ def test_readme_data_stages_table_matches_the_saved_figures():
     record = json.loads(data_stages.SAVED.read_text())
     assert {size["rows"] for size in record["sizes"]} >= {100_000}
     assert current_table(*data_stages.TABLE) == data_stages.render(record)
+    sharded = json.loads(data_stages.SAVED_SHARDED.read_text())
+    assert [(size["rows"], size["shards"]) for size in sharded["sizes"]] == [(1_000_000, 8)]
+    assert current_table(*data_stages.TABLE_SHARDED) == data_stages.render(sharded)
 
 
 def test_readme_chaos_table_matches_the_saved_campaign():

@@ -335,6 +335,20 @@ def test_jobs_ran_in_the_right_partition(slurm_run):
         assert job.timelimit == minutes(size["runtime"]), table
 
 
+def test_sharded_data_stages_on_slurm_make_the_data_of_a_local_run(slurm_run):
+    """The data stages ran as Slurm jobs, 2 collect, 2 validate_shard and 2 convert_shard among them: their tables
+    and tokens have the content the local tiny run records (tests/config/data_digests.json)."""
+    from test_data_identity import DIGESTS
+
+    shards = {j.rule: 0 for j in sacct_jobs(slurm_run)}
+    for job in sacct_jobs(slurm_run):
+        shards[job.rule] += job.state == "COMPLETED"
+    assert (shards["collect"], shards["validate_shard"], shards["convert_shard"]) == (2, 2, 2), shards
+    recorded = json.loads(DIGESTS.read_text())
+    found = {name: content_digest(slurm_run.workdir / "results" / name) for name in recorded}
+    assert found == recorded
+
+
 def test_summary_has_the_shape_of_a_local_run(slurm_run, request):
     summary = json.loads((slurm_run.workdir / "results" / "report" / "summary.json").read_text())
     assert set(summary["stages"]) == {"base", "sft", "dpo"}

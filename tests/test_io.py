@@ -60,3 +60,24 @@ def test_content_digest_reads_content_not_bytes(tmp_path):
         writer.close(ids)
         digests.append(content_digest(tmp_path / name))
     assert digests[0] == digests[1] != digests[2]  # string ids hashed by their text
+
+
+def test_read_parquet_rows_reads_the_rows_of_the_groups_that_hold_them(tmp_path, monkeypatch):
+    from sftdpo.io import read_parquet, read_parquet_rows
+
+    frame = pd.DataFrame({"id": [f"r{i:03d}" for i in range(103)], "n": range(103)})
+    write_parquet(frame, tmp_path / "t.parquet", row_group_rows=10)
+    assert pq.ParquetFile(tmp_path / "t.parquet").num_row_groups == 11
+    read_groups = []
+    original = pq.ParquetFile.read_row_groups
+
+    def read_row_groups(self, groups):
+        read_groups.append(groups)
+        return original(self, groups)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", read_row_groups)
+    for start, stop in [(0, 103), (0, 10), (9, 11), (25, 77), (100, 103), (40, 40)]:
+        part = read_parquet_rows(tmp_path / "t.parquet", range(start, stop))
+        pd.testing.assert_frame_equal(part, frame.iloc[start:stop].reset_index(drop=True), check_index_type=False)
+    assert read_groups[2:4] == [[0, 1], [2, 3, 4, 5, 6, 7]]  # only the groups that hold the rows
+    assert list(read_parquet(tmp_path / "t.parquet")["id"]) == list(frame["id"])

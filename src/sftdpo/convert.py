@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from sftdpo.bulk import gc_paused, ordered_map
 from sftdpo.chat import assistant_token_mask, chat_messages, demo_context
-from sftdpo.io import atomic_path, read_json, write_json
+from sftdpo.io import atomic_path, read_json, read_parquet_rows, write_json
 from sftdpo.modeling import load_tokenizer, rendering, tokenizer_hash
 from sftdpo.tables import TokenWriter
 
@@ -188,10 +188,8 @@ def convert_shard(
     from 0 in the shard), its token tensor, and a summary `merge_shards` adds up. A shard's rows do not depend on
     the others', so shards run side by side, on one machine or many.
     `workers`: processes that template and tokenize blocks side by side (the outputs are the same for any number)."""
-    table = pq.read_table(validated_path)
-    rows = shard_rows(table.num_rows, shard, n_shards)
-    frame = table.slice(rows.start, len(rows)).to_pandas()
-    del table
+    rows = shard_rows(pq.ParquetFile(validated_path).metadata.num_rows, shard, n_shards)
+    frame = read_parquet_rows(validated_path, rows)  # its row groups only (validate writes groups of 65,536 rows)
     tokenizer = load_tokenizer(model_dir)
     digest = tokenizer_hash(tokenizer)
     summary: dict[str, Any] = {

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -167,19 +168,31 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a frame deterministically (no pandas index, fixed row order as given)."""
-    write_arrow(pa.Table.from_pandas(frame, preserve_index=False), path)
+def write_parquet(frame: pd.DataFrame, path: str | os.PathLike, *, row_group_rows: int | None = None) -> None:
+    """Write a frame deterministically (no pandas index, fixed row order as given). `row_group_rows`: rows per
+    row group (pyarrow's default, ~1M, when None), so that a reader of some rows reads only theirs."""
+    write_arrow(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_rows=row_group_rows)
 
 
-def write_arrow(table: pa.Table, path: str | os.PathLike) -> None:
+def write_arrow(table: pa.Table, path: str | os.PathLike, *, row_group_rows: int | None = None) -> None:
     """Write an Arrow table to parquet atomically."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=row_group_rows)
 
 
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
+
+
+def read_parquet_rows(path: str | os.PathLike, rows: range) -> pd.DataFrame:
+    """Rows `rows.start` to `rows.stop` of a parquet file, reading only the row groups that hold them."""
+    file = pq.ParquetFile(path)
+    ends = np.cumsum([file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
+    starts = ends - np.diff(ends, prepend=0)
+    groups = [g for g in range(file.num_row_groups) if starts[g] < rows.stop and ends[g] > rows.start]
+    if not groups:
+        return file.schema_arrow.empty_table().to_pandas()
+    return file.read_row_groups(groups).slice(rows.start - int(starts[groups[0]]), len(rows)).to_pandas()
 
 
 def concat_parquet(paths: list[str], out_path: str, sort_by: str | None = None) -> pd.DataFrame:

@@ -225,7 +225,9 @@ def check_shard(
 def read_checks(checks_paths: list[str], demos: pd.DataFrame, demos_path: str) -> pd.DataFrame:
     """The shards' checks in the order of demos.parquet's rows (merge_demos: the shards one after another, sorted
     by id, stable); an error when they do not line up (checks from other shards than the demos)."""
-    table = pa.concat_tables([pq.read_table(path) for path in checks_paths], promote_options="default")
+    # Only the columns `decide` reads: a checks file without one of them fails here, naming it.
+    tables = [pq.read_table(path, columns=CHECK_COLUMNS) for path in checks_paths]
+    table = pa.concat_tables(tables, promote_options="default")
     checks = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")])).to_pandas()  # a stable sort
     if len(checks) != len(demos) or not (checks["id"].to_numpy() == demos["id"].to_numpy()).all():
         raise ValueError(

@@ -1,11 +1,13 @@
 """Collection and conversion on real files: parquet shards, resume, HDF5 token tensor."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
 
 from conftest import GSM8K, program_demos, scratch_base_model
-from sftdpo.collect import collect_shard, read_problems, write_problems
+from sftdpo.collect import collect_shard, read_problems, row_meta, write_problems
 from sftdpo.convert import ConvertGateError, convert
 from sftdpo.io import read_json, read_parquet, write_parquet
 from sftdpo.modeling import load_tokenizer
@@ -38,6 +40,36 @@ def test_shards_partition_the_problems_and_resume_without_repeats(tmp_path):
     again = collect_shard(**COMMON, shard=0, work_dir=str(tmp_path / "work"), out_path=str(tmp_path / "again.parquet"))
     assert again.equals(frames[0])
     assert len(progress.read_text().splitlines()) == 30
+
+
+@pytest.mark.parametrize(
+    "expert_meta",
+    [
+        {"error_rate": 0.05, "seed": 0},
+        {"error_rate": 0.05, "injected_error": "invalid_step", "seed": 0},
+        {"z": '\u00e9t\u00e9 "quoted" }', "a": [1, {"b": None}], "problem": "replaced", "x": 1.5e-07},  # a teacher's
+        {},
+    ],
+)
+def test_row_meta_is_the_expert_meta_with_the_problem_meta_as_one_json_encode(expert_meta):
+    """row_meta splices the problem's meta into the expert's meta text; the text is the one json.dumps gives."""
+    problem_meta = {"operands": [3, 45, 6], "ops": ["+", "-"], "note": "\u00fc {x}"}
+    text = json.dumps(expert_meta, sort_keys=True, default=str)
+    expected = json.dumps({**expert_meta, "problem": problem_meta}, sort_keys=True, default=str)
+    assert row_meta(text, problem_meta) == row_meta(text, problem_meta) == expected  # the second from the cache
+    assert json.loads(expected)["problem"] == problem_meta
+
+
+def test_a_program_expert_without_errors_writes_the_solver_s_answers(tmp_path):
+    frame = collect_shard(**{**COMMON, "expert_options": {"error_rate": 0.0}}, shard=0, work_dir=str(tmp_path / "w"),
+                          out_path=str(tmp_path / "0.parquet"))  # fmt: skip
+    task = get_task("arithmetic")
+    problems = {p.id: p for p in task.problems(90, 5)}
+    assert len(frame) == 30 and frame["correct"].all()
+    assert frame["completion"].tolist() == [task.solve(problems[i]) for i in frame["id"]]
+    assert {json.dumps(json.loads(m)["problem"], sort_keys=True) for m in frame["meta"]} == {
+        json.dumps(problems[i].meta, sort_keys=True) for i in frame["id"]
+    }
 
 
 GSM8K_TRAIN = GSM8K / "train.jsonl"

@@ -71,12 +71,16 @@ class ProgramExpert(Expert):
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"collect.error_rate must be in [0, 1], got {error_rate}")
         self.task, self.error_rate, self.seed = task, error_rate, seed
+        self.rng = random.Random()
 
     def demonstrate(self, problem: Problem) -> tuple[str, dict[str, Any]]:
         completion = self.task.solve(problem)
-        # One generator per problem: the same row whatever the shard layout or resume point.
-        rng = random.Random(f"{self.seed}:{problem.id}")
         meta: dict[str, Any] = {"seed": self.seed, "error_rate": self.error_rate}
+        if not self.error_rate:  # never corrupted: no draw needed
+            return completion, meta
+        # A generator seeded by the problem: the same row whatever the shard layout or resume point.
+        rng = self.rng
+        rng.seed(f"{self.seed}:{problem.id}")
         if rng.random() < self.error_rate:
             completion, kind = _corrupt(completion, rng)
             meta["injected_error"] = kind

@@ -9,7 +9,8 @@ config's (config/config.yaml, schema defaults filled): SFT's `sft.train` and thr
 rollouts' k, temperature, max_new_tokens and batch_size on `--prompts` train prompts, evaluate's batch_size and
 max_new_tokens on the tiny run's val and test splits. Rows (sftdpo first, then its peers):
 
-- SFT: real tokens/s (attention-mask tokens trained on per second of training) of sftdpo.sft.train_sft; a
+- SFT: real tokens/s (attention-mask tokens trained on per second of training) of sftdpo.sft.train_sft, without its
+  held-out evaluation (`sft.eval_rows: 0`: no arm evaluates, so every arm's seconds are training steps); a
   hand-written PyTorch loop (same model, rows, batch size, AdamW, warmup + cosine, grad clip 1, loss on
   completion tokens); TRL's SFTTrainer with the same settings; SFTTrainer with its defaults.
 - rollouts: new tokens/s of sftdpo.generation.generate (the config's batch_size, k samples a prompt); plain
@@ -143,7 +144,7 @@ def sft_sftdpo(work: Path, args, extra: dict | None = None) -> dict:
             out_dir=f"{tmp}/model", metrics_path=f"{tmp}/metrics.json", curve_path=f"{tmp}/loss.png",
             curriculum_path=f"{tmp}/curriculum.json", work_dir=f"{tmp}/work", tracking_dir=f"{tmp}/tracking",
             train={**config["sft"]["train"], "max_steps": args.sft_steps, "extra": extra}, lora=config["sft"]["lora"],
-            eval_rows=config["sft"]["eval_rows"], seed=config["seed"],
+            eval_rows=0, seed=config["seed"],
             conversion_path=str(results / "data/convert.json"),
         )  # fmt: skip
     return rate(metrics["num_input_tokens_seen"], metrics["train_seconds_this_run"], steps=metrics["global_step"])
@@ -592,7 +593,8 @@ def sizes(record: dict) -> dict[str, str]:
     """What each row measured, in words (from the record's settings and run details)."""
     s = record["settings"]
     return {
-        "sft": f"{s['sft_steps']} steps × batch {s['sft_batch_size']}, {s['sft_threads']} threads",
+        "sft": f"{s['sft_steps']} steps × batch {s['sft_batch_size']}, {s['sft_threads']} threads, "
+        "no held-out evaluation",
         "sft_grouped": "`sft.train.extra: {train_sampling_strategy: group_by_length}`, otherwise as above",
         "rollouts": f"{s['prompts']} prompts × k={s['k']}, batch {s['rollouts_batch_size']}, "
         f"≤{s['rollouts_max_new_tokens']} new tokens, T={s['temperature']}",

@@ -35,3 +35,24 @@ def test_unknown_or_owned_fields_stop_with_the_key(tmp_path, extra, message):
     with pytest.raises(ValueError) as err:
         trainer_config(SFTConfig, "sft.train", train_settings(extra=extra), tmp_path, 0, evaluate=False, packing=False)
     assert str(err.value).startswith(message)
+
+
+def test_the_last_step_writes_no_checkpoint_the_steps_before_do(tmp_path):
+    """run_training saves the model after training and deletes the checkpoints: Trainer's checkpoint of the last
+    step (model, optimizer, scheduler) would be written for nothing. A real Trainer, 4 steps, a checkpoint every 2."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+    from sftdpo.training import no_last_step_checkpoint
+
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=8)  # fmt: skip
+    rows = [{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]}] * 8
+    written = {}
+    for name, callbacks in (("trainer's default", []), ("sftdpo", [no_last_step_checkpoint()])):
+        args = TrainingArguments(
+            output_dir=str(tmp_path / name), max_steps=4, save_steps=2, save_strategy="steps",
+            per_device_train_batch_size=2, use_cpu=True, report_to="none", disable_tqdm=True,
+        )  # fmt: skip
+        Trainer(model=LlamaForCausalLM(config), args=args, train_dataset=rows, callbacks=callbacks).train()
+        written[name] = sorted(p.name for p in (tmp_path / name).glob("checkpoint-*"))
+    assert written == {"trainer's default": ["checkpoint-2", "checkpoint-4"], "sftdpo": ["checkpoint-2"]}

@@ -131,6 +131,21 @@ def console_progress(label: str):
     return BarsOnly, ConsoleLog()
 
 
+def no_last_step_checkpoint():
+    """A TrainerCallback that drops the checkpoint Trainer writes at the last step (`DefaultFlowCallback` saves at
+    the end of training): `run_training` saves the model right after and deletes the checkpoints, so that one would
+    be written for nothing, optimizer state included (GBs for a real model). A job killed in between resumes from
+    the checkpoint before it."""
+    from transformers import TrainerCallback
+
+    class NoLastStepCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+
+    return NoLastStepCheckpoint()
+
+
 def trainer_config(config_class, key: str, train: dict[str, Any], output_dir: Path, seed: int, *, evaluate: bool,
                    **stage: Any):  # fmt: skip
     """`config_class` (TRL's SFTConfig or DPOConfig) from the stage's `train` block, the stage's own arguments
@@ -214,6 +229,7 @@ def run_training(
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(bars)
     trainer.add_callback(console_log)
+    trainer.add_callback(no_last_step_checkpoint())  # last: after every callback that may ask for a save
     resume = last_checkpoint(ckpt_dir)
     started = time.time()
     with tracking(trainer, tracking_dir):

@@ -56,6 +56,35 @@ def stage_times(benchmarks: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+# The tokenizer's own batch call on the conversations convert made (issue 11's ceiling for convert): the rendered
+# texts of up to `sample` rows of chat.parquet (rendering not timed) through one `encode_batch`, in a fresh process.
+CEILING = """
+import json, sys, time
+import pyarrow.parquet as pq
+from sftdpo.modeling import load_tokenizer
+workdir, sample = sys.argv[1], int(sys.argv[2])
+tokenizer = load_tokenizer(workdir + "/results/base/model")
+chat = pq.read_table(workdir + "/results/data/chat.parquet", columns=["messages"]).slice(0, sample)
+texts = tokenizer.apply_chat_template(chat["messages"].to_pylist(), tokenize=False)
+started = time.perf_counter()
+tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+print(json.dumps({"rows": len(texts), "seconds": time.perf_counter() - started}))
+"""
+
+
+def tokenizer_ceiling(workdir: Path, sample: int = 200_000) -> dict[str, dict]:
+    """Rows/s of the tokenizer's `encode_batch` on convert's conversations: on one thread (TOKENIZERS_PARALLELISM
+    false) and on every core (its default)."""
+    out = {}
+    for name, parallel in (("one_thread", "false"), ("all_cores", "true")):
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": parallel}
+        done = subprocess.run([sys.executable, "-c", CEILING, str(workdir), str(sample)], env=env, check=True,
+                              capture_output=True, text=True)  # fmt: skip
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        out[name]["rows_per_second"] = out[name]["rows"] / out[name]["seconds"]
+    return out
+
+
 def run(rows: int, workdir: Path, shards: int | None = None) -> dict:
     overlay = workdir / "scale.yaml"
     settings = {"task": {"n_problems": rows, "arithmetic": {"max_ops": 4, "max_operand": 99}}}
@@ -71,7 +100,8 @@ def run(rows: int, workdir: Path, shards: int | None = None) -> dict:
     kept = json.loads((workdir / "results/demos/validation.json").read_text())["n_kept"]
     for name, figures in stages.items():
         figures["rows_per_second"] = (rows if name in SEE_EVERY_ROW else kept) / figures["seconds"]
-    return {"rows": rows, "shards": shards, "kept": kept, "wall_seconds": wall, "stages": stages}
+    ceiling = tokenizer_ceiling(workdir)
+    return {"rows": rows, "shards": shards, "kept": kept, "wall_seconds": wall, "stages": stages, "ceiling": ceiling}
 
 
 def render(record: dict) -> str:
@@ -92,8 +122,25 @@ def render(record: dict) -> str:
         if size.get("shards"):  # the data stages are a chain: on a node per shard, the longest shards add up
             longest = sum(f["longest_shard_seconds"] for f in size["stages"].values())
             lines.append(f"| longest shards added up | {longest:.0f} s: the chain's wall with a node per shard |")
+    ceilings = [ceiling_line(size) for size in record["sizes"] if size.get("ceiling")]
+    if ceilings:
+        lines += ["", "convert against the tokenizer's own batch call on its conversations (`encode_batch` of the "
+                  "rendered texts, rendering not timed):", "", *ceilings]  # fmt: skip
     lines += ["", f"Measured on {record['machine']}, commit {record['commit']}."]
     return "\n".join(lines)
+
+
+def ceiling_line(size: dict) -> str:
+    """`- 1,000,000 rows: ...`: the tokenizer's rows/s, and convert's time (its jobs summed) per row against it."""
+    convert = sum(size["stages"][stage]["seconds"] for stage in ("convert_shard", "convert") if stage in size["stages"])
+    per_row = convert / size["kept"]
+    one, every = (size["ceiling"][name] for name in ("one_thread", "all_cores"))
+    return (
+        f"- {size['rows']:,} rows: the tokenizer {one['rows_per_second']:,.0f} rows/s on one thread, "
+        f"{every['rows_per_second']:,.0f} on every core; convert's jobs {size['kept'] / convert:,.0f} rows/s, "
+        f"**{per_row * one['rows_per_second']:.2f}×** the one-thread time, {per_row * every['rows_per_second']:.2f}× "
+        "the every-core time"
+    )
 
 
 def main() -> None:

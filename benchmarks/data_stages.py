@@ -86,6 +86,18 @@ def tokenizer_ceiling(workdir: Path, sample: int = 200_000) -> dict[str, dict]:
 
 
 def run(rows: int, workdir: Path, shards: int | None = None) -> dict:
+    wall = build(rows, workdir, shards)
+    stages = stage_times(workdir / "results/benchmarks")
+    kept = json.loads((workdir / "results/demos/validation.json").read_text())["n_kept"]
+    for name, figures in stages.items():
+        figures["rows_per_second"] = (rows if name in SEE_EVERY_ROW else kept) / figures["seconds"]
+    ceiling = tokenizer_ceiling(workdir)
+    return {"rows": rows, "shards": shards, "kept": kept, "wall_seconds": wall, "stages": stages, "ceiling": ceiling}
+
+
+def build(rows: int, workdir: Path, shards: int | None = None) -> float:
+    """`snakemake results/data/split.json -c2` on `rows` program-expert rows in `workdir` (brought up to date when
+    it holds a run already); its wall seconds."""
     overlay = workdir / "scale.yaml"
     settings = {"task": {"n_problems": rows, "arithmetic": {"max_ops": 4, "max_operand": 99}}}
     if shards:
@@ -95,13 +107,7 @@ def run(rows: int, workdir: Path, shards: int | None = None) -> dict:
     cmd += ["--configfile", str(ROOT / "config/config.yaml"), str(overlay)]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=workdir, check=True, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    stages = stage_times(workdir / "results/benchmarks")
-    kept = json.loads((workdir / "results/demos/validation.json").read_text())["n_kept"]
-    for name, figures in stages.items():
-        figures["rows_per_second"] = (rows if name in SEE_EVERY_ROW else kept) / figures["seconds"]
-    ceiling = tokenizer_ceiling(workdir)
-    return {"rows": rows, "shards": shards, "kept": kept, "wall_seconds": wall, "stages": stages, "ceiling": ceiling}
+    return time.perf_counter() - start
 
 
 def render(record: dict) -> str:

@@ -335,6 +335,11 @@ def eval_one_batch(work: Path, args) -> dict:
 
 
 # ---------------------------------------------------------------- data stages
+def validate_params(results: Path) -> dict:
+    """validate's params as its rules ran: its own (gates) and its shards' (verifier and limits)."""
+    return {**sidecar_params(results / "demos/checks/0.parquet"), **sidecar_params(results / "demos/validated.parquet")}
+
+
 def data_sftdpo(work: Path, args) -> dict:
     """validate, convert and split as their rules call them (params from the data run's lineage sidecars)."""
     from sftdpo.convert import convert
@@ -342,11 +347,7 @@ def data_sftdpo(work: Path, args) -> dict:
     from sftdpo.validate import validate
 
     results = work / "data/results"
-    # validate's params: its own (gates) and its shards' (verifier and limits); in-process it makes the checks itself
-    checks = {
-        **sidecar_params(results / "demos/checks/0.parquet"),
-        **sidecar_params(results / "demos/validated.parquet"),
-    }
+    checks = validate_params(results)
     conversion = sidecar_params(results / "data/tokens.h5")
     splitting = sidecar_params(results / "data/train.parquet")
     conversion["workers"] = job_threads(work / "data/logs/convert_shard/0.log")  # a shard tokenizes in its threads
@@ -381,7 +382,7 @@ def data_pandas(work: Path, args) -> dict:
     results = work / "data/results"
     tokenizer = AutoTokenizer.from_pretrained(results / "base/model")
     max_length = sidecar_params(results / "data/tokens.h5")["max_length"]
-    checks = sidecar_params(results / "demos/validated.parquet")
+    checks = validate_params(results)
 
     def script(out: Path) -> int:
         demos = pd.read_parquet(results / "demos/demos.parquet")
@@ -530,10 +531,9 @@ def prepare(work: Path, rows: int) -> dict:
     print("inputs: the tiny config's DAG, up to date (snakemake -c2 --configfile tests/config/tiny.yaml)", flush=True)
     sftdpo_snakemake(tiny)
     data = work / "data"
-    if not (data / "results/data/split.json").exists():
-        data.mkdir(parents=True, exist_ok=True)
-        print(f"building inputs: {rows:,} program-expert rows (benchmarks/data_stages.py's run)", flush=True)
-        data_stages.run(rows, data)
+    data.mkdir(parents=True, exist_ok=True)
+    print(f"inputs: {rows:,} program-expert rows, up to date (benchmarks/data_stages.py's run)", flush=True)
+    data_stages.build(rows, data)  # the data arms read the rules' params from its outputs' sidecars
     shards = f"task:\n  n_problems: 8000\ncollect:\n  shards: {DRY_RUN_SHARDS}\n"  # 4 problems a shard
     for name, text in {"jobs/bare/Snakefile": MERGE_SNAKEFILE, "jobs/bare/merge.py": MERGE_SCRIPT,
                        "dry-run/minimal/Snakefile": MINIMAL_SNAKEFILE, "no-op/minimal/Snakefile": MINIMAL_SNAKEFILE,

@@ -147,7 +147,9 @@ def sft_sftdpo(work: Path, args, extra: dict | None = None) -> dict:
             eval_rows=0, seed=config["seed"],
             conversion_path=str(results / "data/convert.json"),
         )  # fmt: skip
-    return rate(metrics["num_input_tokens_seen"], metrics["train_seconds_this_run"], steps=metrics["global_step"])
+    tokens = metrics["tokens_this_run"]
+    return rate(tokens["real"], metrics["train_seconds_this_run"], steps=metrics["global_step"],
+                loss_tokens=tokens["loss"], padded_tokens=tokens["padded"])  # fmt: skip
 
 
 def sft_sftdpo_grouped(work: Path, args) -> dict:
@@ -170,8 +172,8 @@ def sft_hand_loop(work: Path, args) -> dict:
     batch_size = train["batch_size"]
     order = torch.cat([torch.randperm(len(examples)) for _ in range(args.sft_steps * batch_size // len(examples) + 1)])
 
-    def loop() -> int:
-        tokens = 0
+    def loop() -> dict[str, int]:
+        tokens = {"real": 0, "loss": 0, "padded": 0}
         for step in range(args.sft_steps):
             batch = [examples[i] for i in order[step * batch_size : (step + 1) * batch_size].tolist()]
             width = max(len(e["input_ids"]) for e in batch)
@@ -184,11 +186,14 @@ def sft_hand_loop(work: Path, args) -> dict:
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
-            tokens += int(mask.sum())
+            tokens["real"] += int(mask.sum())
+            tokens["loss"] += int(loss_on[:, 1:].sum())  # the first position is never a target
+            tokens["padded"] += ids.numel()
         return tokens
 
     tokens, seconds = timed(loop)
-    return rate(tokens, seconds, steps=args.sft_steps)
+    return rate(tokens["real"], seconds, steps=args.sft_steps, loss_tokens=tokens["loss"],
+                padded_tokens=tokens["padded"])  # fmt: skip
 
 
 def trl_sft(work: Path, args, settings: dict) -> dict:

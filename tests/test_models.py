@@ -66,6 +66,9 @@ def test_hf_model_lora_sft_dpo_and_evaluation(hf_dir, tmp_path):
         seed=0,
     )
     assert metrics["global_step"] == 4
+    tokens = metrics["tokens_this_run"]  # SFT's own counts of its batches; real ones as Trainer counts them
+    assert 0 < tokens["loss"] < tokens["real"] == metrics["num_input_tokens_seen"] <= tokens["padded"]
+    assert metrics["loss_tokens_per_second"] == pytest.approx(tokens["loss"] / metrics["train_seconds_this_run"])
     adapter = json.loads((sft_dir / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and adapter["base_model_name_or_path"] == str(hf_dir)
     assert (sft_dir / "tokenizer_config.json").exists()

@@ -56,3 +56,18 @@ def test_the_last_step_writes_no_checkpoint_the_steps_before_do(tmp_path):
         Trainer(model=LlamaForCausalLM(config), args=args, train_dataset=rows, callbacks=callbacks).train()
         written[name] = sorted(p.name for p in (tmp_path / name).glob("checkpoint-*"))
     assert written == {"trainer's default": ["checkpoint-2", "checkpoint-4"], "sftdpo": ["checkpoint-2"]}
+
+
+def test_a_batch_s_real_loss_bearing_and_padded_tokens():
+    import torch
+
+    from sftdpo.sft import batch_tokens
+
+    batch = {
+        "input_ids": torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]),
+        "labels": torch.tensor([[-100, 6, 7, -100], [-100, 9, -100, -100]]),
+    }
+    assert batch_tokens(batch) == {"real": 5, "loss": 3, "padded": 8}
+    packed = {"input_ids": torch.tensor([[5, 6, 7, 8, 9]]), "labels": torch.tensor([[-100, 6, 7, -100, 9]])}
+    assert batch_tokens(packed) == {"real": 5, "loss": 3, "padded": 5}  # padding-free: no mask, every token real

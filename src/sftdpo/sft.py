@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import pandas as pd
@@ -26,18 +27,46 @@ from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_c
 log = logging.getLogger(__name__)
 
 
-def curriculum_trainer(base):
-    """`base` (TRL's SFTTrainer) drawing its train rows with a DifficultySampler when one is given."""
+def sft_trainer(base):
+    """`base` (TRL's SFTTrainer) drawing its train rows with a DifficultySampler when one is given, and counting the
+    tokens of the batches it trains on in this run (`token_counts`, this process's: `batch_tokens`)."""
 
-    class CurriculumTrainer(base):
+    class SFTTrainer(base):
         def __init__(self, *args, sampler: DifficultySampler | None = None, **kwargs):
             self.difficulty_sampler = sampler
+            self.token_counts: Counter = Counter()
             super().__init__(*args, **kwargs)
 
         def _get_train_sampler(self, train_dataset=None):
             return self.difficulty_sampler or super()._get_train_sampler(train_dataset)
 
-    return CurriculumTrainer
+        def training_step(self, model, inputs, *args, **kwargs):
+            self.token_counts.update(batch_tokens(inputs))
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    return SFTTrainer
+
+
+def batch_tokens(inputs: dict[str, Any]) -> dict[str, int]:
+    """A training batch's tokens: `real` (not padding), `loss` (those the loss is computed on: labels not -100)
+    and `padded` (the batch's whole width, padding included). Padding-free batches have no attention mask: every
+    token is real."""
+    padded = inputs["input_ids"].numel()
+    real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else padded
+    return {"real": real, "loss": int((inputs["labels"] != -100).sum()), "padded": padded}
+
+
+def token_rates(trainer, seconds: float) -> dict[str, Any]:
+    """The tokens SFT trained on in this run, summed over processes, and per second of its training."""
+    import torch
+
+    counts = torch.tensor([trainer.token_counts[kind] for kind in TOKEN_KINDS], device=trainer.accelerator.device)
+    totals = dict(zip(TOKEN_KINDS, trainer.accelerator.reduce(counts, reduction="sum").tolist()))
+    rates = {f"{kind}_tokens_per_second": totals[kind] / seconds for kind in TOKEN_KINDS} if seconds > 0 else {}
+    return {"tokens_this_run": totals, **rates}
+
+
+TOKEN_KINDS = ("real", "loss", "padded")
 
 
 def val_accuracy(model, tokenizer, items: pd.DataFrame, evaluation: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -200,7 +229,7 @@ def train_sft(
             return val_accuracy(trained_model, tokenizer, checks, evaluation, seed)
 
         callback = curriculum_callback(plan, sampler, measure)
-    trainer = curriculum_trainer(SFTTrainer)(
+    trainer = sft_trainer(SFTTrainer)(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -221,8 +250,7 @@ def train_sft(
     metrics.update(n_train=len(train_ds), n_val=len(val_rows), lora=lora)
     evals = [h["eval_loss"] for h in metrics["log_history"] if "eval_loss" in h]
     metrics["final_eval_loss"] = evals[-1] if evals else None
-    if metrics["train_seconds_this_run"] > 0:
-        metrics["tokens_per_second"] = metrics["num_input_tokens_seen"] / metrics["train_seconds_this_run"]
+    metrics.update(token_rates(trainer, metrics["train_seconds_this_run"]))
     report = {"enabled": False}
     if plan:
         trained = metrics["global_step"] * train["batch_size"] * train["grad_accum"] * args.world_size

@@ -57,24 +57,32 @@ def stage_times(benchmarks: Path) -> dict[str, dict[str, float]]:
 
 
 # The tokenizer's own batch call on the conversations convert made (issue 11's ceiling for convert): the rendered
-# texts of up to `sample` rows of chat.parquet (rendering not timed) through one `encode_batch`, in a fresh process.
+# texts of up to `sample` rows of chat.parquet (rendering not timed) through one call of its fastest batch API (ids
+# only, the call convert makes), in a fresh process; then the prompts too (rendered with the generation prompt):
+# convert tokenizes both, to find the loss mask's start and check the template is prefix-consistent.
 CEILING = """
 import json, sys, time
 import pyarrow.parquet as pq
 from sftdpo.modeling import load_tokenizer
 workdir, sample = sys.argv[1], int(sys.argv[2])
 tokenizer = load_tokenizer(workdir + "/results/base/model")
-chat = pq.read_table(workdir + "/results/data/chat.parquet", columns=["messages"]).slice(0, sample)
-texts = tokenizer.apply_chat_template(chat["messages"].to_pylist(), tokenize=False)
-started = time.perf_counter()
-tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-print(json.dumps({"rows": len(texts), "seconds": time.perf_counter() - started}))
+chat = pq.read_table(workdir + "/results/data/chat.parquet", columns=["messages", "prompt"]).slice(0, sample)
+conversations = tokenizer.apply_chat_template(chat["messages"].to_pylist(), tokenize=False)
+prompts = tokenizer.apply_chat_template(chat["prompt"].to_pylist(), tokenize=False, add_generation_prompt=True)
+backend = tokenizer.backend_tokenizer
+encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+seconds = []
+for texts in (conversations, prompts):
+    started = time.perf_counter()
+    encode(texts, add_special_tokens=False)
+    seconds.append(time.perf_counter() - started)
+print(json.dumps({"rows": len(conversations), "seconds": seconds[0], "prompt_seconds": seconds[1]}))
 """
 
 
 def tokenizer_ceiling(workdir: Path, sample: int = 200_000) -> dict[str, dict]:
-    """Rows/s of the tokenizer's `encode_batch` on convert's conversations: on one thread (TOKENIZERS_PARALLELISM
-    false) and on every core (its default)."""
+    """Rows/s of the tokenizer's batch call on convert's conversations (and with their prompts): on one thread
+    (TOKENIZERS_PARALLELISM false) and on every core (its default)."""
     out = {}
     for name, parallel in (("one_thread", "false"), ("all_cores", "true")):
         env = {**os.environ, "TOKENIZERS_PARALLELISM": parallel}
@@ -82,6 +90,9 @@ def tokenizer_ceiling(workdir: Path, sample: int = 200_000) -> dict[str, dict]:
                               capture_output=True, text=True)  # fmt: skip
         out[name] = json.loads(done.stdout.strip().splitlines()[-1])
         out[name]["rows_per_second"] = out[name]["rows"] / out[name]["seconds"]
+        out[name]["with_prompts_rows_per_second"] = out[name]["rows"] / (
+            out[name]["seconds"] + out[name]["prompt_seconds"]
+        )
     return out
 
 
@@ -130,8 +141,9 @@ def render(record: dict) -> str:
             lines.append(f"| longest shards added up | {longest:.0f} s: the chain's wall with a node per shard |")
     ceilings = [ceiling_line(size) for size in record["sizes"] if size.get("ceiling")]
     if ceilings:
-        lines += ["", "convert against the tokenizer's own batch call on its conversations (`encode_batch` of the "
-                  "rendered texts, rendering not timed):", "", *ceilings]  # fmt: skip
+        lines += ["", "convert against the tokenizer's own batch call on its conversations (`encode_batch_fast` of the "
+                  "rendered texts, rendering not timed), and on its "
+                  "conversations and prompts, both of which convert tokenizes:", "", *ceilings]  # fmt: skip
     lines += ["", f"Measured on {record['machine']}, commit {record['commit']}."]
     return "\n".join(lines)
 
@@ -141,12 +153,16 @@ def ceiling_line(size: dict) -> str:
     convert = sum(size["stages"][stage]["seconds"] for stage in ("convert_shard", "convert") if stage in size["stages"])
     per_row = convert / size["kept"]
     one, every = (size["ceiling"][name] for name in ("one_thread", "all_cores"))
-    return (
+    line = (
         f"- {size['rows']:,} rows: the tokenizer {one['rows_per_second']:,.0f} rows/s on one thread, "
         f"{every['rows_per_second']:,.0f} on every core; convert's jobs {size['kept'] / convert:,.0f} rows/s, "
-        f"**{per_row * one['rows_per_second']:.2f}×** the one-thread time, {per_row * every['rows_per_second']:.2f}× "
+        f"{per_row * one['rows_per_second']:.2f}× the one-thread time, **{per_row * every['rows_per_second']:.2f}×** "
         "the every-core time"
     )
+    if "with_prompts_rows_per_second" in every:  # records from before the prompts were timed have none
+        line += f"; with the prompts {every['with_prompts_rows_per_second']:,.0f} rows/s on every core: "
+        line += f"**{per_row * every['with_prompts_rows_per_second']:.2f}×**"
+    return line
 
 
 def main() -> None:

@@ -157,6 +157,82 @@ def test_a_block_of_multi_turn_conversations_only_is_tokenized(tmp_path):
     assert sum(masks[0][: len(first_answer)]) > 0 and sum(masks[0][len(first_answer) :]) > 0  # both turns
 
 
+# A ChatML-like template with what real templates use: a default system message, the special tokens map, filters.
+CHATML = (
+    "{{ bos_token }}{%- if messages[0]['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\\nYou are helpful.<|im_end|>\\n' }}{%- endif -%}"
+    "{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | trim + '<|im_end|>\\n' }}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def gsm8k_conversations(n: int) -> list[list[dict]]:
+    """Real GSM8K rows as conversations: with and without a system message and earlier turns, and texts that hold
+    a special token's text, unicode and surrounding spaces."""
+    rows = [json.loads(line) for line in GSM8K.joinpath("train.jsonl").read_text().splitlines()[:n]]
+    out = []
+    for i, row in enumerate(rows):
+        turn = [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["answer"]}]
+        context = [{"role": "system", "content": " Résous-le pas à pas. "}] if i % 3 == 0 else []
+        if i % 4 == 1:
+            context += [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4<|eos|>"}]
+        out.append(context + turn)
+    return out
+
+
+@pytest.mark.parametrize("case", ["scratch", "chatml", "split_special_tokens", "backend_truncation", "none_value"])
+def test_render_chats_and_encode_texts_give_what_apply_chat_template_gives(tmp_path, monkeypatch, case):
+    """convert's rendering (transformers' render_jinja_template) and encoding (the backend's encode_batch_fast) give
+    the texts and ids of apply_chat_template and the tokenizer call, on real GSM8K rows; the direct paths are taken
+    where they are the same call, and the tokenizer call where it is not (special tokens split, truncation set on
+    the backend)."""
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    from sftdpo.chat import encode_texts, render_chats
+
+    task = get_task("gsm8k", path=str(GSM8K / "train.jsonl"))
+    conversations = gsm8k_conversations(60)
+    model_dir = scratch_base_model(tmp_path / "base", task, task.problems(60, seed=0))
+    tokenizer = load_tokenizer(model_dir)
+    if case == "chatml":
+        tokenizer.chat_template = CHATML
+        tokenizer.add_special_tokens(
+            {"bos_token": "<|bos|>", "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}
+        )
+    if case == "split_special_tokens":
+        tokenizer.split_special_tokens = True
+    if case == "backend_truncation":
+        tokenizer.backend_tokenizer.enable_truncation(8)
+    if case == "none_value":
+        conversations[5][-1]["name"] = None  # apply_chat_template drops it
+    calls = {"apply_chat_template": 0, "_encode_plus": 0}  # conversations / texts each was given
+    for cls, name in ((type(tokenizer), "apply_chat_template"), (TokenizersBackend, "_encode_plus")):
+        original = getattr(cls, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            calls[_name] += len(args[0] if args else kwargs.get("text", kwargs.get("conversation")))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, counted)
+    texts = {g: render_chats(tokenizer, conversations, add_generation_prompt=g) for g in (False, True)}
+    ids = encode_texts(tokenizer, texts[False])
+    direct_calls = dict(calls)
+    assert texts[True] == tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+    assert texts[False] == tokenizer.apply_chat_template(conversations, tokenize=False)
+    expected = tokenizer(texts[False], add_special_tokens=False)["input_ids"]
+    assert ids == expected and len(ids) == 60 and min(map(len, ids)) > 20
+    # the rendering's check: one conversation through apply_chat_template per call; all of them with a None value
+    assert direct_calls["apply_chat_template"] == (120 if case == "none_value" else 2)
+    assert direct_calls["_encode_plus"] == (60 if case in ("split_special_tokens", "backend_truncation") else 0)
+    if case == "chatml":
+        assert texts[True][0].startswith("<|bos|><|im_start|>system\nRésous-le pas à pas.<|im_end|>")
+        assert ids[1][:2] == tokenizer.convert_tokens_to_ids(["<|bos|>", "<|im_start|>"])
+    if case == "split_special_tokens":
+        assert tokenizer.eos_token_id not in ids[1]  # "4<|eos|>" in the context, split into pieces
+    if case == "backend_truncation":
+        assert max(map(len, ids)) > 8
+
+
 def test_convert_in_worker_processes_writes_the_same_files(tmp_path, monkeypatch):
     """Blocks tokenized by two worker processes give the files one process writes (some rows over max_length)."""
     import sftdpo.convert

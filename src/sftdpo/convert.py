@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sftdpo.bulk import gc_paused, ordered_map
-from sftdpo.chat import assistant_token_mask, chat_messages, demo_context
+from sftdpo.chat import assistant_token_mask, chat_messages, demo_context, encode_texts, render_chats
 from sftdpo.io import atomic_path, read_json, read_parquet_rows, write_json
 from sftdpo.modeling import load_tokenizer, rendering, tokenizer_hash
 from sftdpo.tables import TokenWriter
@@ -75,11 +75,9 @@ def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> t
 
 def _encode(tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool) -> list[list[int]]:
     """The ids `apply_chat_template(conversations, add_generation_prompt=...)` gives: the rendered texts through
-    the same tokenizer call (no special tokens added), asking for the ids alone; the attention masks and token
-    type ids it would build for every row cost as much as the tokenizer itself."""
-    texts = tokenizer.apply_chat_template(conversations, add_generation_prompt=add_generation_prompt, tokenize=False)
-    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
-    return encoded["input_ids"]
+    the same tokenizer call (no special tokens added), asking for the ids alone."""
+    texts = render_chats(tokenizer, conversations, add_generation_prompt=add_generation_prompt)
+    return encode_texts(tokenizer, texts)
 
 
 def metas(part: pd.DataFrame) -> list:

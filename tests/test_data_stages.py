@@ -258,6 +258,26 @@ def test_convert_in_worker_processes_writes_the_same_files(tmp_path, monkeypatch
     assert digests[0] == digests[1]
 
 
+def test_workers_get_the_job_s_tokenizer_unless_it_is_a_model_s_own_code(tmp_path):
+    """A transformers tokenizer goes to the worker processes pickled, and tokenizes there as in the job; a class from
+    elsewhere (a model's trust_remote_code tokenizer) is loaded by each worker from the model directory instead."""
+    import pickle
+
+    from sftdpo.convert import shipped_tokenizer
+
+    task = get_task("arithmetic")
+    tokenizer = load_tokenizer(scratch_base_model(tmp_path / "base", task, task.problems(30, seed=0)))
+    shipped = pickle.loads(pickle.dumps(shipped_tokenizer(tokenizer)))
+    texts = tokenizer.apply_chat_template([[{"role": "user", "content": "What is 12+30?"}]], tokenize=False)
+    assert (
+        shipped(texts)["input_ids"] == tokenizer(texts)["input_ids"]
+        and shipped.chat_template == tokenizer.chat_template
+    )
+    remote_code = type("RemoteTokenizer", (type(tokenizer),), {"__module__": "transformers_modules.some_model"})
+    tokenizer.__class__ = remote_code
+    assert shipped_tokenizer(tokenizer) is None
+
+
 @pytest.mark.parametrize("shards", [2, 5, 130])  # 130 shards of 120 rows: ten of them empty
 def test_convert_shards_put_together_make_the_files_of_one(tmp_path, monkeypatch, shards):
     """convert_shard over a share of the rows each, then merge_shards: the chat rows, token tensor and report of one

@@ -111,6 +111,14 @@ def _start_worker(model_dir: str, system_prompt: str | None, max_length: int, to
     _WORKER.update(tokenizer=tokenizer, system_prompt=system_prompt, max_length=max_length)
 
 
+def shipped_tokenizer(tokenizer):
+    """The job's tokenizer when a worker process can take it pickled, else None (the worker loads it from the model
+    directory). One of transformers' own classes unpickles in a fraction of a millisecond without importing torch;
+    loading it again costs a worker ~2 s, most of it torch's import. A model's own code (trust_remote_code) may not
+    be importable in a worker, so those load."""
+    return tokenizer if type(tokenizer).__module__.startswith("transformers.") else None
+
+
 @gc_paused()  # lists of ids and masks for thousands of rows (sftdpo.bulk)
 def _tokenize_block(block: tuple[list[str], list[str], list]) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """A block's (prompts, completions, metas) -> its conversations, every row's token count and the token
@@ -129,12 +137,14 @@ def _tokenize_block(block: tuple[list[str], list[str], list]) -> tuple[list[dict
 def tokenized_blocks(blocks: Iterable, n_blocks: int, workers: int, worker_args: tuple, tokenizer) -> Iterator[tuple]:
     """`_tokenize_block` of every block, in order, by `workers` processes side by side when there are enough blocks
     to pay for their start-up (`bulk.ordered_map`); a block's result does not depend on where it ran.
-    `tokenizer`: the job's own, for the blocks it tokenizes itself."""
+    `tokenizer`: the job's own, for the blocks it tokenizes itself, and handed to the workers when it can be
+    (`shipped_tokenizer`)."""
     if workers <= 1 or n_blocks < MIN_BLOCKS_FOR_WORKERS:
         return ordered_map(_tokenize_block, blocks, workers=1, initializer=_start_worker,
                            initargs=(*worker_args, tokenizer))  # fmt: skip
     log.info("convert: %d blocks tokenized by %d worker processes", n_blocks, workers)
-    return ordered_map(_tokenize_block, blocks, workers=workers, initializer=_start_worker, initargs=worker_args)
+    return ordered_map(_tokenize_block, blocks, workers=workers, initializer=_start_worker,
+                       initargs=(*worker_args, shipped_tokenizer(tokenizer)))  # fmt: skip
 
 
 class ConvertGateError(RuntimeError):

@@ -71,3 +71,52 @@ def test_a_batch_s_real_loss_bearing_and_padded_tokens():
     assert batch_tokens(batch) == {"real": 5, "loss": 3, "padded": 8}
     packed = {"input_ids": torch.tensor([[5, 6, 7, 8, 9]]), "labels": torch.tensor([[-100, 6, 7, -100, 9]])}
     assert batch_tokens(packed) == {"real": 5, "loss": 3, "padded": 5}  # padding-free: no mask, every token real
+
+
+def test_training_runs_with_the_heap_frozen_and_hands_it_back(tmp_path):
+    """run_training trains with the objects alive before it out of the cyclic collector's sight (Trainer's own full
+    collection before the first step then skips them), and hands them back after: garbage from before is freed."""
+    import gc
+    import weakref
+
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainerCallback
+    from transformers import TrainingArguments
+    from tokenizers import Tokenizer, models
+
+    from sftdpo.training import frozen_heap, run_training
+
+    class Node:
+        pass
+
+    gc.disable()  # the garbage below stays until a collection is asked for
+    try:
+        node = Node()
+        node.me = node
+        garbage = weakref.ref(node)
+        del node
+        with frozen_heap():
+            gc.collect()
+            assert garbage() is not None and gc.get_freeze_count() > 10_000  # out of sight, with everything else
+        assert gc.get_freeze_count() == 0
+        gc.collect()
+        assert garbage() is None
+    finally:
+        gc.enable()
+
+    class FreezeSeen(TrainerCallback):
+        counts: list = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.counts.append(gc.get_freeze_count())
+
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=8)  # fmt: skip
+    args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), max_steps=2, per_device_train_batch_size=2,
+                             use_cpu=True, report_to="none", disable_tqdm=True, run_name="frozen")  # fmt: skip
+    rows = [{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]}] * 4
+    trainer = Trainer(model=LlamaForCausalLM(config), args=args, train_dataset=rows, callbacks=[FreezeSeen()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, "<unk>")))
+    metrics = run_training(trainer, tmp_path / "ckpt", str(tmp_path / "out"), tokenizer, "sft", inputs={}, config={},
+                           tracking_dir=str(tmp_path / "tracking"))  # fmt: skip
+    assert metrics["global_step"] == 2 and (tmp_path / "out/model.safetensors").exists()
+    assert len(FreezeSeen.counts) == 2 and min(FreezeSeen.counts) > 10_000 and gc.get_freeze_count() == 0

@@ -9,12 +9,13 @@ final model is saved, so `--forcerun` retrains.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sftdpo.fingerprint import code_fingerprint
 from sftdpo.io import atomic_path, resume_dir, write_json
@@ -208,6 +209,19 @@ def tracking(trainer, tracking_dir: str):
         os.environ.update(saved)
 
 
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """The objects alive on entry (torch's, transformers', the data's: millions) out of the cyclic garbage collector's
+    sight within the block (`gc.freeze`). Trainer collects once before its first step (accelerate's `free_memory`),
+    and a full pass walks the whole heap: 0.22 s, ~4% of the default's SFT. They are handed back on exit, so nothing
+    that was garbage on entry is kept for good."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def run_training(
     trainer,
     ckpt_dir: Path,
@@ -232,7 +246,7 @@ def run_training(
     trainer.add_callback(no_last_step_checkpoint())  # last: after every callback that may ask for a save
     resume = last_checkpoint(ckpt_dir)
     started = time.time()
-    with tracking(trainer, tracking_dir):
+    with tracking(trainer, tracking_dir), frozen_heap():
         result = trainer.train(resume_from_checkpoint=resume)
     elapsed = time.time() - started
     state = trainer.state

@@ -18,6 +18,8 @@ a finished tiny run (tests/config/tiny.yaml: the default's model, built by bench
 absent), from the job's process start to its model's first forward pass: a `sitecustomize` on PYTHONPATH hooks
 torch's module calls in the job's interpreter, writes the seconds since the process started (/proc) and ends the
 job. That is imports, config and input checks, reading the data, loading the model (and TRL's trainer set-up).
+The peer row: a bare script that imports torch and transformers, loads the same model with
+`AutoModelForCausalLM.from_pretrained` and runs one forward pass, timed by the same hook.
 `--save` keeps the runs in benchmarks/results/first_forward.json and rewrites the README's `first-forward-table`.
 """
 
@@ -178,10 +180,38 @@ def first_forward(tiny: Path, rule: str, repeats: int) -> list[float]:
     return seconds
 
 
+# The peer: a bare script that loads the same model with transformers and runs one forward pass (the same hook).
+BARE_SCRIPT = """
+import sys
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+model(torch.tensor([[1, 2, 3]]))
+"""
+
+
+def bare_first_forward(tiny: Path, repeats: int) -> list[float]:
+    """Seconds from the process start of `BARE_SCRIPT` (the tiny run's SFT model) to its first forward pass."""
+    seconds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "sitecustomize.py").write_text(FIRST_FORWARD_HOOK)
+        out = Path(tmp) / "seconds"
+        for _ in range(repeats):
+            out.unlink(missing_ok=True)
+            env = {**os.environ, "PYTHONPATH": tmp, "SFTDPO_FIRST_FORWARD_OUT": str(out)}
+            subprocess.run([sys.executable, "-c", BARE_SCRIPT, str(tiny / MODEL_JOBS["sft"])], env=env,
+                           capture_output=True, check=False)  # fmt: skip
+            if not out.exists():
+                raise SystemExit("the bare script recorded no forward pass")
+            seconds.append(float(out.read_text()))
+    return seconds
+
+
 def render(record: dict) -> str:
     """The README table of a saved first-forward record."""
     lines = ["| model job | first forward pass s (median) | runs |", "|---|---|---|"]
-    for rule, runs in record["rules"].items():
+    rows = {**record["rules"], **({"bare script (peer)": record["bare"]} if "bare" in record else {})}
+    for rule, runs in rows.items():
         lines.append(f"| {rule} | {statistics.median(runs):.2f} | {', '.join(f'{s:.2f}' for s in runs)} |")
     lines += ["", f"Seconds from the job's process start; measured on {record['machine']}, commit {record['commit']}."]
     return "\n".join(lines)
@@ -201,6 +231,7 @@ def main() -> None:
             "machine": f"{os.uname().machine}, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
             "commit": commit.stdout.strip(),
             "rules": {rule: first_forward(args.tiny, rule, args.repeats) for rule in MODEL_JOBS},
+            "bare": bare_first_forward(args.tiny, args.repeats),
         }
         print(render(record))
         if args.save:

@@ -163,21 +163,26 @@ def first_forward(tiny: Path, rule: str, repeats: int) -> list[float]:
             if (tiny / name).exists():
                 shutil.copytree(tiny / name, run_dir / name, symlinks=True)
         for _ in range(repeats):
-            out = Path(tmp) / "seconds"
-            out.unlink(missing_ok=True)
-            env = {**os.environ, "PYTHONPATH": str(hook_dir), "SFTDPO_FIRST_FORWARD_OUT": str(out)}
             cmd = [*snakemake, MODEL_JOBS[rule], "--forcerun", rule, "--latency-wait", "0", *config]
             dry_run = [*cmd[:-2], "-n", *config]
             planned = subprocess.run(dry_run, cwd=run_dir, capture_output=True, text=True, check=True).stdout
             if not re.search(rf"^{rule}\s+1$", planned, re.M) or not re.search(r"^total\s+1$", planned, re.M):
                 raise SystemExit(f"{rule}: the run would not be this one job alone:\n{planned[-2000:]}")
             # The job ends at its first forward pass, without its outputs: Snakemake reports it failed.
-            done = subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True)
-            if not out.exists():
-                raise SystemExit(f"{rule}: no forward pass recorded\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
-            seconds.append(float(out.read_text()))
+            seconds.append(seconds_to_first_forward(cmd, run_dir, hook_dir, rule))
             subprocess.run([*snakemake, "--unlock", *config], cwd=run_dir, capture_output=True)
     return seconds
+
+
+def seconds_to_first_forward(cmd: list[str], cwd: Path, hook_dir: Path, what: str) -> float:
+    """Run `cmd` with the hook (`hook_dir`'s sitecustomize) on PYTHONPATH; the seconds it recorded."""
+    out = hook_dir / "seconds"
+    out.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(hook_dir), "SFTDPO_FIRST_FORWARD_OUT": str(out)}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if not out.exists():
+        raise SystemExit(f"{what}: no forward pass recorded\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return float(out.read_text())
 
 
 # The peer: a bare script that loads the same model with transformers and runs one forward pass (the same hook).
@@ -192,19 +197,10 @@ model(torch.tensor([[1, 2, 3]]))
 
 def bare_first_forward(tiny: Path, repeats: int) -> list[float]:
     """Seconds from the process start of `BARE_SCRIPT` (the tiny run's SFT model) to its first forward pass."""
-    seconds = []
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sitecustomize.py").write_text(FIRST_FORWARD_HOOK)
-        out = Path(tmp) / "seconds"
-        for _ in range(repeats):
-            out.unlink(missing_ok=True)
-            env = {**os.environ, "PYTHONPATH": tmp, "SFTDPO_FIRST_FORWARD_OUT": str(out)}
-            subprocess.run([sys.executable, "-c", BARE_SCRIPT, str(tiny / MODEL_JOBS["sft"])], env=env,
-                           capture_output=True, check=False)  # fmt: skip
-            if not out.exists():
-                raise SystemExit("the bare script recorded no forward pass")
-            seconds.append(float(out.read_text()))
-    return seconds
+        cmd = [sys.executable, "-c", BARE_SCRIPT, str(tiny / MODEL_JOBS["sft"])]
+        return [seconds_to_first_forward(cmd, tiny, Path(tmp), "the bare script") for _ in range(repeats)]
 
 
 def render(record: dict) -> str:

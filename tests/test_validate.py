@@ -192,3 +192,26 @@ def test_shard_checks_put_together_give_the_files_of_one_validate(tmp_path):
         validate(demos_path=str(tmp_path / "demos.parquet"), validated_path=str(tmp_path / "x.parquet"),
                  rejected_path=str(tmp_path / "y.parquet"), report_path=str(tmp_path / "z.json"),
                  plot_paths={}, gates=gates, checks_paths=checks[:2])  # fmt: skip
+
+
+def test_rejected_rows_name_the_file_and_line_their_meta_records():
+    """`rejected_table` reads file and line from a row's meta (an import's `source`, a GSM8K problem's `problem`),
+    also when JSON escapes the key; it skips parsing metas that cannot hold a "file" key, and gets them right."""
+    import json
+
+    from sftdpo.validate import rejected_table
+
+    metas = [
+        json.dumps({"source": {"file": "data/train.jsonl", "line": 7}}),
+        json.dumps({"problem": {"file": "gsm8k/test.jsonl", "row": 12}}),
+        '{"source": {"\\u0066ile": "escaped.jsonl", "line": 3}}',  # the key written with a JSON escape
+        json.dumps({"source": {"path": "no-file-key.jsonl", "line": 4}}),
+        json.dumps({"files": "a file is named but there is no key"}),
+        "{}",
+        "",
+    ]
+    rows = pd.DataFrame([row(i, f"What is {i}+1?", "x", "1", meta=meta) for i, meta in enumerate(metas)])
+    rows["reason"], rows["field"] = "verifier:wrong_answer", "completion"
+    table = rejected_table(rows, [])
+    assert table["file"].tolist() == ["data/train.jsonl", "gsm8k/test.jsonl", "escaped.jsonl", None, None, None, None]
+    assert table["line"].tolist()[:3] == [7, 12, 3] and table["line"].isna().tolist()[3:] == [True] * 4

@@ -161,7 +161,7 @@ def decide(frame: pd.DataFrame, checks: pd.DataFrame) -> pd.DataFrame:
     fields[alone & (verifier != None)] = "completion"  # noqa: E711 (an element-wise comparison)
     rows = np.flatnonzero(shared)
     ids, exacts, keys, answers_of = (
-        checks[name].to_numpy()[rows] for name in ("id", "prompt_digest", "normalised_digest", "answer_digest")
+        checks[name].iloc[rows].to_numpy() for name in ("id", "prompt_digest", "normalised_digest", "answer_digest")
     )
     answers: dict[bytes, set[bytes]] = defaultdict(set)
     for key, answer in zip(keys, answers_of):
@@ -228,7 +228,9 @@ def read_checks(checks_paths: list[str], demos: pd.DataFrame, demos_path: str) -
     # Only the columns `decide` reads: a checks file without one of them fails here, naming it.
     tables = [pq.read_table(path, columns=CHECK_COLUMNS) for path in checks_paths]
     table = pa.concat_tables(tables, promote_options="default")
-    checks = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")])).to_pandas()  # a stable sort
+    # A stable sort; the digests stay Arrow-backed: a million Python bytes objects each cost more than the checks.
+    table = table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
+    checks = table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_binary(t) else None)
     if len(checks) != len(demos) or not (checks["id"].to_numpy() == demos["id"].to_numpy()).all():
         raise ValueError(
             f"the shards' checks ({len(checks)} rows: {checks_paths}) do not line up with the rows of {demos_path} "
@@ -427,8 +429,10 @@ def _bad_kind(bad: dict[str, Any]) -> str:
 
 def _source(meta: Any) -> tuple[str | None, int | None]:
     """(file, line or row) a demonstration came from, when its meta records one (imports, GSM8K problems)."""
+    if not isinstance(meta, str) or ("file" not in meta and "\\u" not in meta):
+        return None, None  # no "file" key, even escaped: most rows, and no JSON to parse
     try:
-        meta = json.loads(meta) if isinstance(meta, str) else {}
+        meta = json.loads(meta)
     except json.JSONDecodeError:
         return None, None
     for key in ("source", "problem"):
@@ -443,7 +447,7 @@ def rejected_table(checked: pd.DataFrame, bad_rows: list[dict[str, Any]]) -> pd.
     `field`, and `file`/`line` where the row came from (`detail`: an import row's full reason)."""
     # Rejected rows may hold values of the wrong type; keep them, as text, so nothing is lost.
     rejected = checked[checked["reason"].notna()].astype({name: str for name in TEXT_FIELDS}).reset_index(drop=True)
-    sources = [_source(meta) for meta in rejected["meta"]]
+    sources = [_source(meta) for meta in rejected["meta"].tolist()]  # a list: no pandas access a row
     rejected["file"] = pd.Series([f for f, _ in sources], dtype=object)
     rejected["line"] = pd.array([line for _, line in sources], dtype="Int64")
     rejected["detail"] = pd.Series([None] * len(rejected), dtype=object)

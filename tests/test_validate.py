@@ -215,3 +215,33 @@ def test_rejected_rows_name_the_file_and_line_their_meta_records():
     table = rejected_table(rows, [])
     assert table["file"].tolist() == ["data/train.jsonl", "gsm8k/test.jsonl", "escaped.jsonl", None, None, None, None]
     assert table["line"].tolist()[:3] == [7, 12, 3] and table["line"].isna().tolist()[3:] == [True] * 4
+
+
+def test_validated_rows_are_the_bytes_the_kept_frame_writes(tmp_path):
+    """validate writes the kept rows from the demos table as read; a table read in several chunks (one a row group)
+    gives the file that writing the kept rows of the frame gives, byte for byte. The prompts' dictionary outgrows
+    the writer's limit (1 MB), and where the writer falls back to plain pages follows the chunks it is given."""
+    from sftdpo.validate import VALIDATED_ROW_GROUP
+
+    n = 20_000
+    prompts = [f"Row {i:06d} of a long table of sums, each prompt its own text. What is {i}+1?" for i in range(n)]
+    rows = pd.DataFrame(
+        [row(i, prompts[i], f"{i}+1={i + 1}\n#### {i + 1}", str(i + 1 + (i % 7 == 0))) for i in range(n)]
+    )  # every 7th row: a wrong answer, rejected
+    demos = tmp_path / "demos.parquet"
+    write_parquet(rows, demos, row_group_rows=5000)
+    validate(
+        demos_path=str(demos),
+        validated_path=str(tmp_path / "ok.parquet"),
+        rejected_path=str(tmp_path / "rej.parquet"),
+        report_path=str(tmp_path / "v.json"),
+        plot_paths={k: str(tmp_path / f"{k}.png") for k in ("difficulty", "lengths", "rejections")},
+        gates={"max_rejected_fraction": 0.5, "min_rows": 1, "min_rows_per_difficulty": 1},
+        task_options={},
+        max_prompt_chars=512,
+        max_completion_chars=200,
+    )
+    kept = read_parquet(demos)[[i % 7 != 0 for i in range(n)]].reset_index(drop=True)
+    write_parquet(kept, tmp_path / "expected.parquet", row_group_rows=VALIDATED_ROW_GROUP)
+    assert len(read_parquet(tmp_path / "ok.parquet")) == n - 2858
+    assert (tmp_path / "ok.parquet").read_bytes() == (tmp_path / "expected.parquet").read_bytes()

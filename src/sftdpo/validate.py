@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from sftdpo.answers import normalise
 from sftdpo.bulk import background_map, gc_paused
 from sftdpo.chat import demo_context, normalise_prompt
-from sftdpo.io import read_json, read_parquet, write_json, write_parquet
+from sftdpo.io import read_json, read_parquet, write_arrow, write_json, write_parquet
 from sftdpo.tables import DEMO_COLUMNS
 from sftdpo.tasks import get_task
 
@@ -500,7 +500,8 @@ def validate(
 ) -> dict[str, Any]:
     """`checks_paths`: the demo shards' `row_checks` (rule validate_shard); without them this process makes them
     (from `task_options`, the two length limits and `workers` verifier processes). The outputs are the same."""
-    frame = read_parquet(demos_path)
+    table = pq.read_table(demos_path)
+    frame = table.to_pandas()  # text columns: no copy (pandas' Arrow-backed strings)
     bad_rows = import_bad_rows(import_summaries or [])
     if checks_paths is not None:
         checked = decide(frame, read_checks(checks_paths, frame, demos_path))
@@ -523,8 +524,10 @@ def validate(
     log.info("validation: %s", stats)
     if failed:
         raise QualityGateError(f"validation of {demos_path} failed:\n  " + "\n  ".join(failed))
-    kept = checked[checked["reason"].isna()].drop(columns=["reason", "field"])
-    write_parquet(kept.reset_index(drop=True), validated_path, row_group_rows=VALIDATED_ROW_GROUP)
+    # The kept rows of the demos table as read (its columns and schema), in a third of the time selecting them from
+    # the frame took; in one chunk a column, as that selection was, which the parquet writer's pages follow.
+    kept = table.filter(pa.array(checked["reason"].isna().to_numpy())).combine_chunks()
+    write_arrow(kept, validated_path, row_group_rows=VALIDATED_ROW_GROUP)
     write_parquet(rejected_table(checked, bad_rows), rejected_path)
     plot_validation(checked, stats, plot_paths)
     write_json(stats, report_path)

@@ -182,10 +182,10 @@ def gsm8k_conversations(n: int) -> list[list[dict]]:
 
 @pytest.mark.parametrize("case", ["scratch", "chatml", "split_special_tokens", "backend_truncation", "none_value"])
 def test_render_chats_and_encode_texts_give_what_apply_chat_template_gives(tmp_path, monkeypatch, case):
-    """convert's rendering (transformers' render_jinja_template) and encoding (the backend's encode_batch_fast) give
-    the texts and ids of apply_chat_template and the tokenizer call, on real GSM8K rows; the direct paths are taken
-    where they are the same call, and the tokenizer call where it is not (special tokens split, truncation set on
-    the backend)."""
+    """convert's rendering (the template transformers compiles, called directly) and encoding (the backend's
+    encode_batch_fast) give the texts and ids of apply_chat_template and the tokenizer call, on real GSM8K rows;
+    the direct paths are taken where they are the same call, and the tokenizer call where it is not (special tokens
+    split, truncation set on the backend)."""
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
     from sftdpo.chat import encode_texts, render_chats
@@ -214,6 +214,19 @@ def test_render_chats_and_encode_texts_give_what_apply_chat_template_gives(tmp_p
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, name, counted)
+    # transformers' renderer (its per-message copies): only under apply_chat_template, not on convert's direct path
+    import transformers.tokenization_utils_base as base
+    from transformers.utils import chat_template_utils
+
+    original_render = base.render_jinja_template
+
+    def counted_render(conversations, *args, **kwargs):
+        calls["render_jinja_template"] += len(conversations)
+        return original_render(conversations, *args, **kwargs)
+
+    calls["render_jinja_template"] = 0
+    monkeypatch.setattr(base, "render_jinja_template", counted_render)
+    monkeypatch.setattr(chat_template_utils, "render_jinja_template", counted_render)
     texts = {g: render_chats(tokenizer, conversations, add_generation_prompt=g) for g in (False, True)}
     ids = encode_texts(tokenizer, texts[False])
     direct_calls = dict(calls)
@@ -223,6 +236,7 @@ def test_render_chats_and_encode_texts_give_what_apply_chat_template_gives(tmp_p
     assert ids == expected and len(ids) == 60 and min(map(len, ids)) > 20
     # the rendering's check: one conversation through apply_chat_template per call; all of them with a None value
     assert direct_calls["apply_chat_template"] == (120 if case == "none_value" else 2)
+    assert direct_calls["render_jinja_template"] == direct_calls["apply_chat_template"]
     assert direct_calls["_encode_plus"] == (60 if case in ("split_special_tokens", "backend_truncation") else 0)
     if case == "chatml":
         assert texts[True][0].startswith("<|bos|><|im_start|>system\nRésous-le pas à pas.<|im_end|>")

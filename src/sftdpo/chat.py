@@ -16,12 +16,9 @@ def chat_messages(
 ) -> dict[str, list[Message]]:
     """`{"prompt": [context..., user message]}`, plus `{"completion": [assistant message]}` when a completion is
     given. `context`: the messages before the final user message (a system message, earlier turns)."""
-    row = {
-        "prompt": [
-            *({"role": m["role"], "content": m["content"]} for m in context),
-            {"role": "user", "content": prompt},
-        ]
-    }
+    messages = [{"role": m["role"], "content": m["content"]} for m in context] if context else []
+    messages.append({"role": "user", "content": prompt})
+    row = {"prompt": messages}
     if completion is not None:
         row["completion"] = [{"role": "assistant", "content": completion}]
     return row
@@ -52,25 +49,52 @@ def prompt_ids(tokenizer, prompt_messages: list[Message]) -> list[int]:
 def render_chats(tokenizer, conversations: list[list[Message]], *, add_generation_prompt: bool) -> list[str]:
     """The texts of `tokenizer.apply_chat_template(conversations, add_generation_prompt=..., tokenize=False)`.
 
-    Conversations of plain messages (no None value: every row convert makes) go straight to transformers' own
-    `render_jinja_template` with the template and keyword arguments apply_chat_template gives it; its per-message
-    normalisation, which only drops None values, was a third of convert's rendering time. The first conversation is
-    rendered both ways on every call, so a transformers release that renders otherwise is caught, not copied."""
-    from transformers.utils.chat_template_utils import render_jinja_template
+    Conversations of plain messages (string values only, none of them reasoning: every row convert makes) go
+    straight to the template transformers compiles, with the keyword arguments its `render_jinja_template` gives it.
+    What that function and apply_chat_template do first (per message: drop None values, copy every value into plain
+    JSON types, alias reasoning fields) changes nothing on such messages and was half of convert's rendering time.
+    The first conversation is rendered both ways on every call, so a transformers release that renders otherwise is
+    caught, not copied."""
 
     def through_apply(chats: list[list[Message]]) -> list[str]:
         return tokenizer.apply_chat_template(chats, add_generation_prompt=add_generation_prompt, tokenize=False)
 
-    if not conversations or any(None in m.values() for chat in conversations for m in chat):
+    template, kwargs = _compiled_template(tokenizer)
+    if not conversations or template is None or not all(map(_plain_message, (m for c in conversations for m in c))):
         return through_apply(conversations) if conversations else []
-    texts, _ = render_jinja_template(
-        conversations, chat_template=tokenizer.get_chat_template(), add_generation_prompt=add_generation_prompt,
-        **tokenizer.special_tokens_map,
-    )  # fmt: skip
+    texts = [
+        template.render(
+            messages=chat, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+        for chat in conversations
+    ]
     if texts[0] != through_apply(conversations[:1])[0]:
-        log.warning("render_jinja_template renders otherwise than apply_chat_template here: using the latter")
+        log.warning("the chat template renders otherwise through apply_chat_template here: using the latter")
         return through_apply(conversations)
     return texts
+
+
+# Keys transformers copies a message's reasoning between before rendering (chat_template_utils._REASONING_FIELDS).
+REASONING_KEYS = frozenset({"reasoning_content", "thinking", "reasoning"})
+
+
+def _plain_message(message: Message) -> bool:
+    """A message transformers hands to the template as it is: string values only, none of them reasoning."""
+    return all(type(value) is str for value in message.values()) and REASONING_KEYS.isdisjoint(message)
+
+
+def _compiled_template(tokenizer) -> tuple[Any, dict[str, Any]]:
+    """The tokenizer's chat template as transformers compiles it (cached there) and the keyword arguments
+    apply_chat_template renders it with (the special tokens' texts); (None, {}) where these are not plain strings
+    or transformers has no such function."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:
+        return None, {}
+    kwargs = dict(tokenizer.special_tokens_map)
+    if not all(type(value) is str for value in kwargs.values()):
+        return None, {}
+    return _compile_jinja_template(tokenizer.get_chat_template()), kwargs
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -118,12 +118,13 @@ def write_problems(
 
 
 @gc_paused()
-def read_problems(path: str, shard: int) -> list[Problem]:
-    """The problems `write_problems` gave to `shard`, in the task's order."""
+def read_problems(path: str, shard: int) -> tuple[list[Problem], list[str]]:
+    """The problems `write_problems` gave to `shard`, in the task's order, and their metas as the file holds them
+    (`META_JSON` text: the demo rows take it as it is, not encoded again)."""
     table = pq.read_table(path, columns=PROBLEM_TEXT, filters=[("shard", "=", shard)])
-    ids, prompts, answers, difficulties, metas = (table.column(name).to_pylist() for name in PROBLEM_TEXT)
-    metas = json.loads(f"[{','.join(metas)}]")  # one parse of all: a json.loads a row cost more than its parsing
-    return [Problem(*fields) for fields in zip(ids, prompts, answers, difficulties, metas)]
+    ids, prompts, answers, difficulties, meta_texts = (table.column(name).to_pylist() for name in PROBLEM_TEXT)
+    metas = json.loads(f"[{','.join(meta_texts)}]")  # one parse of all: a json.loads a row cost more than its parsing
+    return [Problem(*fields) for fields in zip(ids, prompts, answers, difficulties, metas)], meta_texts
 
 
 def collect_shard(
@@ -174,10 +175,13 @@ def collect_shard(
     task_obj = get_task(task, **task_options)
     expert_obj = get_expert(expert, task_obj, seed=seed, **expert_options)
     problems = expert_obj.shard_problems(shard, n_shards)
+    meta_texts = None
     if problems is None and problems_path:
-        problems = read_problems(problems_path, shard)
+        problems, meta_texts = read_problems(problems_path, shard)
     elif problems is None:
         problems = task_obj.problems(n_problems, seed)[shard::n_shards]
+    if meta_texts is None:
+        meta_texts = [META_JSON.encode(problem.meta) for problem in problems]
     progress = ShardProgress(progress_path, key="key")
     keys = {p.id: _key(p.id, p.prompt, expert_obj.cache_token) for p in problems}
     todo = [p for p in problems if keys[p.id] not in progress.done]
@@ -209,7 +213,7 @@ def collect_shard(
         progress.close()
     console.close()
 
-    rows, failures, by_difficulty = shard_rows(problems, keys, progress.rows, task_obj, expert_obj.name)
+    rows, failures, by_difficulty = shard_rows(problems, meta_texts, keys, progress.rows, task_obj, expert_obj.name)
     keep_failures = expert_obj.keep_failures
     written = rows if keep_failures else [r for r in rows if r["correct"]]
     frame = pd.DataFrame(written, columns=DEMO_COLUMNS)
@@ -242,13 +246,13 @@ def collect_shard(
 
 
 @gc_paused()  # a row a problem, up to millions (sftdpo.bulk)
-def shard_rows(problems, keys: dict[str, str], answers: list[dict], task_obj, expert: str):
-    """The shard's demo rows from its problems and the answers in its progress, each re-verified; with the
-    verifier's failures by reason and the success counts by difficulty."""
+def shard_rows(problems, meta_texts: list[str], keys: dict[str, str], answers: list[dict], task_obj, expert: str):
+    """The shard's demo rows from its problems (and their metas as `META_JSON` text) and the answers in its
+    progress, each re-verified; with the verifier's failures by reason and the success counts by difficulty."""
     answered = {row["key"]: row for row in answers}
     rows, failures = [], Counter()
     by_difficulty: dict[str, Counter] = defaultdict(Counter)
-    for problem in problems:
+    for problem, meta_text in zip(problems, meta_texts):
         done = answered[keys[problem.id]]
         verdict = task_obj.verify(done["completion"], problem.answer)
         by_difficulty[problem.difficulty]["n"] += 1
@@ -265,7 +269,7 @@ def shard_rows(problems, keys: dict[str, str], answers: list[dict], task_obj, ex
                 "answer": problem.answer,
                 "expert": expert,
                 "correct": verdict.correct,
-                "meta": row_meta(done["meta"], problem.meta),
+                "meta": row_meta(done["meta"], meta_text),
             }
         )
     return rows, failures, by_difficulty
@@ -274,11 +278,11 @@ def shard_rows(problems, keys: dict[str, str], answers: list[dict], task_obj, ex
 PROBLEM_SLOT = "\x00problem\x00"  # no expert writes this value: it marks where a row's problem meta goes
 
 
-def row_meta(expert_meta: str, problem_meta: dict[str, Any]) -> str:
-    """A demo row's meta: the expert's meta (JSON text) with the problem's meta under `problem`, as
-    `json.dumps({**json.loads(expert_meta), "problem": problem_meta}, sort_keys=True, default=str)`."""
+def row_meta(expert_meta: str, problem_meta: str) -> str:
+    """A demo row's meta: the expert's meta with the problem's meta under `problem` (both as `META_JSON` text), as
+    `json.dumps({**json.loads(expert_meta), "problem": json.loads(problem_meta)}, sort_keys=True, default=str)`."""
     before, after = _meta_around_problem(expert_meta)
-    return before + META_JSON.encode(problem_meta) + after
+    return before + problem_meta + after
 
 
 @functools.lru_cache(maxsize=4096)

@@ -75,7 +75,8 @@ TOKEN_LAYOUT = "input_ids,attention_mask,loss_mask"
 class TokenWriter:
     """tokens.h5 written a block of rows at a time, so the whole [N, L, 3] tensor is never in memory
     (deterministic bytes: no timestamps). `close(ids)` writes the ids and attributes; the caller makes the
-    file atomic."""
+    file atomic. Chunks are byte-shuffled, then gzip'd at level 1: the int32 ids' zero high bytes line up, so the file
+    is about the size gzip level 4 alone makes, written ~35% and read ~2× faster (README, "Data stages at scale")."""
 
     def __init__(self, path: str, *, tokenizer_hash: str, max_length: int):
         import h5py
@@ -83,7 +84,7 @@ class TokenWriter:
         self.h5 = h5py.File(path, "w")
         self.tokens = self.h5.create_dataset(
             "tokens", shape=(0, max_length, 3), maxshape=(None, max_length, 3), dtype=np.int32,
-            chunks=(256, max_length, 3), compression="gzip", track_times=False,
+            chunks=(256, max_length, 3), shuffle=True, compression="gzip", compression_opts=1, track_times=False,
         )  # fmt: skip
         self.h5.attrs["tokenizer_hash"] = tokenizer_hash
         self.h5.attrs["max_length"] = max_length

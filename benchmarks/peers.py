@@ -132,21 +132,27 @@ def sft_examples(tiny: Path) -> list[dict]:
 GROUPED = {"train_sampling_strategy": "group_by_length"}
 
 
-def sft_sftdpo(work: Path, args, extra: dict | None = None) -> dict:
+def train_default_sft(results: Path, train: dict, *, eval_rows: int, seed: int) -> dict:
+    """The metrics of `sftdpo.sft.train_sft` with `train` (sft.train) on a finished run's `results` directory (the
+    default's sft.lora), its outputs in a temporary directory."""
     from sftdpo.sft import train_sft
 
-    config, results = default_config(), work / "tiny/results"
-    torch_threads("sft", config)
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = train_sft(
+        return train_sft(
             base_dir=str(results / "base/model"), train_path=str(results / "data/train.parquet"),
             val_path=str(results / "data/val.parquet"), tokens_path=str(results / "data/tokens.h5"),
             out_dir=f"{tmp}/model", metrics_path=f"{tmp}/metrics.json", curve_path=f"{tmp}/loss.png",
             curriculum_path=f"{tmp}/curriculum.json", work_dir=f"{tmp}/work", tracking_dir=f"{tmp}/tracking",
-            train={**config["sft"]["train"], "max_steps": args.sft_steps, "extra": extra}, lora=config["sft"]["lora"],
-            eval_rows=0, seed=config["seed"],
+            train=train, lora=default_config()["sft"]["lora"], eval_rows=eval_rows, seed=seed,
             conversion_path=str(results / "data/convert.json"),
         )  # fmt: skip
+
+
+def sft_sftdpo(work: Path, args, extra: dict | None = None) -> dict:
+    config = default_config()
+    torch_threads("sft", config)
+    train = {**config["sft"]["train"], "max_steps": args.sft_steps, "extra": extra}
+    metrics = train_default_sft(work / "tiny/results", train, eval_rows=0, seed=config["seed"])
     tokens = metrics["tokens_this_run"]
     return rate(tokens["real"], metrics["train_seconds_this_run"], steps=metrics["global_step"],
                 loss_tokens=tokens["loss"], padded_tokens=tokens["padded"])  # fmt: skip

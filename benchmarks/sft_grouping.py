@@ -4,8 +4,8 @@
 
 RUN_DIR: a finished run of the default config (its results/base/model, results/data/{train,val}.parquet, tokens.h5
 and convert.json; e.g. `snakemake -c2 results/sft/model` in an empty directory). Each arm trains the default SFT
-(`sft.train` of config/config.yaml, 500 steps) in this process through `sftdpo.sft.train_sft` and prints one JSON
-line: its held-out loss on the first `sft.eval_rows` val rows, train loss, real and padded tokens. Arms:
+(`sft.train` of config/config.yaml, 500 steps) through `sftdpo.sft.train_sft`, in a fresh process of its own, and
+prints one JSON line: its held-out loss on the first `sft.eval_rows` val rows, train loss, real and padded tokens. Arms:
 - `random`: the default (Trainer's random sampler);
 - `trainer`: `sft.train.extra: {train_sampling_strategy: group_by_length}` (transformers' LengthGroupedSampler:
   megabatches of up to 50 batches, each sorted longest first, taken in that order);
@@ -13,7 +13,7 @@ line: its held-out loss on the first `sft.eval_rows` val rows, train loss, real 
   every full batch then taken in a shuffled order (no longest-first sweep);
 - `constnorm:M`: `shuffled:M` with every step's loss divided by the same number (the mean loss tokens of a random
   batch) instead of its own batch's loss tokens.
-Only `random` and `trainer` are configurations of sftdpo; the others patch transformers' Trainer in this process.
+Only `random` and `trainer` are configurations of sftdpo; the others patch transformers' Trainer in their process.
 """
 
 from __future__ import annotations
@@ -115,7 +115,9 @@ def train_in_subprocess(arm: str, run: Path, seed: int) -> dict:
         f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import sft_grouping; "
         f"print(json.dumps(sft_grouping.train({arm!r}, sft_grouping.Path({str(run)!r}), {seed})))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"arm {arm} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -13,7 +13,7 @@ from test_resume import kill_when, resume, start
 pytestmark = pytest.mark.e2e
 
 # rollback_threshold -1 demands a gain of 100 points after an advance: every advance is rolled back, whatever the
-# model learns, so the run's events are known in advance. Checks every 50 of the tiny config's 200 steps.
+# model learns, so the run's events are known in advance. Checks every 50 of 200 steps.
 FORCED_DROP = {
     "sft": {
         "curriculum": {
@@ -28,7 +28,7 @@ FORCED_DROP = {
             "rollback_factor": 1.0,
             "eval_items": 24,
         },
-        "train": {"report_to": "tensorboard"},
+        "train": {"report_to": "tensorboard", "max_steps": 200},
     }
 }
 TARGET = "results/sft/curriculum.json"

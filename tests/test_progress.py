@@ -40,8 +40,8 @@ def test_console_of_a_run(tiny_run):
     workdir, proc = tiny_run
     console = proc.stdout + proc.stderr
     assert "Shell command: None" not in console and "{'loss'" not in console and "'train_runtime'" not in console
-    steps = re.findall(r"^sft step (\d+)/200 loss \S+ .*\| \S+ steps/s, ETA \S+$", console, re.M)
-    assert steps == [str(s) for s in range(20, 201, 20)]  # logging_steps 20
+    steps = re.findall(r"^sft step (\d+)/300 loss \S+ .*\| \S+ steps/s, ETA \S+$", console, re.M)
+    assert steps == [str(s) for s in range(20, 301, 20)]  # logging_steps 20
     assert re.findall(r"^dpo step (\d+)/10 loss \S+ rewards/accuracies \S+ .*\|", console, re.M) == [
         "2",
         "4",
@@ -49,7 +49,7 @@ def test_console_of_a_run(tiny_run):
         "8",
         "10",
     ]
-    assert re.search(r"^sft done: 200/200 steps in \d+", console, re.M)
+    assert re.search(r"^sft done: 300/300 steps in \d+", console, re.M)
     test = json.loads((workdir / "results/data/split.json").read_text())["counts"]["test"]
     for stage in ("base", "sft", "dpo"):
         assert re.search(rf"^evaluate {stage}: {test}/{test} items in \S+, \S+ items/s$", console, re.M)

@@ -96,7 +96,7 @@ def test_rollouts_killed_mid_shard_keeps_samples_and_repeats_none(finished):
 @pytest.mark.parametrize(
     "stage, target, overlay, save_steps, max_steps",
     [
-        ("sft", "results/sft/model", {}, 100, 200),
+        ("sft", "results/sft/model", {}, 100, 300),
         ("dpo", "results/dpo/adapter", {"dpo": {"train": {"max_steps": 40, "save_steps": 10}}}, 10, 40),
     ],
 )

@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
+TINY_SFT_STEPS = yaml.safe_load(TINY.read_text())["sft"]["train"]["max_steps"]
 # The pipeline's rules in DAG order, and the ones that run on a GPU when one is there.
 RULES = ["base_model", "problems", "collect", "merge_demos", "validate_shard", "validate", "convert_shard", "convert",
          "split", "sft", "rollouts", "merge_rollouts", "preferences", "dpo", "evaluate", "evaluate_val", "report",

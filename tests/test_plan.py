@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import GPU_RULES, ROOT, TINY, job_counts, scratch_base_model, snakemake
+from conftest import GPU_RULES, ROOT, TINY, TINY_SFT_STEPS, job_counts, scratch_base_model, snakemake
 from sftdpo.plan import (
     GB,
     load_config,
@@ -192,9 +192,9 @@ def test_plan_rule_writes_one_row_per_gpu_rule_and_runs_nothing_else(tmp_path):
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["plan"]  # nothing else ran
     rows = {r["rule"]: r for r in plan["rules"]}
     assert set(rows) == GPU_RULES and plan["device"] == "cpu"
-    # tests/config/tiny.yaml, before any data: 300 steps x 32 rows x 96 tokens (convert.max_length); the scratch
+    # tests/config/tiny.yaml, before any data: its SFT steps x 32 rows x 96 tokens (convert.max_length); the scratch
     # Llama (4 layers, hidden 128, intermediate 512) with the tokenizer's target vocabulary of 300, tied.
-    assert rows["sft"]["tokens"] == 300 * 32 * 96
+    assert rows["sft"]["tokens"] == TINY_SFT_STEPS * 32 * 96
     assert rows["dpo"]["tokens"] == 10 * 8 * 2 * 96
     assert rows["sft"]["parameters"] == 300 * 128 + 4 * (4 * 128 * 128 + 3 * 128 * 512 + 2 * 128) + 128
     assert rows["rollouts"]["tokens"] == (40 + 16) // 2 * 4 * 32 and rows["evaluate"]["tokens"] == 200 * 32

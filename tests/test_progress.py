@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from conftest import TINY_SFT_STEPS
 from sftdpo.pages import Table, text
 from sftdpo.progress import Progress, duration, rate_and_eta
 from sftdpo.training import log_line
@@ -40,8 +41,8 @@ def test_console_of_a_run(tiny_run):
     workdir, proc = tiny_run
     console = proc.stdout + proc.stderr
     assert "Shell command: None" not in console and "{'loss'" not in console and "'train_runtime'" not in console
-    steps = re.findall(r"^sft step (\d+)/300 loss \S+ .*\| \S+ steps/s, ETA \S+$", console, re.M)
-    assert steps == [str(s) for s in range(20, 301, 20)]  # logging_steps 20
+    steps = re.findall(rf"^sft step (\d+)/{TINY_SFT_STEPS} loss \S+ .*\| \S+ steps/s, ETA \S+$", console, re.M)
+    assert steps == [str(s) for s in range(20, TINY_SFT_STEPS + 1, 20)]  # logging_steps 20
     assert re.findall(r"^dpo step (\d+)/10 loss \S+ rewards/accuracies \S+ .*\|", console, re.M) == [
         "2",
         "4",
@@ -49,7 +50,7 @@ def test_console_of_a_run(tiny_run):
         "8",
         "10",
     ]
-    assert re.search(r"^sft done: 300/300 steps in \d+", console, re.M)
+    assert re.search(rf"^sft done: {TINY_SFT_STEPS}/{TINY_SFT_STEPS} steps in \d+", console, re.M)
     test = json.loads((workdir / "results/data/split.json").read_text())["counts"]["test"]
     for stage in ("base", "sft", "dpo"):
         assert re.search(rf"^evaluate {stage}: {test}/{test} items in \S+, \S+ items/s$", console, re.M)

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, SNAKEMAKE, TINY, snakemake
+from conftest import ROOT, SNAKEMAKE, TINY, TINY_SFT_STEPS, snakemake
 from sftdpo.io import read_parquet
 
 pytestmark = pytest.mark.e2e
@@ -96,7 +96,7 @@ def test_rollouts_killed_mid_shard_keeps_samples_and_repeats_none(finished):
 @pytest.mark.parametrize(
     "stage, target, overlay, save_steps, max_steps",
     [
-        ("sft", "results/sft/model", {}, 100, 300),
+        ("sft", "results/sft/model", {}, 100, TINY_SFT_STEPS),
         ("dpo", "results/dpo/adapter", {"dpo": {"train": {"max_steps": 40, "save_steps": 10}}}, 10, 40),
     ],
 )

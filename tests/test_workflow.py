@@ -7,7 +7,7 @@ import h5py
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, OPTIONAL_RULES, job_counts, snakemake
+from conftest import ROOT, TINY, TINY_SFT_STEPS, OPTIONAL_RULES, job_counts, snakemake
 from sftdpo.io import read_parquet
 
 EDGES = {
@@ -176,7 +176,7 @@ def test_end_to_end_report(tiny_run):
     for name in ("sft-base", "dpo-sft"):
         d = summary["deltas"][name]
         assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
-    # The untrained base model cannot do arithmetic; SFT on 300 steps learns some of it.
+    # The untrained base model cannot do arithmetic; SFT on the tiny config's steps learns some of it.
     assert summary["stages"]["base"]["accuracy"] == 0.0
     assert summary["stages"]["sft"]["accuracy"] > 0.0
     assert (workdir / "results/report/comparison.png").read_bytes()[:4] == b"\x89PNG"
@@ -207,7 +207,7 @@ def test_end_to_end_artifacts(tiny_run):
     assert (pairs["shared_tokens"] >= 0).all() and set(pairs["split"]) <= {"train", "val"}
     sft = json.loads(r("sft/metrics.json").read_text())
     dpo = json.loads(r("dpo/metrics.json").read_text())
-    assert sft["global_step"] == 300 and dpo["global_step"] == 10
+    assert sft["global_step"] == TINY_SFT_STEPS and dpo["global_step"] == 10
     assert (
         dpo["n_pairs"] == (pairs["split"] == "train").sum()
         and dpo["n_heldout_pairs"] == (pairs["split"] == "val").sum()

@@ -34,7 +34,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import GPU_RULES, RULES, STAGE_OF_RULE, OPTIONAL_GPU_RULES, user_env
+from conftest import (
+    GPU_RULES,
+    OPTIONAL_GPU_RULES,
+    RULES,
+    SLURM_TESTS,
+    STAGE_OF_RULE,
+    start_slurm_test_cluster,
+    user_env,
+)
 from doc_commands import copy_project, documented_commands
 from sftdpo.io import content_digest
 
@@ -44,7 +52,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "Snakefile"
 TINY = ROOT / "tests" / "config" / "tiny.yaml"
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
-SLURM_TESTS = ROOT / "tests" / "slurm"
 OVERLAY = SLURM_TESTS / "overlay.yaml"
 # The command as a user types it in the project directory (README), before per-test options.
 COMMAND = [
@@ -63,7 +70,6 @@ LOCAL_RULES = {"merge_demos", "merge_rollouts"}  # Snakefile `localrules`
 CLUSTER_ENV = {"SFTDPO_CPU_PARTITION": "cpu", "SFTDPO_GPU_PARTITION": "gpu"}
 
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-START_TIMEOUT = 900  # from nothing (apt-get install) ~20-60 s
 RUN_TIMEOUT = 1200  # the whole tiny DAG through Slurm, ~3-5 min here
 SHORT_TIMEOUT = 300  # a forced re-run of one rule
 # Forced re-runs of one rule in a copy of the finished run rebuild nothing else, even if
@@ -204,17 +210,7 @@ def describe_failure(run: Run) -> str:
 def slurm_cluster(tmp_path_factory):
     """Start (or re-check) the test cluster with tests/slurm/start-cluster.sh."""
     log_path = tmp_path_factory.mktemp("slurm_cluster") / "start-cluster.out"
-    with open(log_path, "w") as log:
-        try:
-            rc = subprocess.run(
-                ["bash", str(SLURM_TESTS / "start-cluster.sh")],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=START_TIMEOUT,
-            ).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
+    rc = start_slurm_test_cluster(log_path)
     output = log_path.read_text()
     if rc == 0:
         return output

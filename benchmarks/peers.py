@@ -590,7 +590,9 @@ def measure(arm: str, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", arm, "--work", str(args.work)]
     cmd += ["--sft-steps", str(args.sft_steps), "--prompts", str(args.prompts), "--rows", str(args.rows)]
     load = os.getloadavg()[0]  # the machine's 1-minute load before the run (the cores may be shared)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # Offline as every job runs (sftdpo.runner.hub_offline): else TRL's trainers send a telemetry request to the Hub
+    # from a thread while they train, which a job never does.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"{arm} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "load_before": load}

@@ -48,7 +48,7 @@ def slurm_controller_answers(tmp_path_factory):
     """Bring the Slurm test cluster up before the first test when Slurm's client is installed and no
     controller answers.  Why: every snakemake command imports the Slurm executor plugin, which asks the
     controller for MinJobAge (`scontrol show config`, 10 s timeout), so each of the suite's snakemake
-    calls then waits ~9 s (a clean-clone suite took 55 min instead of 30).  Failures to start are
+    calls then waits ~9 s (the suite took 50 min 46 s so, 26-29 min with the controller up).  Failures to start are
     reported by tests/test_slurm.py, which needs the cluster anyway."""
     if shutil.which("scontrol") is None or subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0:
         return

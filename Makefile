@@ -28,7 +28,8 @@ lint: venv
 test: lint
 	$(BIN)/python -m pytest -v --durations=20
 
-# A quick check (about 6 minutes on 2 cores): unit tests and dry runs, no full pipeline run, no cluster.
+# A quick check (about 6 minutes on 2 cores): unit tests and dry runs, no full pipeline run, no cluster tests
+# (tests/conftest.py still starts the test cluster where Slurm's client is installed and its controller is down).
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not e2e and not slurm"
 

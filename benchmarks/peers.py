@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, not whichever sftdpo is installed
 
 from readme_table import add_save_options, replace_table, rewrite_from_saved  # noqa: E402
+from sftdpo.runner import hub_offline  # noqa: E402
 
 SAVED = ROOT / "benchmarks/results/peers.json"
 TABLE = ("peers-table", "benchmarks/peers.py --save")  # the README table's marker name and command
@@ -590,9 +591,7 @@ def measure(arm: str, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", arm, "--work", str(args.work)]
     cmd += ["--sft-steps", str(args.sft_steps), "--prompts", str(args.prompts), "--rows", str(args.rows)]
     load = os.getloadavg()[0]  # the machine's 1-minute load before the run (the cores may be shared)
-    # Offline as every job runs (sftdpo.runner.hub_offline): else TRL's trainers send a telemetry request to the Hub
-    # from a thread while they train, which a job never does.
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{arm} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "load_before": load}
@@ -665,6 +664,9 @@ def main() -> int:
     args = parser.parse_args()
     args.work = args.work.resolve()
     if args.measure:
+        # Offline as every job runs: else TRL's trainers send a telemetry request to the Hub from a thread while they
+        # train, which a job never does.
+        hub_offline()
         print(json.dumps(globals()[args.measure](args.work, args)))
         return 0
     if args.readme:

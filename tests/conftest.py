@@ -43,14 +43,22 @@ def start_slurm_test_cluster(log_path: Path) -> int | str:
             return "timeout"
 
 
+def scontrol_ping() -> subprocess.CompletedProcess | None:
+    """`scontrol ping` (answers at once, exit 0 when a controller answers); None without Slurm's client."""
+    if shutil.which("scontrol") is None:
+        return None
+    return subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def slurm_controller_answers(tmp_path_factory):
     """Bring the Slurm test cluster up before the first test when Slurm's client is installed and no
     controller answers.  Why: every snakemake command imports the Slurm executor plugin, which asks the
     controller for MinJobAge (`scontrol show config`, 10 s timeout), so each of the suite's snakemake
-    calls then waits ~9 s (the suite took 50 min 46 s so, 26-29 min with the controller up).  Failures to start are
-    reported by tests/test_slurm.py, which needs the cluster anyway."""
-    if shutil.which("scontrol") is None or subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0:
+    calls then waits ~9 s (the suite took 50 min 46 s that way, 26-29 min with the controller up).  Failures to
+    start are reported by tests/test_slurm.py, which needs the cluster anyway."""
+    ping = scontrol_ping()
+    if ping is None or ping.returncode == 0:
         return
     if os.geteuid() != 0:
         warnings.warn("no Slurm controller answers and not root: every snakemake call waits ~9 s", stacklevel=1)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import GPU_RULES, ROOT, STAGE_OF_RULE, user_env
+from conftest import GPU_RULES, ROOT, STAGE_OF_RULE, scontrol_ping, user_env
 
 SNAKEMAKE = ".venv/bin/snakemake"  # what the README's set-up installs in the project
 SLURM_ENV = {"SFTDPO_CPU_PARTITION": "cpu", "SFTDPO_GPU_PARTITION": "gpu"}
@@ -130,7 +129,7 @@ def test_slurm_controller_answers_while_the_suite_runs():
     """conftest.slurm_controller_answers started the test cluster if Slurm's client is installed: else every
     snakemake call of the suite waits ~9 s in the Slurm plugin's `scontrol show config` (README, "Testing the
     profile")."""
-    if shutil.which("scontrol") is None or os.geteuid() != 0:
+    ping = scontrol_ping()
+    if ping is None or os.geteuid() != 0:
         pytest.skip("Slurm's client is not installed, or not root: the suite does not start the test cluster")
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
     assert ping.returncode == 0, f"no Slurm controller answers during the suite:\n{ping.stdout}{ping.stderr}"

@@ -1,8 +1,10 @@
 """Greedy evaluation's batching (issue 11): longest prompts first, batches bounded by a KV-cache budget, rows
 back in the items' order and the same completions as decoding one item at a time; the greedy loop that drops
-finished rows makes the tokens transformers' `generate` makes."""
+finished rows makes the tokens transformers' `generate` makes, and its sampling draws what `torch.multinomial`
+draws."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -10,12 +12,15 @@ import torch
 from conftest import converted_splits, scratch_base_model, train_settings
 from sftdpo.chat import prompt_ids
 from sftdpo.generation import (
+    best_ratios,
+    exact_multinomial,
     generate,
     greedy_batch_size,
     greedy_verdicts,
     kv_cache_bytes_per_token,
     left_padded,
     load_for_inference,
+    multinomial,
     prompt_messages,
     pruned_decoding_applies,
     pruned_new_ids,
@@ -121,3 +126,52 @@ def test_a_generation_config_with_a_logits_processor_decodes_through_generate(mo
     typical = copy.deepcopy(model)
     typical.generation_config.typical_p = 0.9  # a warper only sampling applies
     assert pruned_decoding_applies(typical) and not pruned_decoding_applies(typical, sampling=True)
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 12.0])  # flat, peaked and nearly one-hot rows
+def test_multinomial_draws_the_tokens_and_leaves_the_random_state_of_torch_multinomial(scale):
+    assert exact_multinomial()  # this torch draws as multinomial's docstring says: the fast way is the one tested
+    generator = torch.Generator()
+    for seed in range(20):
+        generator.manual_seed(seed)
+        probs = torch.randn(64, 268, generator=generator).mul(scale).softmax(-1)
+        probs[seed % 64, 7:] = 0  # a row top-p left a few tokens
+        probs[(seed + 1) % 64] = 1.0  # an ended row's placeholder
+        start = generator.get_state()
+        expected = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        after = generator.get_state()
+        generator.set_state(start)
+        assert torch.equal(multinomial(probs, generator=generator), expected)
+        assert torch.equal(generator.get_state(), after)
+    torch.manual_seed(3)  # the default generator, as pruned decoding draws
+    expected = torch.multinomial(probs, 1).squeeze(1)
+    torch.manual_seed(3)
+    assert torch.equal(multinomial(probs), expected)
+    assert len(set(expected.tolist())) > 1
+
+
+def test_multinomial_rejects_what_torch_multinomial_rejects():
+    probs = torch.full((2, 5), 0.2)
+    rejected = [(math.nan, "inf`, `nan` or element < 0"), (-0.1, "element < 0"), (0.0, "sum of probabilities")]
+    for bad, message in rejected:
+        table = probs.clone()
+        table[1] = bad
+        with pytest.raises(RuntimeError, match=message):
+            multinomial(table)
+        with pytest.raises(RuntimeError, match=message):
+            torch.multinomial(table, 1)
+
+
+def test_a_close_row_is_decided_with_c_log1p_as_torch_kernel_decides_it():
+    """u0's exponential is one float32 step apart between torch's vectorised log1p and C's (the kernel's); u1's
+    is C's value of u0 either way. Equal probabilities: the kernel sees a tie (first token), the vectorised
+    values alone would pick the second."""
+    u0, u1 = 0.22339153135339834, 0.22339153135339831
+    uniforms = torch.tensor([[u0, u1, 0.5]], dtype=torch.float64)
+    probs = torch.tensor([[0.5, 0.5, 0.0]])
+    kernel = torch.tensor([[-1.0 * math.log1p(-u) for u in uniforms[0].tolist()]], dtype=torch.float64).float()
+    vectorised = (-torch.log1p(-uniforms)).float()
+    assert kernel[0, 0] == kernel[0, 1] and vectorised[0, 0] != kernel[0, 0]  # the case this test is about
+    assert int((probs / vectorised).argmax()) == 1 and int((probs / kernel).argmax()) == 0
+    assert best_ratios(probs, uniforms).tolist() == [0]
+    assert torch.equal(uniforms, torch.tensor([[u0, u1, 0.5]], dtype=torch.float64))  # the uniforms are not changed

@@ -250,6 +250,50 @@ def test_render_chats_and_encode_texts_give_what_apply_chat_template_gives(tmp_p
         assert max(map(len, ids)) > 8
 
 
+# A template that reads the globals Jinja and transformers give it, sets variables and raises on a bad role.
+GLOBALS_TEMPLATE = (
+    "{%- set ns = namespace(turns=0) -%}{%- set row = cycler('odd', 'even') -%}"
+    "{%- for m in messages -%}{%- if m['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{{ raise_exception('unknown role ' + m['role']) }}{%- endif -%}{%- set ns.turns = ns.turns + 1 -%}"
+    "{{ row.next() }}{% for _ in range(loop.index) %}>{% endfor %} {{ m['role'] }}: {{ m['content'] }};"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ ns.turns }} turns, {{ eos_token }} assistant:{%- endif -%}"
+)
+
+
+@pytest.mark.parametrize("source", ["sftdpo", "chatml", "globals"])
+def test_template_renderer_renders_and_raises_as_template_render(source):
+    """render_chats' `template_renderer` (the template's globals copied once for many renders) gives the text
+    Jinja's Template.render gives, on the templates sftdpo makes, ChatML, and one that reads Jinja's and
+    transformers' globals, and raises the same error where the template raises."""
+    from jinja2.exceptions import TemplateError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    from sftdpo.chat import template_renderer
+    from sftdpo.modeling import CHAT_TEMPLATES
+
+    template = _compile_jinja_template(
+        {"sftdpo": CHAT_TEMPLATES["sftdpo"], "chatml": CHATML}.get(source, GLOBALS_TEMPLATE)
+    )
+    render = template_renderer(template)
+    tokens = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
+    for chat in gsm8k_conversations(12):
+        for generation_prompt in (True, False):
+            settings = dict(
+                messages=chat, tools=None, documents=None, add_generation_prompt=generation_prompt, **tokens
+            )
+            assert render(**settings) == template.render(**settings)
+    if source == "globals":
+        text = render(messages=gsm8k_conversations(2)[1], add_generation_prompt=True, **tokens)
+        assert text.startswith("odd> user: What is 2+2?;even>> assistant: 4<|eos|>;odd>>> user: ")
+        assert text.endswith(";4 turns, <|eos|> assistant:")
+        bad = dict(messages=[{"role": "tool", "content": "{}"}], add_generation_prompt=False, **tokens)
+        with pytest.raises(TemplateError, match="unknown role tool") as ours:
+            render(**bad)
+        with pytest.raises(TemplateError) as jinjas:
+            template.render(**bad)
+        assert type(ours.value) is type(jinjas.value) and str(ours.value) == str(jinjas.value)
+
+
 def test_convert_in_worker_processes_writes_the_same_files(tmp_path, monkeypatch):
     """Blocks tokenized by two worker processes give the files one process writes (some rows over max_length)."""
     import sftdpo.convert

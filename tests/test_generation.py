@@ -171,7 +171,8 @@ def test_a_close_row_is_decided_with_c_log1p_as_torch_kernel_decides_it():
     probs = torch.tensor([[0.5, 0.5, 0.0]])
     kernel = torch.tensor([[-1.0 * math.log1p(-u) for u in uniforms[0].tolist()]], dtype=torch.float64).float()
     vectorised = (-torch.log1p(-uniforms)).float()
-    assert kernel[0, 0] == kernel[0, 1] and vectorised[0, 0] != kernel[0, 0]  # the case this test is about
+    if not (kernel[0, 0] == kernel[0, 1] and vectorised[0, 0] != kernel[0, 0]):  # the case this test is about
+        pytest.skip("this torch's vectorised log1p agrees with C's on u0 (another CPU's SIMD path): no such case here")
     assert int((probs / vectorised).argmax()) == 1 and int((probs / kernel).argmax()) == 0
     assert best_ratios(probs, uniforms).tolist() == [0]
     assert torch.equal(uniforms, torch.tensor([[u0, u1, 0.5]], dtype=torch.float64))  # the uniforms are not changed

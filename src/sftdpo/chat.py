@@ -77,8 +77,8 @@ def template_renderer(template) -> Callable[..., str]:
     """`template.render` for many calls in a row: the same text, with the template's globals copied once.
 
     Jinja's render makes each call's context from a copy of the template's globals, a ChainMap (the environment's
-    and the template's) that Python reads key by key, twice (the context's variables and its globals' names): at
-    ~5 µs it was over half of a chat template's render. This copies them once, then makes each context as
+    and the template's) that Python reads key by key, twice (the context's variables and its globals' names): two
+    thirds of a render of sftdpo's template (9.7 µs, 3.1 µs without). This copies them once, then makes each context as
     Template.render does (`jinja2.runtime.new_context`) and renders it as render does. An async environment, whose
     render runs differently, renders through `template.render`."""
     environment = template.environment

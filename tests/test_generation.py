@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import sftdpo.generation
 from conftest import converted_splits, scratch_base_model, train_settings
 from sftdpo.chat import prompt_ids
 from sftdpo.generation import (
@@ -129,8 +130,10 @@ def test_a_generation_config_with_a_logits_processor_decodes_through_generate(mo
 
 
 @pytest.mark.parametrize("scale", [0.5, 3.0, 12.0])  # flat, peaked and nearly one-hot rows
-def test_multinomial_draws_the_tokens_and_leaves_the_random_state_of_torch_multinomial(scale):
+@pytest.mark.parametrize("block_cells", [1 << 18, 1000])  # the whole table in one block, and a few rows a block
+def test_multinomial_draws_the_tokens_and_leaves_the_random_state_of_torch_multinomial(scale, block_cells, monkeypatch):
     assert exact_multinomial()  # this torch draws as multinomial's docstring says: the fast way is the one tested
+    monkeypatch.setattr(sftdpo.generation, "MULTINOMIAL_BLOCK_CELLS", block_cells)
     generator = torch.Generator()
     for seed in range(20):
         generator.manual_seed(seed)

@@ -261,7 +261,13 @@ def multinomial(probs: torch.Tensor, generator=None) -> torch.Tensor:
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
     if bool((probs.sum(-1) == 0).any()):
         raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
-    return best_ratios(probs, torch.rand(probs.shape, dtype=torch.float64, generator=generator))
+    # A block of rows at a time (the uniforms come in the same order): float64 uniforms of a whole table of a large
+    # vocabulary would hold several times the table's memory.
+    blocks = probs.split(max(1, MULTINOMIAL_BLOCK_CELLS // probs.shape[-1]))
+    return torch.cat([best_ratios(b, torch.rand(b.shape, dtype=torch.float64, generator=generator)) for b in blocks])
+
+
+MULTINOMIAL_BLOCK_CELLS = 1 << 18  # cells of `multinomial`'s blocks: 2 MB of float64 uniforms
 
 
 def best_ratios(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

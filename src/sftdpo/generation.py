@@ -261,8 +261,13 @@ def multinomial(probs: torch.Tensor, generator=None) -> torch.Tensor:
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
     if bool((probs.sum(-1) == 0).any()):
         raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
-    # A block of rows at a time (the uniforms come in the same order): float64 uniforms of a whole table of a large
-    # vocabulary would hold several times the table's memory.
+    return drawn_best_ratios(probs, generator)
+
+
+def drawn_best_ratios(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """`best_ratios` of `probs` and float64 uniforms drawn for every cell in order, a block of rows at a time (the
+    uniforms come in the same order): those of a whole table of a large vocabulary would hold several times the
+    table's memory."""
     blocks = probs.split(max(1, MULTINOMIAL_BLOCK_CELLS // probs.shape[-1]))
     return torch.cat([best_ratios(b, torch.rand(b.shape, dtype=torch.float64, generator=generator)) for b in blocks])
 
@@ -299,8 +304,7 @@ def exact_multinomial() -> bool:
     expected = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     after = generator.get_state()
     generator.set_state(start)
-    uniforms = torch.rand(probs.shape, dtype=torch.float64, generator=generator)
-    return torch.equal(best_ratios(probs, uniforms), expected) and torch.equal(generator.get_state(), after)
+    return torch.equal(drawn_best_ratios(probs, generator), expected) and torch.equal(generator.get_state(), after)
 
 
 def kv_cache_bytes_per_token(model) -> int:

@@ -354,7 +354,7 @@ def validate_params(results: Path) -> dict:
 
 def data_sftdpo(work: Path, args) -> dict:
     """validate, convert and split as their rules call them (params from the data run's lineage sidecars)."""
-    from sftdpo.convert import convert
+    from sftdpo.convert import convert, worker_processes
     from sftdpo.split import split
     from sftdpo.validate import validate
 
@@ -362,7 +362,8 @@ def data_sftdpo(work: Path, args) -> dict:
     checks = validate_params(results)
     conversion = sidecar_params(results / "data/tokens.h5")
     splitting = sidecar_params(results / "data/train.parquet")
-    conversion["workers"] = job_threads(work / "data/logs/convert_shard/0.log")  # a shard tokenizes in its threads
+    # a shard tokenizes with its threads as the job does
+    conversion["workers"] = worker_processes(job_threads(work / "data/logs/convert_shard/0.log"))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
 

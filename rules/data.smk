@@ -174,7 +174,7 @@ rule convert_shard:
         "results/benchmarks/convert_shard/{shard}.tsv"
     conda:
         "../envs/data.yaml"
-    threads: 2  # processes that tokenize blocks side by side (above 32k rows); the outputs are the same for any number
+    threads: 2  # 1-2: one process, encoding a block while it renders the next; more: worker processes; same outputs
     params:
         code=code_fingerprint("sftdpo.convert"),
         n_shards=config["convert"]["shards"],

@@ -319,6 +319,60 @@ def test_convert_in_worker_processes_writes_the_same_files(tmp_path, monkeypatch
     assert digests[0] == digests[1]
 
 
+def test_convert_encodes_a_block_in_a_thread_while_it_renders_the_next(tmp_path, monkeypatch):
+    """In the job's own process (`pipelined_blocks`), block i is encoded in the encoder thread while block i+1 is
+    rendered; the blocks come out in order, each as `_tokenize_block` makes it alone (a block of multi-turn rows among
+    them), and an error in the encoder thread reaches the caller."""
+    import threading
+
+    import sftdpo.convert as convert_module
+
+    task = get_task("arithmetic")
+    problems = task.problems(40, seed=0)
+    demos = program_demos(task, problems)
+    tokenizer = load_tokenizer(scratch_base_model(tmp_path / "base", task, problems))
+    context = json.dumps({"context": [{"role": "user", "content": "What is 1+1?"},
+                                      {"role": "assistant", "content": "1+1=2\n#### 2"}]})  # fmt: skip
+    metas = [None] * 20 + [context] * 10 + [None] * 10
+    rows = list(zip(demos["prompt"], demos["completion"], metas))
+    blocks = [tuple(map(list, zip(*rows[start : start + 10]))) for start in range(0, 40, 10)]
+    monkeypatch.setattr(convert_module, "_WORKER", {})
+    convert_module._start_worker("unused", None, 40, tokenizer)
+    alone = [convert_module._tokenize_block(block) for block in blocks]
+
+    rendered = [threading.Event() for _ in blocks]
+    overlapped, encoder_threads = [], set()
+    render, encode = convert_module._rendered_block, convert_module._encoded_block
+
+    def rendering(block):
+        result = render(block)
+        rendered[blocks.index(block)].set()
+        return result
+
+    def encoding(block_rendered):
+        i = next(i for i, block in enumerate(blocks) if block[0][0] == block_rendered[0][0]["prompt"][-1]["content"])
+        encoder_threads.add(threading.current_thread().name)
+        if i + 1 < len(blocks):  # the next block is rendered while this one is encoded, or never (a serial loop)
+            overlapped.append(rendered[i + 1].wait(timeout=30))
+        return encode(block_rendered)
+
+    monkeypatch.setattr(convert_module, "_rendered_block", rendering)
+    monkeypatch.setattr(convert_module, "_encoded_block", encoding)
+    piped = list(convert_module.pipelined_blocks(blocks))
+    assert overlapped == [True] * 3 and all(name.startswith("convert-encoder") for name in encoder_threads)
+    assert len(piped) == len(alone) == 4 and sum(piped[2][1]) > sum(piped[0][1])  # the multi-turn block: longer
+    for (conversations, n_tokens, tensor), (conversations_alone, n_tokens_alone, tensor_alone) in zip(piped, alone):
+        assert conversations == conversations_alone
+        assert np.array_equal(n_tokens, n_tokens_alone) and np.array_equal(tensor, tensor_alone)
+
+    def failing(block_rendered):
+        raise RuntimeError("the encoder failed")
+
+    monkeypatch.setattr(convert_module, "_encoded_block", failing)
+    with pytest.raises(RuntimeError, match="the encoder failed"):
+        list(convert_module.pipelined_blocks(blocks))
+
+
 def test_workers_get_the_job_s_tokenizer_unless_it_is_a_model_s_own_code(tmp_path):
     """A transformers tokenizer goes to the worker processes pickled, and tokenizes there as in the job; a class from
     elsewhere (a model's trust_remote_code tokenizer) is loaded by each worker from the model directory instead."""
@@ -386,8 +440,9 @@ def test_convert_shards_cover_every_row_once_in_order():
 
 @pytest.mark.e2e
 def test_convert_job_tokenizes_in_worker_processes_with_the_same_files(tmp_path):
-    """Through the snakemake CLI with enough rows for convert's workers (-c2: 2 threads): the job's script is imported
-    again by each spawned worker, and the files equal those one process writes from the same validated rows."""
+    """Through the snakemake CLI with enough rows for convert's worker processes (3 threads; up to 2 a job tokenizes
+    in its own process): the job's script is imported again by each spawned worker, and the files equal those one
+    process writes from the same validated rows; so do those of 3 convert shards of 2 threads each."""
     import yaml
     from conftest import TINY, snakemake
 
@@ -396,8 +451,9 @@ def test_convert_job_tokenizes_in_worker_processes_with_the_same_files(tmp_path)
     overlay = tmp_path / "rows.yaml"
     # 10 blocks of 4,096 rows in one convert shard (tiny.yaml has two)
     overlay.write_text(yaml.safe_dump({"task": {"n_problems": 40_000}, "convert": {"shards": 1}}))
-    snakemake("results/data/convert.json", "-c2", "--configfile", TINY, overlay, cwd=tmp_path, timeout=900)
-    assert "tokenized by 2 worker processes" in (tmp_path / "logs/convert_shard/0.log").read_text()
+    snakemake("results/data/convert.json", "-c3", "--set-threads", "convert_shard=3", "--configfile", TINY, overlay,
+              cwd=tmp_path, timeout=900)  # fmt: skip
+    assert "tokenized by 3 worker processes" in (tmp_path / "logs/convert_shard/0.log").read_text()
     results = tmp_path / "results"
     one_shard = {name: content_digest(results / "data" / name) for name in ("chat.parquet", "tokens.h5")}
     alone = tmp_path / "alone"
@@ -417,6 +473,7 @@ def test_convert_job_tokenizes_in_worker_processes_with_the_same_files(tmp_path)
     assert sorted(p.name for p in (results / "data/shards").glob("*.summary.json")) == [
         "0.summary.json", "1.summary.json", "2.summary.json"]  # fmt: skip
     assert "rule validate:" not in out.stderr and "rule convert_shard:" in out.stderr
+    assert "worker processes" not in (tmp_path / "logs/convert_shard/0.log").read_text()
     validated = len(read_parquet(results / "demos/validated.parquet"))
     shares = [read_json(results / f"data/shards/{i}.summary.json")["rows"] for i in range(3)]
     assert shares == [[0, validated // 3], [validated // 3, 2 * validated // 3], [2 * validated // 3, validated]]

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,36 +49,67 @@ BATCH = 4096
 MIN_BLOCKS_FOR_WORKERS = 8
 
 
+def worker_processes(threads: int) -> int:
+    """The processes a convert job of `threads` cores tokenizes in (`workers`). Up to 2 cores its own (1): with the
+    encoder in a thread beside the Python steps (`pipelined_blocks`) it kept 2 cores about as busy as 2 worker
+    processes, with 6-14% less CPU (no other interpreters, nothing pickled between processes) and 2-9% less wall
+    (380,000 rows, 7 alternating pairs; README, "Data stages at scale"). With more cores, `threads` worker
+    processes: the Python steps, about a third of the CPU time, would hold one process to the pace of one core."""
+    return threads if threads > 2 else 1
+
+
 def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[list[int]], list[list[int]]]:
     """(input ids, loss mask) per conversation ({"prompt": [...], "completion": [...]}); the loss mask covers
     every assistant turn. Conversations whose only assistant turn is the completion (nearly all) go through one
     batched `apply_chat_template` call each for the prompts and the whole conversations, so their ids are exactly
-    those of one conversation at a time; those with earlier assistant turns through `assistant_token_mask`."""
+    those of one conversation at a time; those with earlier assistant turns through `assistant_token_mask`.
+    In three steps (`rendered_texts`, `encoded_texts`, `token_masks`), so that convert can encode one block's texts
+    while it renders the next (`pipelined_blocks`)."""
+    return token_masks(encoded_texts(tokenizer, conversations, rendered_texts(tokenizer, conversations)))
+
+
+def rendered_texts(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[int], list[str], list[str]]:
+    """The conversations whose only assistant turn is the completion (their indices), and the texts of their
+    prompts (with the generation prompt) and of the whole conversations, as `apply_chat_template` renders them."""
     single = [i for i, c in enumerate(conversations) if all(m["role"] != "assistant" for m in c["prompt"])]
-    ids: list[list[int]] = [[] for _ in conversations]
-    masks: list[list[int]] = [[] for _ in conversations]
-    prompts = fulls = []  # apply_chat_template refuses an empty batch (a block of multi-turn imports only)
-    if single:
-        batch = [conversations[i] for i in single]
-        prompts = _encode(tokenizer, [c["prompt"] for c in batch], add_generation_prompt=True)
-        fulls = _encode(tokenizer, [c["prompt"] + c["completion"] for c in batch], add_generation_prompt=False)
+    if not single:  # apply_chat_template refuses an empty batch (a block of multi-turn imports only)
+        return single, [], []
+    batch = [conversations[i] for i in single]
+    prompts = render_chats(tokenizer, [c["prompt"] for c in batch], add_generation_prompt=True)
+    fulls = render_chats(tokenizer, [c["prompt"] + c["completion"] for c in batch], add_generation_prompt=False)
+    return single, prompts, fulls
+
+
+def encoded_texts(tokenizer, conversations: list[dict[str, list]], rendered: tuple) -> tuple:
+    """Every use of the tokenizer's encoder for a block: the rendered texts' ids (the ids `apply_chat_template`
+    gives: the same tokenizer call, no special tokens added), and the other conversations' ids and masks
+    (`assistant_token_mask`). Returns (number of conversations, single, prompt ids, full ids, {index: (ids, mask)})."""
+    single, prompts, fulls = rendered
+    encoded = encode_texts(tokenizer, prompts + fulls) if single else []
+    others = sorted(set(range(len(conversations))) - set(single))
+    multi = {
+        i: assistant_token_mask(tokenizer, [*conversations[i]["prompt"], *conversations[i]["completion"]])
+        for i in others
+    }
+    return len(conversations), single, encoded[: len(single)], encoded[len(single) :], multi
+
+
+def token_masks(encoded: tuple) -> tuple[list[list[int]], list[list[int]]]:
+    """(input ids, loss mask) per conversation from `encoded_texts`: a single-turn conversation's loss mask starts
+    where its prompt's ids end, once they are shown to be the first ids of the whole conversation."""
+    n, single, prompts, fulls, multi = encoded
+    ids: list[list[int]] = [[] for _ in range(n)]
+    masks: list[list[int]] = [[] for _ in range(n)]
     for i, prompt, full in zip(single, prompts, fulls):
         if full[: len(prompt)] != prompt:
             raise ValueError(
                 "the tokenizer's chat template is not prefix-consistent: template(prompt, "
                 "add_generation_prompt=True) is not a prefix of template(prompt + completion)"
             )
-        ids[i], masks[i] = list(full), [0] * len(prompt) + [1] * (len(full) - len(prompt))
-    for i in sorted(set(range(len(conversations))) - set(single)):
-        ids[i], masks[i] = assistant_token_mask(tokenizer, conversations[i]["prompt"] + conversations[i]["completion"])
+        ids[i], masks[i] = full, [0] * len(prompt) + [1] * (len(full) - len(prompt))
+    for i, (row_ids, mask) in multi.items():
+        ids[i], masks[i] = row_ids, mask
     return ids, masks
-
-
-def _encode(tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool) -> list[list[int]]:
-    """The ids `apply_chat_template(conversations, add_generation_prompt=...)` gives: the rendered texts through
-    the same tokenizer call (no special tokens added), asking for the ids alone."""
-    texts = render_chats(tokenizer, conversations, add_generation_prompt=add_generation_prompt)
-    return encode_texts(tokenizer, texts)
 
 
 def metas(part: pd.DataFrame) -> list:
@@ -119,29 +151,67 @@ def shipped_tokenizer(tokenizer):
     return tokenizer if type(tokenizer).__module__.startswith("transformers.") else None
 
 
+# A block goes through three steps: `_rendered_block` (Python: the conversations and their texts), `_encoded_block`
+# (the tokenizer's encoder, whose Rust code lets go of the GIL and runs on every core) and `_finished_block` (Python:
+# loss masks and the token tensor). Each runs where the block is tokenized: a worker process, or the job's own.
 @gc_paused()  # lists of ids and masks for thousands of rows (sftdpo.bulk)
-def _tokenize_block(block: tuple[list[str], list[str], list]) -> tuple[list[dict], np.ndarray, np.ndarray]:
-    """A block's (prompts, completions, metas) -> its conversations, every row's token count and the token
-    tensor of the rows that fit max_length. Runs in a worker process, or in the job's own when there is one."""
-    tokenizer, max_length = _WORKER["tokenizer"], _WORKER["max_length"]
+def _rendered_block(block: tuple[list[str], list[str], list]) -> tuple[list[dict], tuple]:
+    """A block's (prompts, completions, metas) -> its conversations and their rendered texts."""
     conversations = [
         chat_messages(p, c, context=demo_context(meta, _WORKER["system_prompt"])) for p, c, meta in zip(*block)
     ]
-    ids, masks = tokenize_conversations(tokenizer, conversations)
+    return conversations, rendered_texts(_WORKER["tokenizer"], conversations)
+
+
+def _encoded_block(rendered: tuple[list[dict], tuple]) -> tuple[list[dict], tuple]:
+    conversations, texts = rendered
+    return conversations, encoded_texts(_WORKER["tokenizer"], conversations, texts)
+
+
+@gc_paused()
+def _finished_block(encoded: tuple[list[dict], tuple]) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """-> the conversations, every row's token count and the token tensor of the rows that fit max_length."""
+    conversations, encoding = encoded
+    ids, masks = token_masks(encoding)
     n_tokens = np.array([len(row_ids) for row_ids in ids], dtype=np.int64)
-    kept = np.flatnonzero(n_tokens <= max_length)
-    tensor = token_tensor([ids[i] for i in kept], [masks[i] for i in kept], max_length, tokenizer.pad_token_id)
+    kept = np.flatnonzero(n_tokens <= _WORKER["max_length"])
+    tensor = token_tensor(
+        [ids[i] for i in kept], [masks[i] for i in kept], _WORKER["max_length"], _WORKER["tokenizer"].pad_token_id
+    )
     return conversations, n_tokens, tensor
 
 
+def _tokenize_block(block: tuple[list[str], list[str], list]) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """A block's three steps, one after the other (in a worker process)."""
+    return _finished_block(_encoded_block(_rendered_block(block)))
+
+
+def pipelined_blocks(blocks: Iterable) -> Iterator[tuple]:
+    """`_tokenize_block` of every block, in order, in this process, its steps overlapped: a thread encodes block i
+    while this one finishes block i-1, hands it on (the caller writes it) and renders block i+1. The encoder's time
+    is most of a block's, and the Python steps would otherwise leave the second core idle while they run."""
+    with ThreadPoolExecutor(1, thread_name_prefix="convert-encoder") as encoder:
+        encoding = None
+        for block in blocks:
+            rendered = _rendered_block(block)
+            if encoding:
+                done = encoding.result()
+                encoding = encoder.submit(_encoded_block, rendered)
+                yield _finished_block(done)
+            else:
+                encoding = encoder.submit(_encoded_block, rendered)
+        if encoding:
+            yield _finished_block(encoding.result())
+
+
 def tokenized_blocks(blocks: Iterable, n_blocks: int, workers: int, worker_args: tuple, tokenizer) -> Iterator[tuple]:
-    """`_tokenize_block` of every block, in order, by `workers` processes side by side when there are enough blocks
-    to pay for their start-up (`bulk.ordered_map`); a block's result does not depend on where it ran.
-    `tokenizer`: the job's own, for the blocks it tokenizes itself, and handed to the workers when it can be
-    (`shipped_tokenizer`)."""
+    """`_tokenize_block` of every block, in order: by `workers` processes side by side when there are enough blocks
+    to pay for their start-up (`bulk.ordered_map`), else in this process (`pipelined_blocks`); a block's result does
+    not depend on where it ran. `tokenizer`: the job's own, for the blocks it tokenizes itself, and handed to the
+    workers when it can be (`shipped_tokenizer`)."""
     if workers <= 1 or n_blocks < MIN_BLOCKS_FOR_WORKERS:
-        return ordered_map(_tokenize_block, blocks, workers=1, initializer=_start_worker,
-                           initargs=(*worker_args, tokenizer))  # fmt: skip
+        _start_worker(*worker_args, tokenizer)
+        return pipelined_blocks(blocks)
     log.info("convert: %d blocks tokenized by %d worker processes", n_blocks, workers)
     return ordered_map(_tokenize_block, blocks, workers=workers, initializer=_start_worker,
                        initargs=(*worker_args, shipped_tokenizer(tokenizer)))  # fmt: skip

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from sftdpo.runner import run
-from sftdpo.convert import convert_shard
+from sftdpo.convert import convert_shard, worker_processes
 
 # Only as the job's own script: convert's worker processes (spawn) import this file again as __mp_main__,
 # without the `snakemake` object.
@@ -23,6 +23,6 @@ if __name__ == "__main__":
             summary_path=sm.output.summary,
             max_length=sm.params.max_length,
             system_prompt=sm.params.system_prompt,
-            workers=sm.threads,
+            workers=worker_processes(sm.threads),
         ),
     )

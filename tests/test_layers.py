@@ -95,3 +95,17 @@ def test_the_check_sees_a_violation(monkeypatch):
     monkeypatch.setattr(fingerprint, "_imports", lambda name: fake.get(name, ()))
     assert "sftdpo.sft" in fingerprint.dependencies("sftdpo.dpo")
     assert set(fingerprint.dependencies("sftdpo.dpo")) & STAGES == {"sftdpo.dpo", "sftdpo.sft"}
+
+
+def test_training_stages_leave_pyplot_to_the_drawing():
+    """sft and dpo draw their curves after training: importing them (as their jobs do before the first step) does
+    not import matplotlib.pyplot (~0.5 s), and `plots.pyplot` gives it on the headless backend when they draw."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import sftdpo.sft, sftdpo.dpo; print('matplotlib.pyplot' in sys.modules); "
+        "from sftdpo.plots import pyplot; print(pyplot().get_backend().lower(), 'matplotlib.pyplot' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=SRC.parent, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "agg", "True"]

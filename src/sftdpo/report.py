@@ -154,7 +154,9 @@ def plot_comparison(
     evals: dict[str, pd.DataFrame], summary: dict[str, Any], path: str, *, n_samples: int, seed: int
 ) -> None:
     """Bars per stage and difficulty with CIs, each labelled with its value; a bar at 0 gets a visible mark."""
-    from sftdpo.plots import plt, save_figure
+    from sftdpo.plots import pyplot, save_figure
+
+    plt = pyplot()
 
     levels = sorted({str(d) for frame in evals.values() for d in frame["difficulty"]})
     groups = ["all", *levels]

@@ -383,7 +383,9 @@ def check_gates(stats: dict[str, Any], gates: dict[str, Any]) -> list[str]:
 
 
 def plot_validation(checked: pd.DataFrame, stats: dict[str, Any], plot_paths: dict[str, str]) -> None:
-    from sftdpo.plots import plt, save_figure
+    from sftdpo.plots import pyplot, save_figure
+
+    plt = pyplot()
 
     kept = checked["reason"].isna().to_numpy()
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -164,6 +164,7 @@ def _rendered_block(block: tuple[list[str], list[str], list]) -> tuple[list[dict
 
 
 def _encoded_block(rendered: tuple[list[dict], tuple]) -> tuple[list[dict], tuple]:
+    """-> the conversations and their ids (`encoded_texts`)."""
     conversations, texts = rendered
     return conversations, encoded_texts(_WORKER["tokenizer"], conversations, texts)
 
@@ -191,17 +192,14 @@ def pipelined_blocks(blocks: Iterable) -> Iterator[tuple]:
     while this one finishes block i-1, hands it on (the caller writes it) and renders block i+1. The encoder's time
     is most of a block's, and the Python steps would otherwise leave the second core idle while they run."""
     with ThreadPoolExecutor(1, thread_name_prefix="convert-encoder") as encoder:
-        encoding = None
+        previous = None
         for block in blocks:
-            rendered = _rendered_block(block)
-            if encoding:
-                done = encoding.result()
-                encoding = encoder.submit(_encoded_block, rendered)
-                yield _finished_block(done)
-            else:
-                encoding = encoder.submit(_encoded_block, rendered)
-        if encoding:
-            yield _finished_block(encoding.result())
+            current = encoder.submit(_encoded_block, _rendered_block(block))  # starts when the previous one is done
+            if previous:
+                yield _finished_block(previous.result())
+            previous = current
+        if previous:
+            yield _finished_block(previous.result())
 
 
 def tokenized_blocks(blocks: Iterable, n_blocks: int, workers: int, worker_args: tuple, tokenizer) -> Iterator[tuple]:

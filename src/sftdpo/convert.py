@@ -60,9 +60,10 @@ def worker_processes(threads: int) -> int:
 
 def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[list[int]], list[list[int]]]:
     """(input ids, loss mask) per conversation ({"prompt": [...], "completion": [...]}); the loss mask covers
-    every assistant turn. Conversations whose only assistant turn is the completion (nearly all) go through one
-    batched `apply_chat_template` call each for the prompts and the whole conversations, so their ids are exactly
-    those of one conversation at a time; those with earlier assistant turns through `assistant_token_mask`.
+    every assistant turn. Conversations whose only assistant turn is the completion (nearly all) are rendered as
+    `apply_chat_template` renders them, prompts and whole conversations, and encoded in one batched tokenizer call,
+    so their ids are exactly those of one conversation at a time; those with earlier assistant turns go through
+    `assistant_token_mask`.
     In three steps (`rendered_texts`, `encoded_texts`, `token_masks`), so that convert can encode one block's texts
     while it renders the next (`pipelined_blocks`)."""
     return token_masks(encoded_texts(tokenizer, conversations, rendered_texts(tokenizer, conversations)))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from typing import Any, Callable
+import re
+from itertools import chain
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +129,20 @@ def _compiled_template(tokenizer) -> tuple[Any, dict[str, Any]]:
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     """The ids of `tokenizer(texts, add_special_tokens=False)["input_ids"]`.
 
-    A fast tokenizer whose call would make exactly that one Rust call (transformers' own `TokenizersBackend`
-    encoding, no truncation or padding set on the backend, special tokens split as the call would) goes through
-    the backend's `encode_batch_fast`: the same ids without character offsets, and without the Python objects the
-    call builds for every row (a third less time on convert's rows). Anything else goes through the call."""
+    A fast tokenizer whose call would make exactly that one Rust call (`direct_backend`) goes through the backend's
+    `encode_batch_fast`: the same ids without character offsets, and without the Python objects the call builds for
+    every row (a third less time on convert's rows). Anything else goes through the call."""
+    backend = direct_backend(tokenizer)
+    if backend is None:
+        encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+        return encoded["input_ids"]
+    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+def direct_backend(tokenizer):
+    """The tokenizer's Rust backend when `tokenizer(texts, add_special_tokens=False)` is exactly one call of its
+    `encode_batch` (transformers' own `TokenizersBackend` encoding, no truncation or padding set on the backend,
+    special tokens split as the call would), else None."""
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -141,10 +156,133 @@ def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
         and backend.padding is None
         and backend.encode_special_tokens == bool(tokenizer.split_special_tokens)
     )
-    if not direct:
-        encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
-        return encoded["input_ids"]
-    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return backend if direct else None
+
+
+NOT_PREFIX_CONSISTENT = (
+    "the tokenizer's chat template is not prefix-consistent: template(prompt, add_generation_prompt=True) is not a "
+    "prefix of template(prompt + completion)"
+)
+
+
+def prompt_lengths(tokenizer, prompts: list[str], fulls: list[str], full_ids: list[list[int]]) -> list[int]:
+    """How many of each full text's ids (`encode_texts`) are its prompt's: the prompt's own ids, shown to be the
+    first ids of the full text's. ValueError when they are not (the chat template is not prefix-consistent).
+
+    Where the tokenizer allows it (`AddedTokenSplits`), a prompt its full text starts with is not encoded again:
+    only its tail from its last added token on is, once for all the prompts that end alike (encoding every prompt
+    was a third of convert's tokenizer work). The first prompt found so is also encoded whole and compared, so a
+    tokenizers release that splits otherwise is caught (a warning), not trusted: then every prompt is encoded."""
+    splits = added_token_splits(tokenizer)
+    tails = splits.tails(prompts, fulls) if splits else [None] * len(prompts)
+    distinct = list(dict.fromkeys(tail.text for tail in tails if tail is not None))
+    lengths = (
+        splits.prompt_lengths(full_ids, tails, dict(zip(distinct, encode_texts(tokenizer, distinct))))
+        if distinct
+        else [None] * len(prompts)
+    )
+    canary = next((i for i, length in enumerate(lengths) if length is not None), None)
+    others = [i for i, length in enumerate(lengths) if length is None]
+    encoded = encode_texts(tokenizer, [prompts[i] for i in [*others, *([canary] if canary is not None else [])]])
+    if canary is not None and encoded.pop() != full_ids[canary][: lengths[canary]]:
+        log.warning("the tokenizer does not split prompts at their added tokens as expected: encoding every prompt")
+        others, encoded = list(range(len(prompts))), encode_texts(tokenizer, prompts)
+    for i, ids in zip(others, encoded):
+        if full_ids[i][: len(ids)] != ids:
+            raise ValueError(NOT_PREFIX_CONSISTENT)
+        lengths[i] = len(ids)
+    return lengths
+
+
+class PromptTail(NamedTuple):
+    """A prompt from its last added token on (`text`), the number of added tokens before that one's end (`before`)
+    and in its whole full text (`total`)."""
+
+    before: int
+    total: int
+    text: str
+
+
+class AddedTokenSplits:
+    """A prompt's ids from its full text's ids and its tail's.
+
+    The tokenizers library encodes a text in pieces: it first cuts out every match of an added token (a
+    leftmost-longest search, before normalising), then normalises, pre-tokenises and encodes each piece between
+    them on its own; with add_special_tokens=False the post-processor adds no ids. `added_token_splits` makes one
+    only where (1) no added token is normalised, strips whitespace or must be a single word, (2) no added token's
+    content overlaps one's (none inside another, no proper end of one the start of one) and (3) special tokens are
+    split: then the matches are exactly the contents' occurrences. Let a prompt P start its full text F, and T be
+    the added token whose occurrence in P ends last, at j. Then P's ids are those of P[:j], which end with T's id,
+    followed by those of the piece P[j:]; F's ids start with the same ids of P[:j]. So ids(P) = ids(F)[:k] +
+    ids(T + P[j:])[1:], where k is just past that T's id in ids(F) (P[j:] is read after T in both, at an offset
+    past 0: Metaspace's prepend_scheme "first" looks at that). k is found by counting added-token ids, one per
+    occurrence where the row's count of them is its count of occurrences (a model could in principle make an added
+    token's id from plain text: such a row's prompt is encoded)."""
+
+    def __init__(self, contents: list[str], added_ids: list[int], vocab_size: int):
+        self.pattern = re.compile("|".join(map(re.escape, contents)))
+        self.is_added = np.zeros(max(vocab_size, max(added_ids) + 1), dtype=bool)
+        self.is_added[added_ids] = True
+
+    def tails(self, prompts: list[str], fulls: list[str]) -> list[PromptTail | None]:
+        """Each prompt's tail, None where its full text does not start with it or it holds no added token."""
+        tails: list[PromptTail | None] = []
+        for prompt, full in zip(prompts, fulls):
+            end, before, total, start = len(prompt), 0, 0, 0
+            if full.startswith(prompt):
+                for match in self.pattern.finditer(full):
+                    total += 1
+                    if match.end() <= end:
+                        before, start = before + 1, match.start()
+            tails.append(PromptTail(before, total, prompt[start:]) if before else None)
+        return tails
+
+    def prompt_lengths(self, full_ids: list[list[int]], tails: list, tail_ids: dict[str, list[int]]) -> list:
+        """Each prompt's number of ids, None where it must be encoded: no tail, added-token ids not one per
+        occurrence, or the tail's ids not following T's in the full text's (encoding the prompt shows the error)."""
+        lengths = np.fromiter(map(len, full_ids), dtype=np.int64, count=len(full_ids))
+        ends = np.cumsum(lengths)
+        flat = np.fromiter(chain.from_iterable(full_ids), dtype=np.int64, count=int(ends[-1]) if len(ends) else 0)
+        positions = np.flatnonzero(self.is_added[flat])  # of every added-token id, in all rows' ids laid end to end
+        rows = np.searchsorted(ends, positions, side="right")
+        per_row = np.bincount(rows, minlength=len(full_ids))
+        first = (np.cumsum(per_row) - per_row).tolist()  # each row's first added-token id's index in positions
+        row_starts = (ends - lengths).tolist()
+        per_row, positions = per_row.tolist(), positions.tolist()
+        out: list[int | None] = []
+        for i, (ids, tail) in enumerate(zip(full_ids, tails)):
+            if tail is None or per_row[i] != tail.total:
+                out.append(None)
+                continue
+            k = positions[first[i] + tail.before - 1] - row_starts[i] + 1
+            head, *rest = tail_ids[tail.text]
+            # not T's id there, or not the tail's ids after it (not prefix-consistent): the prompt is encoded
+            consistent = ids[k - 1] == head and ids[k : k + len(rest)] == rest
+            out.append(k + len(rest) if consistent else None)
+        return out
+
+
+def added_token_splits(tokenizer) -> AddedTokenSplits | None:
+    """`AddedTokenSplits` for the tokenizer when its conditions hold, else None."""
+    backend = direct_backend(tokenizer)
+    if backend is None or backend.encode_special_tokens:
+        return None
+    added = backend.get_added_tokens_decoder()
+    key = tuple((i, t.content, t.normalized or t.lstrip or t.rstrip or t.single_word) for i, t in sorted(added.items()))
+    return _added_token_splits(key, backend.get_vocab_size(with_added_tokens=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _added_token_splits(added: tuple[tuple[int, str, bool], ...], vocab_size: int) -> AddedTokenSplits | None:
+    contents = [content for _, content, _ in added]
+    if not added or any(flagged or not content for _, content, flagged in added) or len(set(contents)) < len(contents):
+        return None
+    starts = {content[:n] for content in contents for n in range(1, len(content))}
+    if any(content[n:] in starts for content in contents for n in range(1, len(content))):
+        return None  # an occurrence could overlap another
+    if any(a != b and a in b for a in contents for b in contents):
+        return None
+    return AddedTokenSplits(contents, [i for i, _, _ in added], vocab_size)
 
 
 def assistant_token_mask(tokenizer, messages: list[Message]) -> tuple[list[int], list[int]]:

@@ -9,7 +9,7 @@ import random
 import pytest
 from conftest import GSM8K
 
-from sftdpo.chat import AddedTokenSplits, added_token_splits, encode_texts, prompt_lengths
+from sftdpo.chat import AddedTokenSplits, added_token_splits, encode_texts, prompt_lengths, prompt_tails
 
 ROLES = ["<|user|>", "<|assistant|>", "<|eos|>"]
 
@@ -95,22 +95,28 @@ def test_prompt_lengths_are_those_of_encoding_each_prompt(tokenizer):
     consistent = [i for i, length in enumerate(expected) if length is not None]
     assert 150 < len(consistent) < len(expected)  # both kinds are tested
     full_ids = encode_texts(tokenizer, [fulls[i] for i in consistent])
-    got = prompt_lengths(tokenizer, [prompts[i] for i in consistent], [fulls[i] for i in consistent], full_ids)
+    got = lengths_of(tokenizer, [prompts[i] for i in consistent], [fulls[i] for i in consistent], full_ids)
     assert got == [expected[i] for i in consistent]
     for i in set(range(len(expected))) - set(consistent):
         with pytest.raises(ValueError, match="not prefix-consistent"):
-            prompt_lengths(tokenizer, [prompts[i]], [fulls[i]], encode_texts(tokenizer, [fulls[i]]))
+            lengths_of(tokenizer, [prompts[i]], [fulls[i]])
     splits = added_token_splits(tokenizer)
     sub_prompts, sub_fulls = [prompts[i] for i in consistent], [fulls[i] for i in consistent]
-    shortcut = splits.prompt_lengths(
-        full_ids, splits.tails(sub_prompts, sub_fulls), tail_ids(tokenizer, splits, sub_prompts, sub_fulls)
-    )
+    tails = splits.tails(sub_prompts, sub_fulls)
+    shortcut = splits.prompt_lengths(full_ids, tails, tail_ids(tokenizer, tails))
     assert sum(length is not None for length in shortcut) > len(consistent) / 2
 
 
-def tail_ids(tokenizer, splits, prompts, fulls):
-    texts = list(dict.fromkeys(tail.text for tail in splits.tails(prompts, fulls) if tail))
+def tail_ids(tokenizer, tails):
+    texts = list(dict.fromkeys(tail.text for tail in tails if tail))
     return dict(zip(texts, encode_texts(tokenizer, texts)))
+
+
+def lengths_of(tokenizer, prompts, fulls, full_ids=None):
+    """`prompt_lengths` as convert calls it: tails at rendering, their ids encoded with the full texts'."""
+    tails = prompt_tails(tokenizer, prompts, fulls)
+    full_ids = encode_texts(tokenizer, fulls) if full_ids is None else full_ids
+    return prompt_lengths(tokenizer, prompts, full_ids, tails, tail_ids(tokenizer, tails))
 
 
 def test_a_row_whose_model_makes_an_added_tokens_id_encodes_its_prompt():
@@ -133,11 +139,10 @@ def test_a_row_whose_model_makes_an_added_tokens_id_encodes_its_prompt():
     full_ids = encode_texts(tokenizer, fulls)
     assert full_ids[0].count(vocab[piece]) == full_ids[2].count(vocab[piece]) == 2  # one from the plain " the"
     splits = added_token_splits(tokenizer)
-    shortcut = splits.prompt_lengths(
-        full_ids, splits.tails(prompts, fulls), tail_ids(tokenizer, splits, prompts, fulls)
-    )
+    tails = splits.tails(prompts, fulls)
+    shortcut = splits.prompt_lengths(full_ids, tails, tail_ids(tokenizer, tails))
     assert shortcut[0] is None and shortcut[1] is not None and shortcut[2] is None
-    assert prompt_lengths(tokenizer, prompts, fulls, full_ids) == expected_lengths(tokenizer, prompts, fulls)
+    assert lengths_of(tokenizer, prompts, fulls) == expected_lengths(tokenizer, prompts, fulls)
 
 
 @pytest.mark.parametrize(
@@ -151,27 +156,21 @@ def test_the_shortcut_is_off_where_its_conditions_do_not_hold(change):
 
     tokenizer = tokenizer_of("byte_level_bpe")
     assert added_token_splits(tokenizer) is not None
-    if change == "overlapping_contents":
-        tokenizer.add_tokens(["|>\n<|"])
+    plain = {"normalized": False}  # as special tokens are: only the change named is made
+    if change == "overlapping_contents":  # "<|assistant|>\n<|eos|>" would hold two overlapping occurrences
+        tokenizer.add_tokens([AddedToken("|>\n<|", **plain)])
     elif change == "content_inside_another":
-        tokenizer.add_tokens(["ant|>"])
+        tokenizer.add_tokens([AddedToken("ant|>", **plain)])
     elif change == "split_special_tokens":
         tokenizer.split_special_tokens = True
         tokenizer.backend_tokenizer.encode_special_tokens = True
     else:
-        tokenizer.add_tokens(
-            [AddedToken("Step", **{change: True, **({} if change == "normalized" else {"normalized": False})})]
-        )
+        tokenizer.add_tokens([AddedToken("Step", **{**plain, change: True})])
     assert added_token_splits(tokenizer) is None
     prompts, fulls = map(list, zip(*[pair for pair in pairs()[:40]]))
     expected = expected_lengths(tokenizer, prompts, fulls)
     keep = [i for i, length in enumerate(expected) if length is not None]
-    got = prompt_lengths(
-        tokenizer,
-        [prompts[i] for i in keep],
-        [fulls[i] for i in keep],
-        encode_texts(tokenizer, [fulls[i] for i in keep]),
-    )
+    got = lengths_of(tokenizer, [prompts[i] for i in keep], [fulls[i] for i in keep])
     assert got == [expected[i] for i in keep]
 
 
@@ -188,6 +187,6 @@ def test_a_tokenizer_that_splits_otherwise_is_caught_by_the_first_prompt(monkeyp
         lambda self, *args: [None if n is None else n - 1 for n in original(self, *args)],
     )
     with caplog.at_level(logging.WARNING, logger="sftdpo.chat"):
-        got = prompt_lengths(tokenizer, prompts, fulls, encode_texts(tokenizer, fulls))
+        got = lengths_of(tokenizer, prompts, fulls)
     assert got == expected
     assert "does not split prompts at their added tokens as expected" in caplog.text

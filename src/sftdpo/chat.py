@@ -165,22 +165,25 @@ NOT_PREFIX_CONSISTENT = (
 )
 
 
-def prompt_lengths(tokenizer, prompts: list[str], fulls: list[str], full_ids: list[list[int]]) -> list[int]:
+def prompt_tails(tokenizer, prompts: list[str], fulls: list[str]) -> list[PromptTail | None]:
+    """Each prompt's tail (`AddedTokenSplits.tails`), None for all where the tokenizer does not allow them."""
+    splits = added_token_splits(tokenizer)
+    return splits.tails(prompts, fulls) if splits else [None] * len(prompts)
+
+
+def prompt_lengths(
+    tokenizer, prompts: list[str], full_ids: list[list[int]], tails: list, tail_ids: dict[str, list[int]]
+) -> list[int]:
     """How many of each full text's ids (`encode_texts`) are its prompt's: the prompt's own ids, shown to be the
     first ids of the full text's. ValueError when they are not (the chat template is not prefix-consistent).
 
     Where the tokenizer allows it (`AddedTokenSplits`), a prompt its full text starts with is not encoded again:
-    only its tail from its last added token on is, once for all the prompts that end alike (encoding every prompt
-    was a third of convert's tokenizer work). The first prompt found so is also encoded whole and compared, so a
-    tokenizers release that splits otherwise is caught (a warning), not trusted: then every prompt is encoded."""
+    only its tail from its last added token on is (`prompt_tails`; `tail_ids`: the ids of their texts), once for all
+    the prompts that end alike (encoding every prompt was a third of convert's tokenizer work). The first prompt
+    found so is also encoded whole and compared, so a tokenizers release that splits otherwise is caught (a
+    warning), not trusted: then every prompt is encoded."""
     splits = added_token_splits(tokenizer)
-    tails = splits.tails(prompts, fulls) if splits else [None] * len(prompts)
-    distinct = list(dict.fromkeys(tail.text for tail in tails if tail is not None))
-    lengths = (
-        splits.prompt_lengths(full_ids, tails, dict(zip(distinct, encode_texts(tokenizer, distinct))))
-        if distinct
-        else [None] * len(prompts)
-    )
+    lengths = splits.prompt_lengths(full_ids, tails, tail_ids) if splits and tail_ids else [None] * len(prompts)
     canary = next((i for i, length in enumerate(lengths) if length is not None), None)
     others = [i for i, length in enumerate(lengths) if length is None]
     encoded = encode_texts(tokenizer, [prompts[i] for i in [*others, *([canary] if canary is not None else [])]])

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,7 @@ from sftdpo.chat import (
     demo_context,
     encode_texts,
     prompt_lengths,
+    prompt_tails,
     render_chats,
 )
 from sftdpo.io import atomic_path, read_json, read_parquet_rows, write_json
@@ -69,61 +70,78 @@ def worker_processes(threads: int) -> int:
 def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[list[int]], list[list[int]]]:
     """(input ids, loss mask) per conversation ({"prompt": [...], "completion": [...]}); the loss mask covers
     every assistant turn. Conversations whose only assistant turn is the completion (nearly all) are rendered as
-    `apply_chat_template` renders them, prompts and whole conversations, and encoded in one batched tokenizer call,
-    so their ids are exactly those of one conversation at a time; those with earlier assistant turns go through
-    `assistant_token_mask`.
+    `apply_chat_template` renders them and encoded in one batched tokenizer call, so their ids are exactly those of
+    one conversation at a time; their prompts' ids are found in them and checked (`chat.prompt_lengths`). Those
+    with earlier assistant turns go through `assistant_token_mask`.
     In three steps (`rendered_texts`, `encoded_texts`, `token_masks`), so that convert can encode one block's texts
     while it renders the next (`pipelined_blocks`)."""
-    return token_masks(encoded_texts(tokenizer, conversations, rendered_texts(tokenizer, conversations)))
-
-
-def rendered_texts(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[int], list[str], list[str]]:
-    """The conversations whose only assistant turn is the completion (their indices), and the texts of their
-    prompts (with the generation prompt) and of the whole conversations, as `apply_chat_template` renders them."""
-    single = [i for i, c in enumerate(conversations) if all(m["role"] != "assistant" for m in c["prompt"])]
-    if not single:  # apply_chat_template refuses an empty batch (a block of multi-turn imports only)
-        return single, [], []
-    batch = [conversations[i] for i in single]
-    prompts = render_chats(tokenizer, [c["prompt"] for c in batch], add_generation_prompt=True)
-    fulls = render_chats(tokenizer, [c["prompt"] + c["completion"] for c in batch], add_generation_prompt=False)
-    return single, prompts, fulls
-
-
-def encoded_texts(tokenizer, conversations: list[dict[str, list]], rendered: tuple) -> tuple:
-    """Every use of the tokenizer's encoder for a block: the rendered conversations' ids (the ids
-    `apply_chat_template` gives: the same tokenizer call, no special tokens added), how many of them are the
-    prompt's (`prompt_lengths`: checked, and mostly without encoding the prompts again), and the other
-    conversations' ids and masks (`assistant_token_mask`). Returns (number of conversations, single, prompt lengths,
-    full ids, {index: (ids, mask)})."""
-    single, prompts, fulls = rendered
-    full_ids = encode_texts(tokenizer, fulls) if single else []
-    lengths = prompt_lengths(tokenizer, prompts, fulls, full_ids) if single else []
-    others = sorted(set(range(len(conversations))) - set(single))
-    multi = {
-        i: assistant_token_mask(tokenizer, [*conversations[i]["prompt"], *conversations[i]["completion"]])
-        for i in others
-    }
-    return len(conversations), single, lengths, full_ids, multi
-
-
-def token_masks(encoded: tuple) -> tuple[list[list[int]], list[list[int]]]:
-    """(input ids, loss mask) per conversation from `encoded_texts` (`loss_starts`' masks written out)."""
-    ids, starts, masks = loss_starts(encoded)
+    encoded = encoded_texts(tokenizer, conversations, rendered_texts(tokenizer, conversations))
+    ids, starts, masks = loss_starts(tokenizer, encoded)
     written = [[0] * start + [1] * (len(row) - start) for row, start in zip(ids, starts)]
     return ids, [masks[i] if i in masks else mask for i, mask in enumerate(written)]
 
 
-def loss_starts(encoded: tuple) -> tuple[list[list[int]], list[int], dict[int, list[int]]]:
-    """Per conversation from `encoded_texts`: its ids and where its loss mask starts (a single-turn conversation's:
-    where its prompt's ids end); and the whole loss masks of those with earlier assistant turns, by index."""
-    n, single, lengths, fulls, multi = encoded
-    ids: list[list[int]] = [[] for _ in range(n)]
-    starts = [0] * n
-    for i, length, full in zip(single, lengths, fulls):
-        ids[i], starts[i] = full, length
-    for i, (row_ids, _) in multi.items():
+class RenderedBlock(NamedTuple):
+    """A block's conversations whose only assistant turn is the completion (`single`: their indices), the texts of
+    their prompts (with the generation prompt) and whole conversations as `apply_chat_template` renders them, and
+    the prompts' tails (`chat.prompt_tails`)."""
+
+    single: list[int]
+    prompts: list[str]
+    fulls: list[str]
+    tails: list
+
+
+class EncodedBlock(NamedTuple):
+    """A block's number of conversations, its `RenderedBlock`, the ids of its whole conversations and of its
+    prompts' tails, and the ids and loss masks of the conversations with earlier assistant turns, by index."""
+
+    n: int
+    rendered: RenderedBlock
+    full_ids: list[list[int]]
+    tail_ids: dict[str, list[int]]
+    multi: dict[int, tuple[list[int], list[int]]]
+
+
+def rendered_texts(tokenizer, conversations: list[dict[str, list]]) -> RenderedBlock:
+    """The block's texts to encode (`RenderedBlock`)."""
+    single = [i for i, c in enumerate(conversations) if all(m["role"] != "assistant" for m in c["prompt"])]
+    if not single:  # apply_chat_template refuses an empty batch (a block of multi-turn imports only)
+        return RenderedBlock(single, [], [], [])
+    batch = [conversations[i] for i in single]
+    prompts = render_chats(tokenizer, [c["prompt"] for c in batch], add_generation_prompt=True)
+    fulls = render_chats(tokenizer, [c["prompt"] + c["completion"] for c in batch], add_generation_prompt=False)
+    return RenderedBlock(single, prompts, fulls, prompt_tails(tokenizer, prompts, fulls))
+
+
+def encoded_texts(tokenizer, conversations: list[dict[str, list]], rendered: RenderedBlock) -> EncodedBlock:
+    """Every use of the tokenizer's encoder for a block but a few checks: the whole conversations' and the prompt
+    tails' ids in one call (the ids `apply_chat_template` gives: the same tokenizer call, no special tokens added),
+    and the other conversations' ids and masks (`assistant_token_mask`)."""
+    tail_texts = list(dict.fromkeys(tail.text for tail in rendered.tails if tail is not None))
+    encoded = encode_texts(tokenizer, rendered.fulls + tail_texts) if rendered.single else []
+    others = sorted(set(range(len(conversations))) - set(rendered.single))
+    multi = {
+        i: assistant_token_mask(tokenizer, [*conversations[i]["prompt"], *conversations[i]["completion"]])
+        for i in others
+    }
+    full_ids = encoded[: len(rendered.fulls)]
+    return EncodedBlock(len(conversations), rendered, full_ids, dict(zip(tail_texts, encoded[len(full_ids) :])), multi)
+
+
+def loss_starts(tokenizer, encoded: EncodedBlock) -> tuple[list[list[int]], list[int], dict[int, list[int]]]:
+    """Per conversation: its ids and where its loss mask starts (a single-turn conversation's: where its prompt's
+    ids end, `chat.prompt_lengths`: checked); and the whole loss masks of those with earlier assistant turns."""
+    single, prompts, _, tails = encoded.rendered
+    ids: list[list[int]] = [[] for _ in range(encoded.n)]
+    starts = [0] * encoded.n
+    if single:
+        lengths = prompt_lengths(tokenizer, prompts, encoded.full_ids, tails, encoded.tail_ids)
+        for i, length, full in zip(single, lengths, encoded.full_ids):
+            ids[i], starts[i] = full, length
+    for i, (row_ids, _) in encoded.multi.items():
         ids[i] = row_ids
-    return ids, starts, {i: mask for i, (_, mask) in multi.items()}
+    return ids, starts, {i: mask for i, (_, mask) in encoded.multi.items()}
 
 
 def metas(part: pd.DataFrame) -> list:
@@ -195,7 +213,7 @@ def _encoded_block(rendered: tuple[list[dict], tuple]) -> tuple[list[dict], tupl
 def _finished_block(encoded: tuple[list[dict], tuple]) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """-> the conversations, every row's token count and the token tensor of the rows that fit max_length."""
     conversations, encoding = encoded
-    ids, starts, masks = loss_starts(encoding)
+    ids, starts, masks = loss_starts(_WORKER["tokenizer"], encoding)
     n_tokens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     kept = np.flatnonzero(n_tokens <= _WORKER["max_length"]).tolist()
     tensor = token_tensor(

@@ -126,3 +126,44 @@ def test_hf_model_lora_sft_dpo_and_evaluation(hf_dir, tmp_path):
     )
     assert len(rows) == len(pd.read_parquet(paths["test"])) and set(rows["stage"]) == {"dpo"}
     assert read_json(tmp_path / "split.json")["counts"]["test"] == len(rows)
+
+
+def test_a_plain_tokenizer_loads_without_torch_as_autotokenizer_loads_it(hf_dir, tmp_path, monkeypatch):
+    """A directory whose tokenizer_config.json names a generic class (sftdpo's scratch tokenizer) loads through that
+    class, without torch's import (convert's jobs: ~2 s each), into the same tokenizer AutoTokenizer gives; one
+    naming another class goes through AutoTokenizer."""
+    import shutil
+    import subprocess
+    import sys
+
+    import transformers
+
+    from sftdpo.modeling import load_tokenizer, rendering
+
+    code = (
+        "import sys; from sftdpo.modeling import load_tokenizer; "
+        f"t = load_tokenizer({str(hf_dir)!r}); print(type(t).__name__, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["TokenizersBackend", "False"]
+    auto_calls = []
+    original = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: auto_calls.append(a[-1]) or original(*a, **k)
+    )
+    plain = load_tokenizer(str(hf_dir))
+    assert auto_calls == []
+    auto = original(str(hf_dir))
+    auto.padding_side = "left"
+    assert type(plain) is type(auto) and {k: str(v) for k, v in vars(plain).items()} == {
+        k: str(v) for k, v in vars(auto).items()
+    }
+    assert rendering(plain) == rendering(auto)
+    texts = ["What is 12 + 7?<|eos|>", "<|user|>\n3 * 4\n<|assistant|>\n"]
+    assert plain(texts)["input_ids"] == auto(texts)["input_ids"]
+    other = tmp_path / "other"
+    shutil.copytree(hf_dir, other)
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
+    load_tokenizer(str(other))
+    assert auto_calls == [str(other)]

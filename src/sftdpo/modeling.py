@@ -278,10 +278,31 @@ def check_rendering(tokenizer, model_dir: str, conversion_path: str | None) -> N
         )
 
 
-def load_tokenizer(model_dir: str):
-    from transformers import AutoTokenizer
+# The generic classes of a tokenizer.json that AutoTokenizer loads a directory naming them with; they load without
+# AutoTokenizer's model-config handling, which imports torch (~2 s of every data job that tokenizes).
+PLAIN_TOKENIZER_CLASSES = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast"})
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=_trust(model_dir))
+
+def load_tokenizer(model_dir: str):
+    """The directory's tokenizer, padding on the left: one of PLAIN_TOKENIZER_CLASSES named by its
+    tokenizer_config.json (sftdpo's own from-scratch tokenizer), without remote code or an auto_map, through that
+    class; any other through AutoTokenizer."""
+    config_path = Path(model_dir) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    plain = (
+        config.get("tokenizer_class") in PLAIN_TOKENIZER_CLASSES
+        and "auto_map" not in config
+        and (Path(model_dir) / "tokenizer.json").exists()
+        and not _trust(model_dir)
+    )
+    if plain:
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=_trust(model_dir))
     tokenizer.padding_side = "left"
     return tokenizer
 

@@ -153,7 +153,8 @@ def render(record: dict) -> str:
     if ceilings:
         lines += ["", "convert against the tokenizer's own batch calls on its conversations (the faster of "
                   "`encode_batch` and `encode_batch_fast`, ids taken, rendering not timed), and on its conversations "
-                  "and prompts, both of which convert tokenizes:", "", *ceilings]  # fmt: skip
+                  "and prompts, both of which convert tokenized before e68e15f (since, it finds a prompt's ids in its "
+                  "conversation's):", "", *ceilings]  # fmt: skip
     lines += ["", f"Measured on {record['machine']}, commit {record['commit']}."]
     return "\n".join(lines)
 

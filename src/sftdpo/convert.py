@@ -73,7 +73,7 @@ def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> t
     `apply_chat_template` renders them and encoded in one batched tokenizer call, so their ids are exactly those of
     one conversation at a time; their prompts' ids are found in them and checked (`chat.prompt_lengths`). Those
     with earlier assistant turns go through `assistant_token_mask`.
-    In three steps (`rendered_texts`, `encoded_texts`, `token_masks`), so that convert can encode one block's texts
+    In three steps (`rendered_texts`, `encoded_texts`, `loss_starts`), so that convert can encode one block's texts
     while it renders the next (`pipelined_blocks`)."""
     encoded = encoded_texts(tokenizer, conversations, rendered_texts(tokenizer, conversations))
     ids, starts, masks = loss_starts(tokenizer, encoded)

@@ -143,9 +143,23 @@ def test_convert_writes_ids_attention_and_loss_masks(tmp_path):
     assert len(chat) + len(report["overlength"]) == 20
 
 
+def assistant_token_mask(tokenizer, messages):
+    """The reference convert's masks are held to: (ids, loss mask) of a conversation by apply_chat_template, one
+    call per prefix: the mask is 1 from the conversation rendered up to each assistant turn (with the generation
+    prompt) to the conversation rendered up to its end."""
+    full = list(tokenizer.apply_chat_template(list(messages))["input_ids"])
+    mask = [0] * len(full)
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            start = tokenizer.apply_chat_template(list(messages[:i]), add_generation_prompt=True)["input_ids"]
+            end = tokenizer.apply_chat_template(list(messages[: i + 1]))["input_ids"]
+            assert full[: len(start)] == start and full[: len(end)] == end
+            mask[len(start) : len(end)] = [1] * (len(end) - len(start))
+    return full, mask
+
+
 def test_a_block_of_multi_turn_conversations_only_is_tokenized(tmp_path):
-    """No single-turn conversation in a block: the batched path is skipped, every assistant turn is masked."""
-    from sftdpo.chat import assistant_token_mask
+    """A block of conversations with earlier assistant turns only: every assistant turn is masked."""
     from sftdpo.convert import tokenize_conversations
 
     task = get_task("arithmetic")
@@ -158,6 +172,32 @@ def test_a_block_of_multi_turn_conversations_only_is_tokenized(tmp_path):
     assert (ids[0], masks[0]) == (ids[1], masks[1]) == expected
     first_answer = tokenizer.apply_chat_template(turns)["input_ids"]
     assert sum(masks[0][: len(first_answer)]) > 0 and sum(masks[0][len(first_answer) :]) > 0  # both turns
+
+
+@pytest.mark.parametrize("template", ["scratch", "chatml"])
+def test_convert_masks_every_assistant_turn_as_apply_chat_template_does(tmp_path, template):
+    """Real GSM8K conversations, a quarter with an earlier exchange (whose answer holds a special token's text),
+    some with a system message, in one block: every row's ids and loss mask are the reference's (one
+    apply_chat_template call per prefix), with sftdpo's template and a ChatML-like one."""
+    from sftdpo.convert import tokenize_conversations
+
+    task = get_task("gsm8k", path=str(GSM8K / "train.jsonl"))
+    tokenizer = load_tokenizer(scratch_base_model(tmp_path / "base", task, task.problems(60, seed=0)))
+    if template == "chatml":
+        tokenizer.chat_template = CHATML
+        tokenizer.add_special_tokens(
+            {"bos_token": "<|bos|>", "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}
+        )
+    chats = gsm8k_conversations(80)
+    conversations = [{"prompt": chat[:-1], "completion": chat[-1:]} for chat in chats]
+    ids, masks = tokenize_conversations(tokenizer, conversations)
+    expected = [assistant_token_mask(tokenizer, chat) for chat in chats]
+    assert list(zip(ids, masks)) == expected
+    with_earlier_turns = [i for i, chat in enumerate(chats) if sum(m["role"] == "assistant" for m in chat) > 1]
+    assert len(with_earlier_turns) == 20
+    for i in with_earlier_turns:  # two spans of ones: the earlier answer's and the completion's
+        runs = "".join(map(str, masks[i])).replace("0", " ").split()
+        assert len(runs) == 2
 
 
 # A ChatML-like template with what real templates use: a default system message, the special tokens map, filters.

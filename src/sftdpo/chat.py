@@ -288,28 +288,6 @@ def _added_token_splits(added: tuple[tuple[int, str, bool], ...], vocab_size: in
     return AddedTokenSplits(contents, [i for i, _, _ in added], vocab_size)
 
 
-def assistant_token_mask(tokenizer, messages: list[Message]) -> tuple[list[int], list[int]]:
-    """(input ids, loss mask) of a conversation; the mask is 1 on the tokens of every assistant turn (what the
-    template appends after the assistant opener, end-of-turn token included), 0 elsewhere.
-
-    Each turn's tokens are found by rendering the conversation up to it, so the template must be
-    prefix-consistent: template(messages[:i], add_generation_prompt=True) a prefix of template(messages)."""
-    full = list(tokenizer.apply_chat_template(list(messages))["input_ids"])
-    mask = [0] * len(full)
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        start = prompt_ids(tokenizer, messages[:i])
-        end = list(tokenizer.apply_chat_template(list(messages[: i + 1]))["input_ids"])
-        if full[: len(start)] != start or full[: len(end)] != end:
-            raise ValueError(
-                "the tokenizer's chat template is not prefix-consistent: template(prompt, "
-                f"add_generation_prompt=True) is not a prefix of template(prompt + completion) at message {i}"
-            )
-        mask[len(start) : len(end)] = [1] * (len(end) - len(start))
-    return full, mask
-
-
 def normalise_prompt(prompt: Any) -> str:
     """A prompt's identity for duplicates and leakage: lower case, whitespace collapsed (chat messages joined).
 

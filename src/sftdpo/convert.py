@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 from sftdpo.bulk import gc_paused, ordered_map
 from sftdpo.chat import (
-    assistant_token_mask,
     chat_messages,
     demo_context,
     encode_texts,
@@ -69,79 +68,102 @@ def worker_processes(threads: int) -> int:
 
 def tokenize_conversations(tokenizer, conversations: list[dict[str, list]]) -> tuple[list[list[int]], list[list[int]]]:
     """(input ids, loss mask) per conversation ({"prompt": [...], "completion": [...]}); the loss mask covers
-    every assistant turn. Conversations whose only assistant turn is the completion (nearly all) are rendered as
-    `apply_chat_template` renders them and encoded in one batched tokenizer call, so their ids are exactly those of
-    one conversation at a time; their prompts' ids are found in them and checked (`chat.prompt_lengths`). Those
-    with earlier assistant turns go through `assistant_token_mask`.
+    every assistant turn (what the template appends after the assistant opener, end-of-turn token included).
+    The conversations are rendered as `apply_chat_template` renders them and encoded in one batched tokenizer call,
+    so their ids are exactly those of one conversation at a time. Where each assistant turn starts and ends is the
+    number of ids of the conversation rendered up to it (with the generation prompt) and up to its end, found in the
+    conversation's ids and checked (`chat.prompt_lengths`): the template must be prefix-consistent.
     In three steps (`rendered_texts`, `encoded_texts`, `loss_starts`), so that convert can encode one block's texts
     while it renders the next (`pipelined_blocks`)."""
-    encoded = encoded_texts(tokenizer, conversations, rendered_texts(tokenizer, conversations))
+    encoded = encoded_texts(tokenizer, rendered_texts(tokenizer, conversations))
     ids, starts, masks = loss_starts(tokenizer, encoded)
     written = [[0] * start + [1] * (len(row) - start) for row, start in zip(ids, starts)]
     return ids, [masks[i] if i in masks else mask for i, mask in enumerate(written)]
 
 
 class RenderedBlock(NamedTuple):
-    """A block's conversations whose only assistant turn is the completion (`single`: their indices), the texts of
-    their prompts (with the generation prompt) and whole conversations as `apply_chat_template` renders them, and
-    the prompts' tails (`chat.prompt_tails`)."""
+    """A block's conversations as `apply_chat_template` renders them (`fulls`) and the texts where their assistant
+    turns start and end (`cuts`): first each turn's start (the conversation up to it, with the generation prompt;
+    `n_starts` of them), then each turn's end but the last's (the conversation up to it; the last turn ends the
+    conversation); `cut_rows`: each cut's conversation; `tails`: the cuts' tails (`chat.prompt_tails`). A
+    conversation whose only assistant turn is its completion (nearly all) has one cut: its prompt."""
 
-    single: list[int]
-    prompts: list[str]
     fulls: list[str]
+    cuts: list[str]
+    cut_rows: list[int]
+    n_starts: int
     tails: list
 
 
 class EncodedBlock(NamedTuple):
-    """A block's number of conversations, its `RenderedBlock`, the ids of its whole conversations and of its
-    prompts' tails, and the ids and loss masks of the conversations with earlier assistant turns, by index."""
+    """A block's `RenderedBlock` and the ids of its whole conversations and of its cuts' tails."""
 
-    n: int
     rendered: RenderedBlock
     full_ids: list[list[int]]
     tail_ids: dict[str, list[int]]
-    multi: dict[int, tuple[list[int], list[int]]]
 
 
 def rendered_texts(tokenizer, conversations: list[dict[str, list]]) -> RenderedBlock:
-    """The block's texts to encode (`RenderedBlock`)."""
-    single = [i for i, c in enumerate(conversations) if all(m["role"] != "assistant" for m in c["prompt"])]
-    if not single:  # apply_chat_template refuses an empty batch (a block of multi-turn imports only)
-        return RenderedBlock(single, [], [], [])
-    batch = [conversations[i] for i in single]
-    prompts = render_chats(tokenizer, [c["prompt"] for c in batch], add_generation_prompt=True)
-    fulls = render_chats(tokenizer, [c["prompt"] + c["completion"] for c in batch], add_generation_prompt=False)
-    return RenderedBlock(single, prompts, fulls, prompt_tails(tokenizer, prompts, fulls))
+    """The block's texts to encode and where its assistant turns start and end (`RenderedBlock`)."""
+    chats = [c["prompt"] + c["completion"] for c in conversations]
+    starts: list[list] = []  # the messages before each assistant turn
+    ends: list[list] = []  # the messages up to each assistant turn but a conversation's last
+    start_rows: list[int] = []
+    end_rows: list[int] = []
+    for row, chat in enumerate(chats):
+        turns = [i for i, message in enumerate(chat) if message["role"] == "assistant"]
+        for i in turns:
+            starts.append(chat[:i])
+            start_rows.append(row)
+        for i in turns[:-1]:
+            ends.append(chat[: i + 1])
+            end_rows.append(row)
+    if not chats:
+        return RenderedBlock([], [], [], 0, [])
+    fulls = render_chats(tokenizer, chats, add_generation_prompt=False)
+    cuts = render_chats(tokenizer, starts, add_generation_prompt=True)
+    cuts += render_chats(tokenizer, ends, add_generation_prompt=False)
+    cut_rows = start_rows + end_rows
+    return RenderedBlock(
+        fulls, cuts, cut_rows, len(starts), prompt_tails(tokenizer, cuts, [fulls[r] for r in cut_rows])
+    )
 
 
-def encoded_texts(tokenizer, conversations: list[dict[str, list]], rendered: RenderedBlock) -> EncodedBlock:
-    """Every use of the tokenizer's encoder for a block but a few checks: the whole conversations' and the prompt
-    tails' ids in one call (the ids `apply_chat_template` gives: the same tokenizer call, no special tokens added),
-    and the other conversations' ids and masks (`assistant_token_mask`)."""
+def encoded_texts(tokenizer, rendered: RenderedBlock) -> EncodedBlock:
+    """Every use of the tokenizer's encoder for a block but a few checks: the whole conversations' and the cuts'
+    tails' ids in one call (the ids `apply_chat_template` gives: the same tokenizer call, no special tokens added)."""
     tail_texts = list(dict.fromkeys(tail.text for tail in rendered.tails if tail is not None))
-    encoded = encode_texts(tokenizer, rendered.fulls + tail_texts) if rendered.single else []
-    others = sorted(set(range(len(conversations))) - set(rendered.single))
-    multi = {
-        i: assistant_token_mask(tokenizer, [*conversations[i]["prompt"], *conversations[i]["completion"]])
-        for i in others
-    }
+    encoded = encode_texts(tokenizer, rendered.fulls + tail_texts) if rendered.fulls else []
     full_ids = encoded[: len(rendered.fulls)]
-    return EncodedBlock(len(conversations), rendered, full_ids, dict(zip(tail_texts, encoded[len(full_ids) :])), multi)
+    return EncodedBlock(rendered, full_ids, dict(zip(tail_texts, encoded[len(full_ids) :])))
 
 
 def loss_starts(tokenizer, encoded: EncodedBlock) -> tuple[list[list[int]], list[int], dict[int, list[int]]]:
-    """Per conversation: its ids and where its loss mask starts (a single-turn conversation's: where its prompt's
-    ids end, `chat.prompt_lengths`: checked); and the whole loss masks of those with earlier assistant turns."""
-    single, prompts, _, tails = encoded.rendered
-    ids: list[list[int]] = [[] for _ in range(encoded.n)]
-    starts = [0] * encoded.n
-    if single:
-        lengths = prompt_lengths(tokenizer, prompts, encoded.full_ids, tails, encoded.tail_ids)
-        for i, length, full in zip(single, lengths, encoded.full_ids):
-            ids[i], starts[i] = full, length
-    for i, (row_ids, _) in encoded.multi.items():
-        ids[i] = row_ids
-    return ids, starts, {i: mask for i, (_, mask) in encoded.multi.items()}
+    """Per conversation: its ids and where its loss mask starts (a conversation with one assistant turn: where its
+    prompt's ids end); and the whole loss masks of those with earlier assistant turns, by index. The cuts' numbers
+    of ids come from `chat.prompt_lengths` (checked: ValueError where the template is not prefix-consistent)."""
+    rendered, full_ids = encoded.rendered, encoded.full_ids
+    lengths = prompt_lengths(
+        tokenizer, rendered.cuts, [full_ids[row] for row in rendered.cut_rows], rendered.tails, encoded.tail_ids
+    )
+    n = rendered.n_starts
+    starts = [0] * len(full_ids)
+    for row, length in zip(rendered.cut_rows[:n], lengths[:n]):
+        starts[row] = length
+    masks: dict[int, list[int]] = {}
+    if len(lengths) > n:  # conversations with earlier assistant turns: a span of ones per turn
+        turn_starts: dict[int, list[int]] = {}
+        turn_ends: dict[int, list[int]] = {}
+        for row, length in zip(rendered.cut_rows[:n], lengths[:n]):
+            turn_starts.setdefault(row, []).append(length)
+        for row, length in zip(rendered.cut_rows[n:], lengths[n:]):
+            turn_ends.setdefault(row, []).append(length)
+        for row, ends in turn_ends.items():
+            mask = [0] * len(full_ids[row])
+            for start, end in zip(turn_starts[row], [*ends, len(full_ids[row])]):
+                mask[start:end] = [1] * (end - start)
+            masks[row] = mask
+    return full_ids, starts, masks
 
 
 def metas(part: pd.DataFrame) -> list:
@@ -206,7 +228,7 @@ def _rendered_block(block: tuple[list[str], list[str], list]) -> tuple[list[dict
 def _encoded_block(rendered: tuple[list[dict], tuple]) -> tuple[list[dict], tuple]:
     """-> the conversations and their ids (`encoded_texts`)."""
     conversations, texts = rendered
-    return conversations, encoded_texts(_WORKER["tokenizer"], conversations, texts)
+    return conversations, encoded_texts(_WORKER["tokenizer"], texts)
 
 
 @gc_paused()

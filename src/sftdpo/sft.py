@@ -28,14 +28,17 @@ log = logging.getLogger(__name__)
 
 
 def sft_trainer(base):
-    """`base` (TRL's SFTTrainer) drawing its train rows with a DifficultySampler when one is given, and counting the
-    tokens of the batches it trains on in this run (`token_counts`, this process's: `batch_tokens`)."""
+    """`base` (TRL's SFTTrainer) drawing its train rows with a DifficultySampler when one is given, counting the
+    tokens of the batches it trains on in this run (`token_counts`, this process's: `batch_tokens`), and computing
+    its loss through the model's own head where `plain_loss_applies`."""
+    from transformers import Trainer
 
     class SFTTrainer(base):
         def __init__(self, *args, sampler: DifficultySampler | None = None, **kwargs):
             self.difficulty_sampler = sampler
             self.token_counts: Counter = Counter()
             super().__init__(*args, **kwargs)
+            self.plain_loss = plain_loss_applies(self.model, self.args)
 
         def _get_train_sampler(self, train_dataset=None):
             return self.difficulty_sampler or super()._get_train_sampler(train_dataset)
@@ -44,7 +47,58 @@ def sft_trainer(base):
             self.token_counts.update(batch_tokens(inputs))
             return super().training_step(model, inputs, *args, **kwargs)
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """Trainer's loss (the model's: full logits, transformers' cross-entropy, the same sum over the loss
+            tokens divided by `num_items_in_batch`) and TRL's per-step metrics from its logits, where
+            `plain_loss` holds and TRL's loss is that plain negative log-likelihood; else TRL's own."""
+            other_loss = self.compute_loss_func or self.label_smoother or self.args.loss_type != "nll"
+            if not self.plain_loss or other_loss or self.aux_loss_enabled or return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, True, num_items_in_batch)
+            self.record_token_metrics(outputs.logits, inputs)
+            return loss
+
+        def record_token_metrics(self, logits, inputs) -> None:
+            """What TRL's compute_loss records each step: the loss tokens' mean `entropy` and `mean_token_accuracy`
+            (top-1 prediction right), and in training the tokens seen so far (`num_tokens`, attention-mask ones),
+            summed over processes."""
+            import torch
+
+            mode = "train" if self.model.training else "eval"
+            with torch.no_grad():
+                labels = inputs["labels"][:, 1:]
+                scored = labels != -100
+                log_probs = logits[:, :-1][scored].float().log_softmax(-1)
+                sums = torch.stack([
+                    scored.sum().float(),
+                    -(log_probs.exp() * log_probs).sum(),
+                    (log_probs.argmax(-1) == labels[scored]).sum().float(),
+                    inputs["attention_mask"].sum().float(),  # padded batches (plain_loss_applies)
+                ])  # fmt: skip
+            n_scored, entropy, n_right, n_tokens = self.accelerator.gather_for_metrics(sums[None]).sum(0).tolist()
+            self._metrics[mode]["entropy"].append(entropy / n_scored if n_scored else 0.0)
+            self._metrics[mode]["mean_token_accuracy"].append(n_right / n_scored if n_scored else 0.0)
+            if mode == "train":
+                self._total_train_tokens += int(n_tokens) // getattr(self, "_tp_size", 1)
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
     return SFTTrainer
+
+
+# The largest float32 logits of a batch (MB) whose loss takes the model's own head on the CPU (`plain_loss_applies`).
+PLAIN_LOSS_MAX_LOGITS_MB = 256
+
+
+def plain_loss_applies(model, args) -> bool:
+    """Whether SFT computes its loss through the model's own LM head and loss (Trainer's way) rather than TRL's
+    fused head: on the CPU, with padded batches whose full float32 logits stay under PLAIN_LOSS_MAX_LOGITS_MB. TRL's
+    head scores the positions in tiles, without the full logits, to spare an accelerator's memory with a large
+    vocabulary; on the CPU, with the default's small one, it made every step ~5% slower (README, "Speed")."""
+    if model.device.type != "cpu" or args.max_length is None or getattr(args, "padding_free", False):
+        return False
+    vocab_size = model.config.get_text_config().vocab_size
+    logits_mb = max(args.per_device_train_batch_size, args.per_device_eval_batch_size) * args.max_length * vocab_size
+    return logits_mb * 4 / 2**20 <= PLAIN_LOSS_MAX_LOGITS_MB
 
 
 def batch_tokens(inputs: dict[str, Any]) -> dict[str, int]:

@@ -93,12 +93,13 @@ def plain_loss_applies(model, args) -> bool:
     """Whether SFT computes its loss through the model's own LM head and loss (Trainer's way) rather than TRL's
     fused head: on the CPU, with padded batches whose full float32 logits stay under PLAIN_LOSS_MAX_LOGITS_MB. TRL's
     head scores the positions in tiles, without the full logits, to spare an accelerator's memory with a large
-    vocabulary; on the CPU, with the default's small one, it made every step ~5% slower (README, "Speed")."""
+    vocabulary; on the CPU, with the default's small one, a step took ~7% longer (README, "sftdpo against its
+    peers")."""
     if model.device.type != "cpu" or args.max_length is None or getattr(args, "padding_free", False):
         return False
     vocab_size = model.config.get_text_config().vocab_size
-    logits_mb = max(args.per_device_train_batch_size, args.per_device_eval_batch_size) * args.max_length * vocab_size
-    return logits_mb * 4 / 2**20 <= PLAIN_LOSS_MAX_LOGITS_MB
+    n_logits = max(args.per_device_train_batch_size, args.per_device_eval_batch_size) * args.max_length * vocab_size
+    return n_logits * 4 / 2**20 <= PLAIN_LOSS_MAX_LOGITS_MB
 
 
 def batch_tokens(inputs: dict[str, Any]) -> dict[str, int]:

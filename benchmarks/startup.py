@@ -117,12 +117,13 @@ print(json.dumps({{"torch": "torch" in sys.modules}}))
 
 
 def script_imports(script: Path) -> str:
-    """The script's `from sftdpo... import ...` statements, as source."""
+    """The script's `from sftdpo... import ...` statements and its `start_job()` call, in order, as source."""
     tree = ast.parse(script.read_text())
     lines = [
         ast.unparse(node)
         for node in tree.body
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sftdpo")
+        if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sftdpo"))
+        or (isinstance(node, ast.Expr) and ast.unparse(node) == "start_job()")
     ]
     return "\n".join(lines)
 

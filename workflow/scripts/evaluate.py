@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run
+from sftdpo.runner import run, start_job
+
+start_job()
 from sftdpo.evaluate import evaluate
 
 sm = snakemake  # noqa: F821

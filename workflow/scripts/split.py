@@ -4,7 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run
+from sftdpo.runner import run, start_job
+
+start_job()
 from sftdpo.split import split
 
 sm = snakemake  # noqa: F821

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-from sftdpo.runner import run
+from sftdpo.runner import run, start_job
+
+start_job()
 from sftdpo.validate import check_shard
 
 # Only as the job's own script: the verifier processes (spawn) import this file again as __mp_main__, without the

@@ -110,6 +110,8 @@ class Job:
     log = [{log!r}]
     params = Params({params})
     resources = {{}}
+    input = {{}}
+    output = []
 
 run(Job, lambda: None)
 print(json.dumps({{"torch": "torch" in sys.modules}}))

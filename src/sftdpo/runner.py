@@ -11,7 +11,7 @@
 - after the library call returns, a lineage sidecar for each output that is a table or a model directory
   (`sftdpo.lineage`: inputs with digests, params, code fingerprint, package versions);
 - `start_job()`, called by every rule script before it imports its stage, makes the garbage collector's full
-  collections rare: a model job reaches its first forward pass ~0.5-1 s sooner (this module imports nothing heavy,
+  collections rare: a model job reaches its first forward pass 0.3-0.7 s sooner (this module imports nothing heavy,
   so it can come first);
 - test-only fault injection via environment variables (never config, so it cannot change results):
   SFTDPO_FAIL_ONCE=<rule>:<marker file> fails <rule> on its first attempt only;
@@ -54,8 +54,8 @@ def start_job() -> None:
     """Called by every rule script before it imports its stage: the cyclic garbage collector's full collections
     become rare. Each walks the whole heap, and while a job imports torch, transformers and TRL the heap keeps
     growing by the quarter that triggers the next one: six full collections in a bare script that loads a model,
-    ~0.5-1 s of a model job's ~4 s way to its first forward pass (README, "Per-job start-up"). Young garbage is
-    collected as before; the numerics do not depend on it."""
+    0.3-0.7 s of a model job's 3.4-5.5 s way to its first forward pass (README, after the first-forward table). Young
+    garbage is collected as before; the numerics do not depend on it."""
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 

@@ -334,6 +334,115 @@ def test_template_renderer_renders_and_raises_as_template_render(source):
         assert type(ours.value) is type(jinjas.value) and str(ours.value) == str(jinjas.value)
 
 
+# Templates whose edges meet the loop `block_template` puts around them: a leading newline and indented tags, a
+# trailing newline Jinja drops, `messages` set anew, a macro, and a text ending in whitespace control.
+EDGE_TEMPLATES = [
+    "\n  {% if messages[0]['role'] == 'system' %}[{{ messages[0]['content'] }}]{% endif %}\n"
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{{ '>' if add_generation_prompt }}\n",
+    "{% if messages[0]['role'] == 'system' %}{% set messages = messages[1:] %}{% endif %}"
+    "{% for m in messages %}<{{ loop.index }}>{{ m['content'] | trim }}{% endfor %}\n\n",
+    "{% macro turn(m) %}{{ m['role'] | upper }}={{ m['content'] }}{% endmacro %}"
+    "{%- for m in messages -%}{{ turn(m) }};{%- endfor -%}{%- if add_generation_prompt %} A= {%- endif -%}",
+]
+
+
+@pytest.mark.parametrize("source", ["sftdpo", "chatml", "globals", *range(len(EDGE_TEMPLATES))])
+def test_block_template_renders_each_conversation_as_one_render_does(source):
+    """`block_template` (the chat template looped over a block of conversations, rendered in one call) gives each
+    conversation the text the template gives it alone, on sftdpo's template, ChatML, one that reads Jinja's and
+    transformers' globals and sets variables, and templates whose start and end meet the loop."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    from sftdpo.chat import block_template, render_block, template_renderer
+    from sftdpo.modeling import CHAT_TEMPLATES
+
+    text = {"sftdpo": CHAT_TEMPLATES["sftdpo"], "chatml": CHATML, "globals": GLOBALS_TEMPLATE}.get(source)
+    text = text or EDGE_TEMPLATES[source]
+    block = block_template(text)
+    assert block is not None
+    one = template_renderer(_compile_jinja_template(text))
+    conversations = gsm8k_conversations(12)
+    for generation_prompt in (True, False):
+        settings = dict(tools=None, documents=None, add_generation_prompt=generation_prompt,
+                        bos_token="<|bos|>", eos_token="<|eos|>")  # fmt: skip
+        texts = render_block(block, conversations, settings)
+        assert texts == [one(messages=chat, **settings) for chat in conversations]
+        assert len(set(texts)) == 12 and all(texts)
+
+
+def test_block_template_leaves_what_it_cannot_show_to_one_render_at_a_time(tmp_path, caplog):
+    """No block template where the loop would change a text (a template reading `loop` outside its own loops, or
+    the loop's own variable; includes); a block whose texts hold the separator, and one whose template renders a
+    conversation otherwise after others, are rendered one at a time, with the same texts as apply_chat_template."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    import sftdpo.chat
+    from sftdpo.chat import BLOCK_SEPARATOR, block_template, render_chats
+
+    for source in ("{{ loop.index }}{{ messages }}", "{{ sftdpo_conversations }}", "{% include 'x' %}"):
+        assert block_template(source) is None
+    task = get_task("gsm8k", path=str(GSM8K / "train.jsonl"))
+    tokenizer = load_tokenizer(scratch_base_model(tmp_path / "base", task, task.problems(20, seed=0)))
+    conversations = gsm8k_conversations(6)
+    conversations[3][-1]["content"] += BLOCK_SEPARATOR
+    expected = tokenizer.apply_chat_template(conversations, tokenize=False)
+    assert render_chats(tokenizer, conversations, add_generation_prompt=False) == expected
+    # a loop that numbers its conversations: every text but the first differs from the template's own
+    numbered = _compile_jinja_template(
+        "{% for messages in sftdpo_conversations %}" + "{{ loop.index }}" + BLOCK_SEPARATOR + "{% endfor %}"
+    )
+    sftdpo.chat.block_template.cache_clear()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sftdpo.chat, "block_template", lambda source: numbered)
+            texts = render_chats(tokenizer, conversations[:3] + conversations[4:], add_generation_prompt=True)
+    finally:
+        sftdpo.chat.block_template.cache_clear()
+    assert texts == tokenizer.apply_chat_template(
+        conversations[:3] + conversations[4:], tokenize=False, add_generation_prompt=True
+    )
+    assert "renders a conversation otherwise after others" in caplog.text
+
+
+def test_chat_blocks_after_the_first_are_the_table_pandas_makes(tmp_path, monkeypatch):
+    """convert_shard makes its first block's chat table through pandas and builds the later ones as its schema
+    (`chat_table`): in blocks of 7 rows the file holds what one block makes (nulls, earlier turns and rows over
+    max_length among them), and its schema, pandas' metadata included, is the same."""
+    import pyarrow.parquet as pq
+
+    import sftdpo.convert
+    from sftdpo.convert import convert_shard
+    from sftdpo.io import content_digest
+
+    task = get_task("arithmetic")
+    problems = task.problems(60, seed=0)
+    model_dir = scratch_base_model(tmp_path / "base", task, problems)
+    demos = program_demos(task, problems)
+    demos["answer"] = demos["answer"].astype(object)
+    demos.loc[[3, 30, 45], "answer"] = None
+    demos["meta"] = None
+    context = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]
+    demos.loc[[10, 40], "meta"] = json.dumps({"context": context})
+    write_parquet(demos, tmp_path / "v.parquet")
+    found = []
+    for batch in (4096, 7):
+        monkeypatch.setattr(sftdpo.convert, "BATCH", batch)
+        out = tmp_path / str(batch)
+        out.mkdir()
+        summary = convert_shard(
+            validated_path=str(tmp_path / "v.parquet"), model_dir=str(model_dir), shard=0, n_shards=1,
+            chat_path=str(out / "chat.parquet"), tokens_path=str(out / "t.h5"), summary_path=str(out / "s.json"),
+            max_length=43,
+        )  # fmt: skip
+        found.append((content_digest(out / "chat.parquet"), content_digest(out / "t.h5"), summary))
+        schema = pq.read_schema(out / "chat.parquet")
+        found[-1] += (schema, schema.metadata)
+        chat = read_parquet(out / "chat.parquet")
+    assert found[0] == found[1]
+    assert 0 < len(summary["overlength"]) < 60 and summary["multi_turn_rows"] == 2
+    assert chat["answer"].isna().sum() >= 1 and len(chat["messages"].iloc[0]) >= 2
+
+
 def test_convert_in_worker_processes_writes_the_same_files(tmp_path, monkeypatch):
     """Blocks tokenized by two worker processes give the files one process writes (some rows over max_length)."""
     import sftdpo.convert

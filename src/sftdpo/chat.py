@@ -58,24 +58,76 @@ def render_chats(tokenizer, conversations: list[list[Message]], *, add_generatio
     straight to the template transformers compiles, with the keyword arguments its `render_jinja_template` gives it.
     What that function and apply_chat_template do first (per message: drop None values, copy every value into plain
     JSON types, alias reasoning fields) changes nothing on such messages and was half of convert's rendering time.
-    The first conversation is rendered both ways on every call, so a transformers release that renders otherwise is
-    caught, not copied. The template renders through `template_renderer`."""
+    They render all in one call of the template looped over them (`block_template`) where it can be, else one by one
+    (`template_renderer`). The first conversation is rendered through apply_chat_template on every call, so a
+    transformers release that renders otherwise is caught, not copied, and the last one on its own, so a template
+    whose loop would carry something from one conversation to the next is caught too."""
 
     def through_apply(chats: list[list[Message]]) -> list[str]:
         return tokenizer.apply_chat_template(chats, add_generation_prompt=add_generation_prompt, tokenize=False)
 
-    template, kwargs = _compiled_template(tokenizer)
-    if not conversations or template is None or not all(map(_plain_message, (m for c in conversations for m in c))):
+    template, source, kwargs = _compiled_template(tokenizer)
+    if not conversations or template is None or not all(map(_plain_message, chain.from_iterable(conversations))):
         return through_apply(conversations) if conversations else []
+    settings = dict(tools=None, documents=None, add_generation_prompt=add_generation_prompt, **kwargs)
     render = template_renderer(template)
-    texts = [
-        render(messages=chat, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **kwargs)
-        for chat in conversations
-    ]
+    texts = render_block(block_template(source), conversations, settings)
+    if texts is not None and texts[-1] != render(messages=conversations[-1], **settings):
+        log.warning("the chat template renders a conversation otherwise after others: rendering one at a time")
+        texts = None
+    if texts is None:
+        texts = [render(messages=chat, **settings) for chat in conversations]
     if texts[0] != through_apply(conversations[:1])[0]:
         log.warning("the chat template renders otherwise through apply_chat_template here: using the latter")
         return through_apply(conversations)
     return texts
+
+
+# Between the texts `block_template` renders: not whitespace to Jinja (its `\s`), so no whitespace control strips it.
+BLOCK_SEPARATOR = "\x00"
+BLOCK_VARIABLE = "sftdpo_conversations"
+
+
+@functools.lru_cache(maxsize=8)
+def block_template(source: str):
+    """The chat template `source` rendered once for each conversation of a list, in one call: its text inside
+    `{% for messages in sftdpo_conversations %}...{% endfor %}`, BLOCK_SEPARATOR after each conversation's text, as
+    transformers compiles templates. A render of one conversation builds a Jinja context for it (~1 µs) and the
+    loop does not: convert rendered its conversations and prompts in ~1.5 µs a row this way against ~5.5 one by one.
+    The loop's body sees what a render of one conversation sees: a `set` in it lasts one pass, and the body starts
+    on a line of its own (trim_blocks takes the newline after the `for`) without the one trailing newline Jinja
+    drops from a template (unless keep_trailing_newline). None where that cannot be shown from the source: a
+    template that reads `loop` or BLOCK_VARIABLE outside its own loops, or extends, includes, imports or defines
+    blocks, an environment without trim_blocks, or a source that does not compile."""
+    from jinja2 import TemplateError, meta, nodes
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    environment = _compile_jinja_template(source).environment
+    if not environment.trim_blocks:
+        return None
+    body = source if environment.keep_trailing_newline else re.sub(r"(\r\n|\r|\n)\Z", "", source)
+    try:
+        tree = environment.parse(body)
+        wrapped = _compile_jinja_template(
+            f"{{% for messages in {BLOCK_VARIABLE} %}}\n{body}{BLOCK_SEPARATOR}{{% endfor %}}"
+        )
+    except TemplateError:
+        return None
+    unsupported = (nodes.Extends, nodes.Block, nodes.Include, nodes.Import, nodes.FromImport)
+    if {"loop", BLOCK_VARIABLE} & meta.find_undeclared_variables(tree) or any(tree.find_all(unsupported)):
+        return None
+    return wrapped
+
+
+def render_block(template, conversations: list[list[Message]], settings: dict[str, Any]) -> list[str] | None:
+    """Each conversation's text from one render of `block_template`'s template; None where there is none, or a
+    text holds BLOCK_SEPARATOR (so the texts cannot be told apart: they are rendered one by one)."""
+    if template is None:
+        return None
+    text = template_renderer(template)(**{BLOCK_VARIABLE: conversations}, **settings)
+    if text.count(BLOCK_SEPARATOR) != len(conversations):
+        return None
+    return text.split(BLOCK_SEPARATOR)[:-1]
 
 
 def template_renderer(template) -> Callable[..., str]:
@@ -108,22 +160,26 @@ REASONING_KEYS = frozenset({"reasoning_content", "thinking", "reasoning"})
 
 
 def _plain_message(message: Message) -> bool:
-    """A message transformers hands to the template as it is: string values only, none of them reasoning."""
+    """A message transformers hands to the template as it is: string values only, none of them reasoning. A role
+    and a content alone (convert's messages) are told in a third of the time the general test takes."""
+    if len(message) == 2 and type(message.get("role")) is str and type(message.get("content")) is str:
+        return True
     return all(type(value) is str for value in message.values()) and REASONING_KEYS.isdisjoint(message)
 
 
-def _compiled_template(tokenizer) -> tuple[Any, dict[str, Any]]:
-    """The tokenizer's chat template as transformers compiles it (cached there) and the keyword arguments
-    apply_chat_template renders it with (the special tokens' texts); (None, {}) where these are not plain strings
-    or transformers has no such function."""
+def _compiled_template(tokenizer) -> tuple[Any, str | None, dict[str, Any]]:
+    """The tokenizer's chat template as transformers compiles it (cached there), its source, and the keyword
+    arguments apply_chat_template renders it with (the special tokens' texts); (None, None, {}) where these are not
+    plain strings or transformers has no such function."""
     try:
         from transformers.utils.chat_template_utils import _compile_jinja_template
     except ImportError:
-        return None, {}
+        return None, None, {}
     kwargs = dict(tokenizer.special_tokens_map)
     if not all(type(value) is str for value in kwargs.values()):
-        return None, {}
-    return _compile_jinja_template(tokenizer.get_chat_template()), kwargs
+        return None, None, {}
+    source = tokenizer.get_chat_template()
+    return _compile_jinja_template(source), source, kwargs
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:

@@ -365,23 +365,30 @@ def convert_shard(
                 for i in np.flatnonzero(~fits)
             ]
             kept = np.flatnonzero(fits)
-            chat = part[["id", "task", "difficulty", "expert", "answer"]].iloc[kept].reset_index(drop=True)
-            chat["prompt"] = [conversations[i]["prompt"] for i in kept]
-            chat["completion"] = [conversations[i]["completion"] for i in kept]
-            chat["messages"] = [conversations[i]["prompt"] + conversations[i]["completion"] for i in kept]
-            chat["n_tokens"] = n_tokens[kept]
-            chat["token_row"] = np.arange(len(kept_ids), len(kept_ids) + len(kept), dtype=np.int64)
+            rows = part[CARRIED_COLUMNS].iloc[kept].reset_index(drop=True)
+            prompts = [conversations[i]["prompt"] for i in kept]
+            completions = [conversations[i]["completion"] for i in kept]
+            chat = {
+                **{name: rows[name] for name in CARRIED_COLUMNS},
+                "prompt": prompts,
+                "completion": completions,
+                "messages": [prompt + completion for prompt, completion in zip(prompts, completions)],
+                "n_tokens": n_tokens[kept],
+                "token_row": np.arange(len(kept_ids), len(kept_ids) + len(kept), dtype=np.int64),
+            }
             writer.append(tensor)
-            if len(chat):  # an empty block has no column types to give the file's schema
-                table = pa.Table.from_pandas(chat, preserve_index=False)
+            if len(kept):  # an empty block has no column types to give the file's schema
+                table = chat_table(chat, chat_writer.schema if chat_writer else None)
                 chat_writer = chat_writer or pq.ParquetWriter(chat_tmp, table.schema)
                 chat_writer.write_table(table)
-            kept_ids += chat["id"].tolist()
-            summary["kept_by_difficulty"].update(chat["difficulty"].astype(str))
+            kept_ids += rows["id"].tolist()
+            summary["kept_by_difficulty"].update(rows["difficulty"].astype(str).value_counts(dropna=False).to_dict())
             summary["total_tokens"] += int(chat["n_tokens"].sum())
             summary["longest"] = max([summary["longest"], *chat["n_tokens"].tolist()])
-            # conversations with earlier exchanges before the final user message
-            summary["multi_turn_rows"] += sum(sum(m["role"] == "user" for m in prompt) > 1 for prompt in chat["prompt"])
+            # conversations with earlier exchanges before the final user message (two messages at least)
+            summary["multi_turn_rows"] += sum(
+                sum(m["role"] == "user" for m in prompt) > 1 for prompt in prompts if len(prompt) > 1
+            )
             bar.update(len(part))
         bar.close()
         writer.close(kept_ids)
@@ -393,6 +400,20 @@ def convert_shard(
     summary["kept_by_difficulty"] = dict(sorted(summary["kept_by_difficulty"].items()))
     write_json(summary, summary_path)
     return summary
+
+
+# The validated rows' columns chat.parquet carries, before the conversations and token counts.
+CARRIED_COLUMNS = ["id", "task", "difficulty", "expert", "answer"]
+
+
+def chat_table(columns: dict[str, Any], schema: pa.Schema | None = None) -> pa.Table:
+    """A block of chat.parquet's rows from its columns (pandas Series, lists, arrays). The first block goes
+    through pandas, whose schema (its metadata included) becomes the file's (`schema` None); later ones are built
+    as that schema from their columns: the same table in a third of the time (pandas infers the nested messages'
+    types for every block: ~2 µs a row against ~0.7)."""
+    if schema is None:
+        return pa.Table.from_pandas(pd.DataFrame(columns), preserve_index=False)
+    return pa.Table.from_arrays([pa.array(columns[field.name], type=field.type) for field in schema], schema=schema)
 
 
 def shard_rows(n_rows: int, shard: int, n_shards: int) -> range:

@@ -335,7 +335,8 @@ def test_template_renderer_renders_and_raises_as_template_render(source):
 
 
 # Templates whose edges meet the loop `block_template` puts around them: a leading newline and indented tags, a
-# trailing newline Jinja drops, `messages` set anew, a macro, and a text ending in whitespace control.
+# trailing newline Jinja drops, `messages` set anew, a macro, a text ending in whitespace control, and a namespace
+# that a reverse pass over the messages sets.
 EDGE_TEMPLATES = [
     "\n  {% if messages[0]['role'] == 'system' %}[{{ messages[0]['content'] }}]{% endif %}\n"
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{{ '>' if add_generation_prompt }}\n",
@@ -343,6 +344,12 @@ EDGE_TEMPLATES = [
     "{% for m in messages %}<{{ loop.index }}>{{ m['content'] | trim }}{% endfor %}\n\n",
     "{% macro turn(m) %}{{ m['role'] | upper }}={{ m['content'] }}{% endmacro %}"
     "{%- for m in messages -%}{{ turn(m) }};{%- endfor -%}{%- if add_generation_prompt %} A= {%- endif -%}",
+    # a namespace found by a reverse pass, as tool-calling templates find the last user turn
+    "{%- set ns = namespace(last_user=-1) -%}{%- for m in messages[::-1] -%}"
+    "{%- if m.role == 'user' and ns.last_user < 0 -%}{%- set ns.last_user = messages|length - 1 - loop.index0 -%}"
+    "{%- endif -%}{%- endfor -%}{%- for m in messages -%}{%- set content = m.content -%}"
+    "{%- if m.role == 'assistant' and loop.index0 > ns.last_user -%}{{ '(final) ' }}{%- endif -%}"
+    "{{ m.role }}:{{ content }}{{ '|' if not loop.last }}{%- endfor -%}{{ '|assistant:' if add_generation_prompt }}",
 ]
 
 

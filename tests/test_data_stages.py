@@ -377,7 +377,7 @@ def test_block_template_renders_each_conversation_as_one_render_does(source):
         assert len(set(texts)) == 12 and all(texts)
 
 
-def test_block_template_leaves_what_it_cannot_show_to_one_render_at_a_time(tmp_path, caplog):
+def test_block_template_leaves_what_it_cannot_show_to_one_render_at_a_time(tmp_path, caplog, monkeypatch):
     """No block template where the loop would change a text (a template reading `loop` outside its own loops, or
     the loop's own variable; includes); a block whose texts hold the separator, and one whose template renders a
     conversation otherwise after others, are rendered one at a time, with the same texts as apply_chat_template."""
@@ -396,15 +396,10 @@ def test_block_template_leaves_what_it_cannot_show_to_one_render_at_a_time(tmp_p
     assert render_chats(tokenizer, conversations, add_generation_prompt=False) == expected
     # a loop that numbers its conversations: every text but the first differs from the template's own
     numbered = _compile_jinja_template(
-        "{% for messages in sftdpo_conversations %}" + "{{ loop.index }}" + BLOCK_SEPARATOR + "{% endfor %}"
+        "{% for messages in sftdpo_conversations %}{{ loop.index }}" + BLOCK_SEPARATOR + "{% endfor %}"
     )
-    sftdpo.chat.block_template.cache_clear()
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(sftdpo.chat, "block_template", lambda source: numbered)
-            texts = render_chats(tokenizer, conversations[:3] + conversations[4:], add_generation_prompt=True)
-    finally:
-        sftdpo.chat.block_template.cache_clear()
+    monkeypatch.setattr(sftdpo.chat, "block_template", lambda source: numbered)
+    texts = render_chats(tokenizer, conversations[:3] + conversations[4:], add_generation_prompt=True)
     assert texts == tokenizer.apply_chat_template(
         conversations[:3] + conversations[4:], tokenize=False, add_generation_prompt=True
     )

@@ -4,7 +4,7 @@ gradients and logged metrics, on a real SFTTrainer and a tiny Llama."""
 import pytest
 
 
-def tiny_trainer(tmp_path, **config):
+def tiny_trainer(tmp_path, data_collator=None, **config):
     import torch
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -35,7 +35,7 @@ def tiny_trainer(tmp_path, **config):
         **config,
     )  # fmt: skip
     trainer = sft_trainer(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                      processing_class=tokenizer)  # fmt: skip
+                                      processing_class=tokenizer, data_collator=data_collator)  # fmt: skip
     return trainer, list(trainer.get_train_dataloader())
 
 
@@ -130,3 +130,56 @@ def test_another_loss_stays_trls(tmp_path):
     trainer.args.loss_type = "nll"
     trainer.compute_loss(trainer.model, dict(batches[0]))
     assert calls == [True, False]
+
+
+@pytest.mark.parametrize("multiple_of", [None, 8])
+def test_padded_batches_are_trls_collators(tmp_path, multiple_of):
+    """`PaddedBatches`: TRL's collator's batches (the same keys, dtypes and values), built in numpy, on the rows
+    TRL's SFTTrainer prepared (labels -100 outside the completion)."""
+    import random
+
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from sftdpo.sft import PaddedBatches
+
+    trainer, batches = tiny_trainer(tmp_path, pad_to_multiple_of=multiple_of)
+    collator = trainer.data_collator
+    assert isinstance(collator, PaddedBatches) and type(collator.collator) is DataCollatorForLanguageModeling
+    rows = trainer.train_dataset.to_list()
+    assert all(-100 in row["labels"] and row["labels"][-1] == row["input_ids"][-1] for row in rows)  # prompt, answer
+    sampler = random.Random(0)
+    for size in (1, 3, 8, 24):
+        examples = sampler.sample(rows, size)
+        ours, trls = collator(examples), collator.collator(examples)
+        assert ours.keys() == trls.keys() == {"input_ids", "labels", "attention_mask"}
+        for key in trls:
+            assert ours[key].dtype == trls[key].dtype == torch.int64
+            assert torch.equal(ours[key], trls[key]), key
+        width = max(len(row["input_ids"]) for row in examples)
+        assert ours["input_ids"].shape == (size, -(-width // multiple_of) * multiple_of if multiple_of else width)
+        assert int(ours["attention_mask"].sum()) == sum(len(row["input_ids"]) for row in examples)
+    assert all(torch.equal(batch["labels"] != -100, batch["labels"] == batch["input_ids"]) for batch in batches)
+
+
+def test_trls_other_batches_stay_trls(tmp_path):
+    """Padding-free batches (and position ids) are TRL's collator's own; a collator given to the trainer is kept."""
+    import torch
+
+    from sftdpo.sft import PaddedBatches
+
+    trainer, _ = tiny_trainer(tmp_path)
+    rows = trainer.train_dataset.to_list()[:4]
+    trainer.data_collator.collator.return_position_ids = True
+    batch = trainer.data_collator(rows)
+    assert torch.equal(batch["position_ids"][0, :3], torch.arange(3))
+    trainer.data_collator.collator.padding_free = True
+    batch = trainer.data_collator(rows)
+    assert "attention_mask" not in batch and batch["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in rows))
+    assert batch["cu_seq_lens_q"].tolist()[:2] == [0, len(rows[0]["input_ids"])]
+
+    def given(examples):
+        return {"input_ids": torch.tensor([[1]])}
+
+    trainer, _ = tiny_trainer(tmp_path, data_collator=given)
+    assert trainer.data_collator is given and not isinstance(trainer.data_collator, PaddedBatches)

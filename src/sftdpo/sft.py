@@ -12,8 +12,10 @@ import dataclasses
 import logging
 import time
 from collections import Counter
+from itertools import chain
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sftdpo.curriculum import Curriculum, CurriculumState, DifficultySampler, decide, due, stage_spans, summary
@@ -29,9 +31,11 @@ log = logging.getLogger(__name__)
 
 def sft_trainer(base):
     """`base` (TRL's SFTTrainer) drawing its train rows with a DifficultySampler when one is given, counting the
-    tokens of the batches it trains on in this run (`token_counts`, this process's: `batch_tokens`), and computing
-    its loss through the model's own head where `plain_loss_applies`."""
+    tokens of the batches it trains on in this run (`token_counts`, this process's: `batch_tokens`), computing
+    its loss through the model's own head where `plain_loss_applies`, and padding its batches with `PaddedBatches`
+    where TRL's collator would pad them."""
     from transformers import Trainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     class SFTTrainer(base):
         def __init__(self, *args, sampler: DifficultySampler | None = None, **kwargs):
@@ -39,6 +43,8 @@ def sft_trainer(base):
             self.token_counts: Counter = Counter()
             super().__init__(*args, **kwargs)
             self.plain_loss = plain_loss_applies(self.model, self.args)
+            if type(self.data_collator) is DataCollatorForLanguageModeling:  # TRL's own, not one given to it
+                self.data_collator = PaddedBatches(self.data_collator)
 
         def _get_train_sampler(self, train_dataset=None):
             return self.difficulty_sampler or super()._get_train_sampler(train_dataset)
@@ -83,6 +89,44 @@ def sft_trainer(base):
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
     return SFTTrainer
+
+
+class PaddedBatches:
+    """TRL's collator (`DataCollatorForLanguageModeling`) with its padded batches built in three numpy calls: the
+    same tensors (input ids, labels, attention mask; right padding, int64) ~15x sooner than its tensor-a-row padding
+    (~1 ms of a default SFT step on the CPU: README, "sftdpo against its peers"). Anything else it does (padding-free
+    batches, position ids, packed rows, rows that are not lists) stays TRL's."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        collator = self.collator
+        padded = not (collator.padding_free or collator.return_position_ids or "seq_lengths" in examples[0])
+        if not padded or not all(isinstance(e["input_ids"], list) for e in examples):
+            return collator(examples)
+        return padded_batch(examples, collator.pad_token_id, collator.pad_to_multiple_of)
+
+
+def padded_batch(examples: list[dict[str, Any]], pad_token_id: int, multiple_of: int | None) -> dict[str, Any]:
+    """Rows of token ids (and `labels`, else the ids) padded on the right to the longest (rounded up to
+    `multiple_of`): `input_ids` (pad_token_id), `labels` (-100) and `attention_mask`, int64 tensors."""
+    import torch
+
+    ids = [e["input_ids"] for e in examples]
+    labels = [e.get("labels", e["input_ids"]) for e in examples]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    width = int(lengths.max())
+    if multiple_of:
+        width = -(-width // multiple_of) * multiple_of
+    real = np.arange(width) < lengths[:, None]  # row-major, so the rows' tokens fill it in order
+    n_tokens = int(lengths.sum())
+    batch = {"input_ids": np.full(real.shape, pad_token_id, dtype=np.int64)}
+    batch["input_ids"][real] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=n_tokens)
+    batch["labels"] = np.full(real.shape, -100, dtype=np.int64)
+    batch["labels"][real] = np.fromiter(chain.from_iterable(labels), dtype=np.int64, count=n_tokens)
+    batch["attention_mask"] = real.astype(np.int64)
+    return {key: torch.from_numpy(array) for key, array in batch.items()}
 
 
 # The largest float32 logits of a batch (MB) whose loss takes the model's own head on the CPU (`plain_loss_applies`).

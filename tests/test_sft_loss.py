@@ -183,3 +183,49 @@ def test_trls_other_batches_stay_trls(tmp_path):
 
     trainer, _ = tiny_trainer(tmp_path, data_collator=given)
     assert trainer.data_collator is given and not isinstance(trainer.data_collator, PaddedBatches)
+
+
+@pytest.mark.parametrize("truncation_mode", ["keep_start", "keep_end"])
+@pytest.mark.parametrize("max_length", [None, 16, 6])
+def test_trainer_rows_are_trls_prepared_rows(tmp_path, truncation_mode, max_length):
+    """`trainer_rows` (SFT's rows prepared by sftdpo, TRL's preparation skipped) against TRL's `_prepare_dataset` on
+    the same rows: the same labels, cuts and dropped rows (at 6 tokens, rows whose completion is cut off)."""
+    import dataclasses
+    import random
+
+    from datasets import Dataset
+
+    from sftdpo.sft import trainer_rows
+
+    trainer, _ = tiny_trainer(tmp_path)
+    sampler = random.Random(1)
+    rows = []
+    for _ in range(40):
+        prompt, answer = sampler.randint(1, 9), sampler.randint(1, 6)
+        ids = [sampler.randint(1, 11) for _ in range(prompt + answer)]
+        mask = [0] * prompt + [1] * answer
+        if sampler.random() < 0.2:  # a second assistant turn: ones, zeros, ones
+            mask = [0] * prompt + [1] * (answer // 2) + [0] * (answer - answer // 2) + [1, 1]
+            ids += [3, 4]
+        rows.append({"input_ids": ids, "completion_mask": mask})
+    args = dataclasses.replace(trainer.args, max_length=max_length, truncation_mode=truncation_mode)
+    trls = trainer._prepare_dataset(Dataset.from_list(rows), trainer.processing_class, args, False, None, "train")
+    ours, kept = trainer_rows(rows, max_length, truncation_mode)
+    assert ours == trls.to_list()
+    assert len(kept) == len(ours) and kept == sorted(set(kept))
+    for i, row in zip(kept, ours):  # each kept row's ids: the start (keep_start) or end (keep_end) of its own
+        n = len(row["input_ids"])
+        own = rows[i]["input_ids"]
+        assert row["input_ids"] == (own[:n] if truncation_mode == "keep_start" else own[-n:])
+    if max_length == 6:
+        assert 0 < len(ours) < len(rows) if truncation_mode == "keep_start" else len(ours) == len(rows)
+    else:
+        assert len(ours) == len(rows)
+    assert all(len(r["input_ids"]) <= (max_length or 99) for r in ours)
+
+
+def test_trainer_rows_name_an_unknown_truncation_mode():
+    from sftdpo.sft import trainer_rows
+
+    with pytest.raises(ValueError, match="truncation_mode: 'middle'"):
+        trainer_rows([{"input_ids": [1, 2], "completion_mask": [0, 1]}], 1, "middle")

@@ -146,6 +146,32 @@ def plain_loss_applies(model, args) -> bool:
     return n_logits * 4 / 2**20 <= PLAIN_LOSS_MAX_LOGITS_MB
 
 
+def trainer_rows(
+    examples: list[dict[str, list[int]]], max_length: int | None, truncation_mode: str
+) -> tuple[list[dict[str, list[int]]], list[int]]:
+    """What TRL's SFTTrainer would make of tokenized rows (`input_ids`, `completion_mask`) before training
+    (`_prepare_dataset`), and the indices of the rows kept: `labels` (the ids, -100 outside the completion), both cut
+    to `max_length` as `truncation_mode` says, and rows left without a label dropped. Here in one pass of plain
+    Python: TRL's three `datasets.map` passes were most of the SFT job's time between loading its data and
+    training (README, "Per-job start-up")."""
+    if max_length is None:
+        cut = slice(None)
+    elif truncation_mode == "keep_start":
+        cut = slice(max_length)
+    elif truncation_mode == "keep_end":
+        cut = slice(-max_length, None)
+    else:
+        raise ValueError(f"sft.train.extra.truncation_mode: {truncation_mode!r} is not keep_start or keep_end")
+    rows, kept = [], []
+    for i, example in enumerate(examples):
+        ids = example["input_ids"]
+        labels = [token if loss else -100 for token, loss in zip(ids, example["completion_mask"])]
+        if any(loss for loss in example["completion_mask"][cut]):
+            rows.append({"input_ids": ids[cut], "labels": labels[cut]})
+            kept.append(i)
+    return rows, kept
+
+
 def batch_tokens(inputs: dict[str, Any]) -> dict[str, int]:
     """A training batch's tokens: `real` (not padding), `loss` (those the loss is computed on: labels not -100)
     and `padded` (the batch's whole width, padding included). Padding-free batches have no attention mask: every
@@ -296,8 +322,6 @@ def train_sft(
     train_rows = train_split["token_row"].tolist()
     val_rows = val_split["token_row"].tolist()[:eval_rows]
     train_examples, val_examples = read_token_rows(tokens_path, train_rows, val_rows)
-    train_ds = Dataset.from_list(train_examples)
-    val_ds = Dataset.from_list(val_examples) if val_rows else None
     settings = {"train": train, "lora": lora, "seed": seed, "eval_rows": eval_rows}
     if curriculum:
         settings.update(curriculum=curriculum, evaluation=evaluation)
@@ -309,11 +333,18 @@ def train_sft(
         train,
         ckpt,
         seed,
-        evaluate=val_ds is not None,
+        evaluate=bool(val_rows),
         completion_only_loss=True,
         packing=False,
         include_num_input_tokens_seen="non_padding",
+        dataset_kwargs={"skip_prepare_dataset": True},  # prepared here: `trainer_rows`
     )
+    train_examples, kept = trainer_rows(train_examples, args.max_length, args.truncation_mode)
+    val_examples, _ = trainer_rows(val_examples, args.max_length, args.truncation_mode)
+    train_ds = Dataset.from_list(train_examples)
+    val_ds = Dataset.from_list(val_examples) if val_rows else None
+    if args.shuffle_dataset:  # the last step of TRL's preparation
+        train_ds, val_ds = (ds if ds is None else ds.shuffle(seed=args.seed) for ds in (train_ds, val_ds))
     plan = Curriculum.from_config(curriculum) if curriculum else None
     sampler = callback = None
     if plan:
@@ -340,8 +371,8 @@ def train_sft(
     )
     if callback:
         callback.trainer = trainer
-        if len(trainer.train_dataset) != len(train_ds):  # the sampler's indices are rows of the train split
-            raise RuntimeError(f"SFTTrainer dropped train rows ({len(train_ds)} -> {len(trainer.train_dataset)})")
+        if len(kept) != len(train_rows):  # the sampler's indices are rows of the train split
+            raise RuntimeError(f"SFT dropped train rows left without a label ({len(train_rows)} -> {len(kept)})")
     log.info("SFT: %d train rows, %d val rows, %s", len(train_ds), len(val_rows), "LoRA" if lora else "full")
     metrics = run_training(
         trainer, ckpt, out_dir, tokenizer, "sft", inputs=inputs, config=settings, tracking_dir=tracking_dir

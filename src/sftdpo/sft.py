@@ -152,8 +152,8 @@ def trainer_rows(
     """What TRL's SFTTrainer would make of tokenized rows (`input_ids`, `completion_mask`) before training
     (`_prepare_dataset`), and the indices of the rows kept: `labels` (the ids, -100 outside the completion), both cut
     to `max_length` as `truncation_mode` says, and rows left without a label dropped. Here in one pass of plain
-    Python: TRL's three `datasets.map` passes were most of the SFT job's time between loading its data and
-    training (README, "Per-job start-up")."""
+    Python: TRL's three `datasets.map` passes were about half of `train_sft`'s time before its first step (README,
+    "Job times of the default")."""
     if max_length is None:
         cut = slice(None)
     elif truncation_mode == "keep_start":

@@ -1,5 +1,6 @@
 """SFT's loss through the model's own head (`sftdpo.sft.plain_loss_applies`) against TRL's fused head: the same loss,
-gradients and logged metrics, on a real SFTTrainer and a tiny Llama."""
+gradients and logged metrics; its padded batches (`PaddedBatches`) and prepared rows (`trainer_rows`) against TRL's
+own; on a real SFTTrainer and a tiny Llama."""
 
 import pytest
 

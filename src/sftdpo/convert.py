@@ -24,7 +24,6 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -46,7 +45,7 @@ from sftdpo.chat import (
 )
 from sftdpo.io import atomic_path, read_json, read_parquet_rows, write_json
 from sftdpo.modeling import load_tokenizer, rendering, tokenizer_hash
-from sftdpo.tables import TokenWriter
+from sftdpo.tables import TokenWriter, right_padded
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +187,7 @@ def token_tensor(
     columns = np.arange(max_length)
     inside = columns < lengths[:, None]
     tokens = np.zeros((len(ids), max_length, 3), dtype=np.int32)
-    tokens[:, :, 0] = pad_id
-    tokens[:, :, 0][inside] = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+    tokens[:, :, 0] = right_padded(ids, inside, pad_id, np.int32)
     tokens[:, :, 1] = inside
     tokens[:, :, 2] = inside & (columns >= np.asarray(starts, dtype=np.int64)[:, None])
     for row, mask in (masks or {}).items():

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from sftdpo.generation import greedy_verdicts
 from sftdpo.io import file_digest, read_parquet, write_json
 from sftdpo.modeling import check_rendering, load_model, load_tokenizer
 from sftdpo.progress import console
-from sftdpo.tables import read_token_rows
+from sftdpo.tables import read_token_rows, right_padded
 from sftdpo.training import checkpoint_dir, lora_config, run_training, trainer_config, write_metrics
 
 log = logging.getLogger(__name__)
@@ -119,13 +118,12 @@ def padded_batch(examples: list[dict[str, Any]], pad_token_id: int, multiple_of:
     width = int(lengths.max())
     if multiple_of:
         width = -(-width // multiple_of) * multiple_of
-    real = np.arange(width) < lengths[:, None]  # row-major, so the rows' tokens fill it in order
-    n_tokens = int(lengths.sum())
-    batch = {"input_ids": np.full(real.shape, pad_token_id, dtype=np.int64)}
-    batch["input_ids"][real] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=n_tokens)
-    batch["labels"] = np.full(real.shape, -100, dtype=np.int64)
-    batch["labels"][real] = np.fromiter(chain.from_iterable(labels), dtype=np.int64, count=n_tokens)
-    batch["attention_mask"] = real.astype(np.int64)
+    real = np.arange(width) < lengths[:, None]
+    batch = {
+        "input_ids": right_padded(ids, real, pad_token_id, np.int64),
+        "labels": right_padded(labels, real, -100, np.int64),
+        "attention_mask": real.astype(np.int64),
+    }
     return {key: torch.from_numpy(array) for key, array in batch.items()}
 
 
@@ -164,10 +162,9 @@ def trainer_rows(
         raise ValueError(f"sft.train.extra.truncation_mode: {truncation_mode!r} is not keep_start or keep_end")
     rows, kept = [], []
     for i, example in enumerate(examples):
-        ids = example["input_ids"]
-        labels = [token if loss else -100 for token, loss in zip(ids, example["completion_mask"])]
-        if any(loss for loss in example["completion_mask"][cut]):
-            rows.append({"input_ids": ids[cut], "labels": labels[cut]})
+        ids, losses = example["input_ids"][cut], example["completion_mask"][cut]
+        if any(losses):
+            rows.append({"input_ids": ids, "labels": [token if loss else -100 for token, loss in zip(ids, losses)]})
             kept.append(i)
     return rows, kept
 
@@ -344,7 +341,8 @@ def train_sft(
     train_ds = Dataset.from_list(train_examples)
     val_ds = Dataset.from_list(val_examples) if val_rows else None
     if args.shuffle_dataset:  # the last step of TRL's preparation
-        train_ds, val_ds = (ds if ds is None else ds.shuffle(seed=args.seed) for ds in (train_ds, val_ds))
+        train_ds = train_ds.shuffle(seed=args.seed)
+        val_ds = val_ds.shuffle(seed=args.seed) if val_ds is not None else None
     plan = Curriculum.from_config(curriculum) if curriculum else None
     sampler = callback = None
     if plan:

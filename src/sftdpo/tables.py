@@ -6,6 +6,7 @@ lets a stage read another stage's output without importing it.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,14 @@ class TokenWriter:
 
         self.h5.create_dataset("ids", data=np.array(ids, dtype=h5py.string_dtype()), track_times=False)
         self.h5.close()
+
+
+def right_padded(rows: list[list[int]], inside: np.ndarray, fill: int, dtype) -> np.ndarray:
+    """`rows` laid into an array shaped like `inside` (a row-major mask of where each row's tokens go: `np.arange(
+    width) < lengths[:, None]`), from each row's left, `fill` elsewhere. One numpy call for all rows."""
+    padded = np.full(inside.shape, fill, dtype=dtype)
+    padded[inside] = np.fromiter(chain.from_iterable(rows), dtype=dtype, count=int(inside.sum()))
+    return padded
 
 
 def read_token_rows(tokens_path: str, *row_lists: list[int]) -> list[list[dict[str, list[int]]]]:
